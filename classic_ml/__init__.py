@@ -1,0 +1,1 @@
+"""Classic tabular models (planned in issue #8)."""

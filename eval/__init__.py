@@ -1,0 +1,1 @@
+"""LLM evaluation, reports and gated promotion (planned in issue #7)."""

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning to a registered, servable adapter (planned in issue #3)."""

@@ -1,0 +1,1 @@
+"""Guardrails for prompts and answers (planned in issue #6)."""

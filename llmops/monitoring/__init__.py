@@ -1,0 +1,1 @@
+"""Drift engine and reports (issue #8)."""

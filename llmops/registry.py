@@ -1,0 +1,516 @@
+"""The one registry for every artifact: base models, LoRA adapters, classic models, RAG indexes.
+
+This is the only module that imports mlflow. The default store is SQLite under ``mlruns/`` with
+local artifacts; ``MLFLOW_TRACKING_URI`` (or ``tracking_uri`` in config) selects a tracking
+server for a team. Each version carries lineage tags (dataset sha256, base model, config hash,
+git commit); aliases (``champion``, ``challenger``) move with an audit record, which MLflow itself
+does not keep::
+
+    from llmops.registry import Registry, Lineage
+    reg = Registry()
+    v = reg.register("demo-adapter", "outputs/adapter", kind="adapter",
+                     lineage=Lineage(dataset_sha256="ab12..."), aliases=["challenger"])
+    reg.set_alias("demo-adapter", "champion", v.version, reason="eval gate passed")
+    print(reg.resolve("demo-adapter@champion").local_path)
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+
+from llmops.config import StrictModel
+from llmops.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["base_model", "adapter", "classic_model", "rag_index", "guardrail_model"]
+KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+AUDIT_EXPERIMENT = "llmops-registry-audit"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class RegistryConfig(StrictModel):
+    """Where the registry lives. Relative paths are taken from the current directory."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000 for a team server). None: the "
+        "MLFLOW_TRACKING_URI environment variable, else SQLite at <root>/mlflow.db.",
+    )
+    root: str = Field("mlruns", description="Folder for the default SQLite store and artifacts.")
+    experiment: str = Field("llmops", description="MLflow experiment that holds registration runs.")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where an artifact came from; stored as tags on its registry version."""
+
+    dataset_sha256: str | None = None
+    base_model: str | None = None
+    config_hash: str | None = None
+    git_commit: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "lineage.dataset_sha256": self.dataset_sha256,
+            "lineage.base_model": self.base_model,
+            "lineage.config_hash": self.config_hash,
+            "lineage.git_commit": self.git_commit or git_commit(),
+        }
+        tags.update({f"lineage.{k}": v for k, v in self.extra.items()})
+        return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version and where its files are."""
+
+    name: str
+    version: int
+    kind: str
+    source: str
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    local_path: Path | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """An audit record: who moved which alias of which model, when, from what, to what and why."""
+
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    timestamp: float
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (suffixed ``-dirty`` with uncommitted changes), None outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sha256_path(path: str | Path) -> str:
+    """sha256 of a file, or of a folder (relative paths and file contents, in sorted order)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
+    """Split ``name@alias``, ``name/version`` or ``models:/name@alias`` into (name, alias, version).
+
+    Raises:
+        RegistryError: the reference has neither form.
+    """
+    r = ref.removeprefix("models:/")
+    if "@" in r:
+        name, alias = r.split("@", 1)
+        if _NAME_RE.match(name) and _ALIAS_RE.match(alias):
+            return name, alias, None
+    elif "/" in r:
+        name, version = r.rsplit("/", 1)
+        if _NAME_RE.match(name) and version.isdigit():
+            return name, None, int(version)
+    raise RegistryError(
+        f"{ref!r} is not a registry reference. Use name@alias (e.g. smollm2@champion) "
+        "or name/version (e.g. smollm2/3)."
+    )
+
+
+def _local_path_of(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
+class Registry:
+    """Registry operations on an MLflow store (SQLite by default, a server by URI)."""
+
+    def __init__(self, config: RegistryConfig | None = None) -> None:
+        import mlflow  # heavy: imported only when a registry is used
+        from mlflow.tracking import MlflowClient
+
+        self.config = config or RegistryConfig()
+        root = Path(self.config.root).resolve()
+        uri = self.config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self._local = uri is None
+        if uri is None:
+            root.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.tracking_uri = uri
+        self._artifact_root = (root / "artifacts").as_uri() if self._local else None
+        self._mlflow = mlflow
+        try:
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self._experiment_id = self._ensure_experiment(self.config.experiment)
+        except Exception as e:  # noqa: BLE001 - mlflow raises many kinds; we add the fix
+            raise RegistryError(
+                f"Cannot open the MLflow store at {uri}: {e}. Check MLFLOW_TRACKING_URI / "
+                "registry.tracking_uri, or remove a corrupted local store under "
+                f"{self.config.root}/."
+            ) from e
+
+    # ----------------------------------------------------------------- helpers
+    def _ensure_experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = f"{self._artifact_root}/{name}" if self._artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def _to_version(self, mv: Any, with_path: bool = False) -> ModelVersion:
+        return ModelVersion(
+            name=mv.name,
+            version=int(mv.version),
+            kind=mv.tags.get("llmops.kind", "unknown"),
+            source=mv.source,
+            run_id=mv.run_id,
+            tags=dict(mv.tags),
+            aliases=tuple(getattr(mv, "aliases", []) or []),
+            local_path=self._materialize(mv) if with_path else None,
+        )
+
+    def _materialize(self, mv: Any) -> Path:
+        local = _local_path_of(mv.source)
+        if local is not None:
+            if not local.exists():
+                raise RegistryError(
+                    f"{mv.name}/{mv.version}: its files at {local} are gone. Re-register it or "
+                    "restore the artifact store."
+                )
+            return local
+        dest = Path(self.config.root).resolve() / "cache" / mv.name / str(mv.version)
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+            )
+            tmp.rename(dest)
+        children = list(dest.iterdir())
+        return children[0] if len(children) == 1 else dest
+
+    # --------------------------------------------------------------- register
+    def register(
+        self,
+        name: str,
+        path: str | Path,
+        kind: Kind,
+        lineage: Lineage | None = None,
+        *,
+        aliases: tuple[str, ...] | list[str] = (),
+        tags: dict[str, str] | None = None,
+        description: str | None = None,
+        run_id: str | None = None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        reason: str = "registered",
+    ) -> ModelVersion:
+        """Register ``path`` (a file or folder) as a new version of ``name``; all or nothing.
+
+        The files are logged as artifacts of a run (``run_id`` or a new one), a model version is
+        created with lineage, kind and content-hash tags, and ``aliases`` are set (audited).
+        Any failure removes the version, the run it created and, if it created it, the model.
+
+        Raises:
+            RegistryError: bad name/kind/path, a model of another kind, or a store failure.
+        """
+        from mlflow.exceptions import MlflowException
+
+        src = Path(path)
+        if not _NAME_RE.match(name):
+            raise RegistryError(
+                f"Registered model name {name!r} is invalid: use letters, digits, '.', '_' or '-' "
+                "(at most 128 characters)."
+            )
+        if kind not in KINDS:
+            raise RegistryError(f"Unknown kind {kind!r}; use one of {', '.join(KINDS)}.")
+        if not src.exists():
+            raise RegistryError(f"Nothing to register: {src} does not exist.")
+        for alias in aliases:
+            if not _ALIAS_RE.match(alias):
+                raise RegistryError(f"Alias {alias!r} is invalid: use lowercase letters, digits, '_', '-'.")
+
+        version_tags = {"llmops.kind": kind, "llmops.content_sha256": sha256_path(src)}
+        version_tags.update((lineage or Lineage()).tags())
+        version_tags.update(tags or {})
+
+        created_model = created_run = False
+        mv = None
+        try:
+            try:
+                existing = self.client.get_registered_model(name)
+                other = existing.tags.get("llmops.kind")
+                if other and other != kind:
+                    raise RegistryError(
+                        f"{name!r} is registered as kind {other!r}, not {kind!r}: use another name."
+                    )
+            except MlflowException as e:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
+                    raise
+                self.client.create_registered_model(
+                    name, tags={"llmops.kind": kind}, description=description
+                )
+                created_model = True
+            if run_id is None:
+                run = self.client.create_run(
+                    self._experiment_id, run_name=f"register-{name}", tags={"llmops.kind": kind}
+                )
+                run_id, created_run = run.info.run_id, True
+            for k, v in (params or {}).items():
+                self.client.log_param(run_id, k, str(v)[:6000])
+            for k, v in (metrics or {}).items():
+                self.client.log_metric(run_id, k, float(v))
+            for k, v in version_tags.items():
+                self.client.set_tag(run_id, k, v)
+            artifact_path = src.name if src.is_dir() else "file"
+            if src.is_dir():
+                self.client.log_artifacts(run_id, str(src), artifact_path=artifact_path)
+            else:
+                self.client.log_artifact(run_id, str(src), artifact_path=artifact_path)
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
+            source = f"{artifact_uri}/{artifact_path}"
+            if not src.is_dir():
+                source = f"{source}/{src.name}"
+            mv = self.client.create_model_version(
+                name, source=source, run_id=run_id, tags=version_tags, description=description
+            )
+            self._wait_ready(mv)
+            for alias in aliases:
+                self.set_alias(name, alias, int(mv.version), reason=reason)
+            if created_run:
+                self.client.set_terminated(run_id, "FINISHED")
+            result = self.client.get_model_version(name, mv.version)
+            log.info("registered %s/%s (%s)", name, mv.version, kind)
+            return self._to_version(result)
+        except Exception as e:
+            self._rollback(name, mv, run_id if created_run else None, created_model)
+            if isinstance(e, RegistryError):
+                raise
+            raise RegistryError(
+                f"Registering {name!r} failed and was rolled back (nothing was registered): {e}"
+            ) from e
+
+    def _wait_ready(self, mv: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.client.get_model_version(mv.name, mv.version).status
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+                raise RegistryError(f"{mv.name}/{mv.version} did not become READY ({status}).")
+            time.sleep(0.2)
+
+    def _rollback(self, name: str, mv: Any, run_id: str | None, created_model: bool) -> None:
+        steps = []
+        if mv is not None:
+            steps.append(lambda: self.client.delete_model_version(name, mv.version))
+        if created_model:
+            steps.append(lambda: self.client.delete_registered_model(name))
+        if run_id is not None:
+            def _drop_run() -> None:
+                local = _local_path_of(self.client.get_run(run_id).info.artifact_uri)
+                self.client.delete_run(run_id)
+                if local is not None:
+                    shutil.rmtree(local.parent if local.name == "artifacts" else local, True)
+            steps.append(_drop_run)
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - best effort, keep rolling back
+                log.warning("rollback step failed: %s", e)
+
+    # ----------------------------------------------------------------- aliases
+    def set_alias(
+        self, name: str, alias: str, version: int, *, reason: str, actor: str | None = None
+    ) -> AliasMove:
+        """Point ``name@alias`` at ``version`` and write an audit record; both or neither.
+
+        Raises:
+            RegistryError: unknown model/version, invalid alias, or a store failure.
+        """
+        if not _ALIAS_RE.match(alias):
+            raise RegistryError(f"Alias {alias!r} is invalid: use lowercase letters, digits, '_', '-'.")
+        self.get_version(name, version)  # raises if unknown
+        before = self.alias_version(name, alias)
+        self.client.set_registered_model_alias(name, alias, str(version))
+        move = AliasMove(name, alias, before, version, actor or _actor(), reason, time.time())
+        try:
+            self._audit(move)
+        except Exception as e:
+            if before is None:
+                self.client.delete_registered_model_alias(name, alias)
+            else:
+                self.client.set_registered_model_alias(name, alias, str(before))
+            raise RegistryError(f"Could not write the audit record; alias left unchanged: {e}") from e
+        log.info("alias %s@%s: %s -> %s (%s)", name, alias, before, version, reason)
+        return move
+
+    def delete_alias(self, name: str, alias: str, *, reason: str, actor: str | None = None) -> AliasMove:
+        """Remove ``name@alias`` (audited). Raises RegistryError if it is not set."""
+        before = self.alias_version(name, alias)
+        if before is None:
+            raise RegistryError(f"{name}@{alias} is not set.")
+        self.client.delete_registered_model_alias(name, alias)
+        move = AliasMove(name, alias, before, None, actor or _actor(), reason, time.time())
+        self._audit(move)
+        return move
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``name@alias`` points at, or None when unset."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def _audit(self, move: AliasMove) -> None:
+        exp_id = self._ensure_experiment(AUDIT_EXPERIMENT)
+        tags = {
+            "model": move.name,
+            "alias": move.alias,
+            "from_version": "" if move.from_version is None else str(move.from_version),
+            "to_version": "" if move.to_version is None else str(move.to_version),
+            "actor": move.actor,
+            "reason": move.reason[:5000],
+            "timestamp": repr(move.timestamp),
+        }
+        run = self.client.create_run(exp_id, run_name=f"{move.name}@{move.alias}", tags=tags)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def audit(self, name: str | None = None) -> list[AliasMove]:
+        """Every alias move (of ``name``, or of all models), oldest first."""
+        exp = self.client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if exp is None:
+            return []
+        flt = f"tags.model = '{name}'" if name else ""
+        runs = self.client.search_runs([exp.experiment_id], filter_string=flt, max_results=50000)
+        moves = []
+        for r in runs:
+            t = r.data.tags
+            moves.append(
+                AliasMove(
+                    name=t["model"],
+                    alias=t["alias"],
+                    from_version=int(t["from_version"]) if t.get("from_version") else None,
+                    to_version=int(t["to_version"]) if t.get("to_version") else None,
+                    actor=t.get("actor", ""),
+                    reason=t.get("reason", ""),
+                    timestamp=float(t.get("timestamp", r.info.start_time / 1000)),
+                )
+            )
+        return sorted(moves, key=lambda m: m.timestamp)
+
+    # ------------------------------------------------------------------ lookup
+    def get_version(self, name: str, version: int, with_path: bool = False) -> ModelVersion:
+        """One version. Raises RegistryError if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(name, str(version))
+        except MlflowException as e:
+            raise RegistryError(
+                f"{name}/{version} is not in the registry. List versions with "
+                f"`llmops registry versions {name}`."
+            ) from e
+        return self._to_version(mv, with_path)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All versions of ``name``, oldest first (empty if the model is unknown)."""
+        found = self.client.search_model_versions(f"name = '{name}'")
+        if not found:
+            return []
+        # search results carry no aliases: take them from the registered model
+        by_version: dict[int, list[str]] = {}
+        for alias, version in self.client.get_registered_model(name).aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
+        out = [
+            replace(self._to_version(mv), aliases=tuple(sorted(by_version.get(int(mv.version), []))))
+            for mv in found
+        ]
+        return sorted(out, key=lambda v: v.version)
+
+    def models(self) -> list[str]:
+        """Names of all registered models."""
+        return sorted(m.name for m in self.client.search_registered_models())
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name@alias`` / ``name/version`` -> the version with a local path to its files.
+
+        Raises:
+            RegistryError: unknown model, alias or version, or files that are gone.
+        """
+        name, alias, version = parse_ref(ref)
+        if alias is not None:
+            version = self.alias_version(name, alias)
+            if version is None:
+                known = ", ".join(f"{v.ref} {list(v.aliases)}" for v in self.versions(name)) or "none"
+                raise RegistryError(
+                    f"{name}@{alias} is not set (versions: {known}). Set it with "
+                    f"`llmops registry alias {name} {alias} VERSION --reason ...`."
+                )
+        assert version is not None
+        return self.get_version(name, version, with_path=True)
+
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """Create a run in the registry's experiment (for jobs that log before registering)."""
+        return self.client.create_run(self._experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+
+
+def _actor() -> str:
+    user = os.environ.get("LLMOPS_ACTOR")
+    if user:
+        return user
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,1 @@
+"""RAG over Qdrant (planned in issue #5)."""

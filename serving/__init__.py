@@ -1,0 +1,1 @@
+"""vLLM engines behind the OpenAI-compatible gateway (planned in issue #4)."""

@@ -1,0 +1,52 @@
+"""Shared fixtures: repository paths, prepared default models, a fresh registry per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+def _prepared(name: str) -> Path:
+    path = MODELS / name
+    if not (path / "llmops_asset.json").is_file():
+        pytest.fail(f"{path} is not prepared: run `make assets` (make test does it first).")
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    return _prepared("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return _prepared("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def embedding_model_dir() -> Path:
+    return _prepared("all-MiniLM-L6-v2")
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A real MLflow registry on SQLite in a temporary folder."""
+    from llmops.registry import Registry, RegistryConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Registry(RegistryConfig(root=str(tmp_path / "mlruns")))

@@ -1,0 +1,118 @@
+"""Registry round trip on a real SQLite MLflow store in a temporary folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops.errors import RegistryError
+from llmops.registry import Lineage, Registry, RegistryConfig, parse_ref, sha256_path
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"r": 8}')
+    (d / "adapter_model.safetensors").write_bytes(b"\x00weights")
+    return d
+
+
+def test_register_alias_move_audit_resolve(registry, adapter_dir):
+    lineage = Lineage(dataset_sha256="d" * 64, base_model="smollm2/1", config_hash="c" * 64,
+                      git_commit="abc123")
+    v1 = registry.register("demo", adapter_dir, kind="adapter", lineage=lineage,
+                           aliases=["challenger"], params={"r": 8}, metrics={"eval_loss": 1.5})
+    assert v1.version == 1 and v1.kind == "adapter"
+    assert v1.tags["lineage.dataset_sha256"] == "d" * 64
+    assert v1.tags["lineage.base_model"] == "smollm2/1"
+    assert v1.tags["lineage.git_commit"] == "abc123"
+    assert v1.tags["llmops.content_sha256"] == sha256_path(adapter_dir)
+    assert "challenger" in v1.aliases
+
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"\x00weights-v2")
+    v2 = registry.register("demo", adapter_dir, kind="adapter", lineage=lineage)
+    assert v2.version == 2
+
+    registry.set_alias("demo", "champion", 1, reason="first", actor="alice")
+    move = registry.set_alias("demo", "champion", 2, reason="gate passed", actor="bob")
+    assert (move.from_version, move.to_version) == (1, 2)
+
+    resolved = registry.resolve("demo@champion")
+    assert resolved.version == 2
+    assert (resolved.local_path / "adapter_model.safetensors").read_bytes() == b"\x00weights-v2"
+    assert registry.resolve("demo/1").local_path.joinpath("adapter_config.json").is_file()
+    assert (registry.resolve("demo/1").local_path / "adapter_model.safetensors").read_bytes() == (
+        b"\x00weights"
+    )
+
+    audit = registry.audit("demo")
+    assert [(m.alias, m.from_version, m.to_version) for m in audit] == [
+        ("challenger", None, 1), ("champion", None, 1), ("champion", 1, 2)]
+    assert audit[-1].actor == "bob" and audit[-1].reason == "gate passed"
+
+    registry.delete_alias("demo", "champion", reason="rollback test", actor="carol")
+    assert registry.alias_version("demo", "champion") is None
+    assert registry.audit("demo")[-1].to_version is None
+    assert registry.models() == ["demo"]
+    assert [v.version for v in registry.versions("demo")] == [1, 2]
+
+
+def test_store_is_shared_across_instances(tmp_path, adapter_dir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = RegistryConfig(root=str(tmp_path / "store"))
+    Registry(cfg).register("m", adapter_dir, kind="adapter", aliases=["champion"])
+    assert Registry(cfg).resolve("m@champion").version == 1
+
+
+def test_single_file_registration(registry, tmp_path):
+    f = tmp_path / "model.skops"
+    f.write_bytes(b"sk")
+    v = registry.register("clf", f, kind="classic_model")
+    assert registry.resolve(f"clf/{v.version}").local_path.read_bytes() == b"sk"
+
+
+def test_failure_leaves_nothing(registry, adapter_dir, monkeypatch):
+    # Fail after the run and version exist: in the alias step.
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(registry, "_audit", boom)
+    with pytest.raises(RegistryError, match="rolled back|audit"):
+        registry.register("half", adapter_dir, kind="adapter", aliases=["champion"])
+    assert registry.models() == []
+    assert registry.versions("half") == []
+    runs = registry.client.search_runs([registry._experiment_id])
+    assert runs == []
+
+
+def test_failure_keeps_existing_versions(registry, adapter_dir, monkeypatch):
+    registry.register("keep", adapter_dir, kind="adapter")
+    monkeypatch.setattr(registry.client, "create_model_version",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("db locked")))
+    with pytest.raises(RegistryError, match="rolled back"):
+        registry.register("keep", adapter_dir, kind="adapter")
+    assert [v.version for v in registry.versions("keep")] == [1]
+
+
+def test_bad_inputs(registry, adapter_dir, tmp_path):
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.register("x", tmp_path / "missing", kind="adapter")
+    with pytest.raises(RegistryError, match="Unknown kind"):
+        registry.register("x", adapter_dir, kind="weights")  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="invalid"):
+        registry.register("bad name!", adapter_dir, kind="adapter")
+    registry.register("x", adapter_dir, kind="adapter")
+    with pytest.raises(RegistryError, match="kind 'adapter'"):
+        registry.register("x", adapter_dir, kind="classic_model")
+    with pytest.raises(RegistryError, match="not in the registry"):
+        registry.set_alias("x", "champion", 9, reason="nope")
+    with pytest.raises(RegistryError, match="is not set"):
+        registry.resolve("x@champion")
+    with pytest.raises(RegistryError, match="not a registry reference"):
+        parse_ref("just-a-name")
+
+
+def test_parse_ref_forms():
+    assert parse_ref("a@champion") == ("a", "champion", None)
+    assert parse_ref("models:/a@champion") == ("a", "champion", None)
+    assert parse_ref("a/3") == ("a", None, 3)
