@@ -65,10 +65,18 @@ rag-ingest: setup assets
 	$(BIN)/llmops rag ingest $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 train-classic: setup
-	$(BIN)/llmops classic train $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/llmops classic train --config $(or $(CONFIG),configs/classic/default.yaml) $(ARGS)
 
-drift: setup
-	$(BIN)/llmops drift $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+# The default drift check compares a shifted scoring batch with credit-risk's training data.
+data/classic/reference.parquet: | setup
+	$(MAKE) train-classic
+
+data/classic/current.parquet: | setup
+	$(BIN)/llmops classic make-data --rows 2000 --shift 1.0 --out $@
+
+# Exits 1 when dataset drift is detected (the report is written either way).
+drift: setup data/classic/reference.parquet data/classic/current.parquet
+	$(BIN)/llmops drift --config $(or $(CONFIG),configs/drift/default.yaml) $(ARGS)
 
 bench: setup assets
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f $(ARGS) || exit $$?; done

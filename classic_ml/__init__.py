@@ -1,1 +1,1 @@
-"""Classic tabular models (planned in issue #8)."""
+"""Classic tabular models: training, registry, batch prediction (see classic_ml.train)."""

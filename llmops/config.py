@@ -30,6 +30,8 @@ T = TypeVar("T", bound=BaseModel)
 SCHEMAS: dict[str, str] = {
     "assets": "llmops.assets:AssetsConfig",
     "registry": "llmops.registry:RegistryConfig",
+    "classic": "classic_ml.train:ClassicTrainConfig",
+    "drift": "llmops.monitoring.job:DriftJobConfig",
 }
 
 

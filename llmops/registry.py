@@ -500,6 +500,55 @@ class Registry:
         assert version is not None
         return self.get_version(name, version, with_path=True)
 
+    def log_run(
+        self,
+        run_name: str,
+        *,
+        model_ref: str | None = None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        artifacts: list[str | Path] = (),
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Log a finished run (a report, an evaluation) linked to a registry version.
+
+        ``model_ref`` (``name@alias`` or ``name/version``) is resolved and stored as the tags
+        ``llmops.model`` / ``llmops.model_version``, so the version's history lists the run.
+
+        Raises:
+            RegistryError: unknown model reference.
+        """
+        all_tags = dict(tags or {})
+        if model_ref:
+            name, alias, version = parse_ref(model_ref)
+            if alias is not None:
+                version = self.alias_version(name, alias)
+                if version is None:
+                    raise RegistryError(f"{model_ref} is not set; cannot link the run to it.")
+            self.get_version(name, version)
+            all_tags.update({"llmops.model": name, "llmops.model_version": str(version)})
+        run_id = self.client.create_run(self._experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        try:
+            for k, v in (params or {}).items():
+                self.client.log_param(run_id, k, str(v)[:6000])
+            for k, v in (metrics or {}).items():
+                self.client.log_metric(run_id, k, float(v))
+            for path in artifacts:
+                self.client.log_artifact(run_id, str(path))
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def runs_for(self, name: str, version: int | None = None) -> list[Any]:
+        """Runs logged against a model (and version) with :meth:`log_run`, newest first."""
+        flt = f"tags.`llmops.model` = '{name}'"
+        if version is not None:
+            flt += f" and tags.`llmops.model_version` = '{version}'"
+        return self.client.search_runs([self._experiment_id], filter_string=flt,
+                                       order_by=["attributes.start_time DESC"])
+
     def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
         """Create a run in the registry's experiment (for jobs that log before registering)."""
         return self.client.create_run(self._experiment_id, run_name=run_name, tags=tags or {}).info.run_id
@@ -514,3 +563,43 @@ def _actor() -> str:
     except (OSError, KeyError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def save_sklearn_model(model: Any, path: str | Path, input_example: Any) -> Path:
+    """Save a fitted scikit-learn model as an MLflow model folder (signature + input example).
+
+    Raises:
+        RegistryError: ``path`` exists already.
+    """
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    dest = Path(path)
+    if dest.exists():
+        raise RegistryError(f"{dest} exists; pass an empty location for the model folder.")
+    import skops.io
+
+    signature = infer_signature(input_example, model.predict(input_example))
+    # MLflow stores sklearn models with skops, which loads only types it is told to trust. We
+    # built this model in this process, so the types it contains are the ones to trust.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    mlflow.sklearn.save_model(model, str(dest), signature=signature, input_example=input_example,
+                              skops_trusted_types=trusted)
+    return dest
+
+
+def load_sklearn_model(path: str | Path) -> tuple[Any, list[str] | None]:
+    """Load an MLflow scikit-learn model folder; returns (model, input column names or None).
+
+    Raises:
+        RegistryError: the folder is not an MLflow scikit-learn model.
+    """
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    p = Path(path)
+    if not (p / "MLmodel").is_file():
+        raise RegistryError(f"{p} is not an MLflow model folder (no MLmodel file).")
+    signature = Model.load(str(p / "MLmodel")).signature
+    columns = signature.inputs.input_names() if signature is not None else None
+    return mlflow.sklearn.load_model(str(p)), columns

@@ -1,16 +1,51 @@
-"""`llmops drift`: drift reports. Not built yet (issue #8); `--help` works, running says so."""
+"""``llmops drift``: compare a current batch with a reference; HTML + JSON report.
+
+Exit code 0: no dataset drift, 1: dataset drift, 2: bad input. Example::
+
+    llmops drift --reference data/classic/reference.parquet --current data/classic/current.csv \\
+        --out reports/drift drift.drift_share=0.3
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
-from llmops.cli import not_built, run_main
-
 
 def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
-    return not_built(prog, 8, "Drift reports on tabular data and LLM traffic", argv)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 no dataset drift, 1 dataset drift, 2 bad input.")
+    parser.add_argument("--reference", help="reference CSV/Parquet file")
+    parser.add_argument("--current", help="current CSV/Parquet file")
+    parser.add_argument("--config", help="YAML (configs/drift/*.yaml)")
+    parser.add_argument("--out", help="output folder (default reports/drift)")
+    parser.add_argument("--model", help="registry version to log the report against (name@alias)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+
+    from llmops.config import load_config
+    from llmops.monitoring.job import DriftJobConfig, run
+
+    cfg = load_config(args.config, DriftJobConfig, args.overrides)
+    # Paths taken verbatim (not parsed as YAML values like the key=value overrides).
+    given = {k: getattr(args, k) for k in ("reference", "current", "out", "model") if getattr(args, k)}
+    cfg = DriftJobConfig.model_validate({**cfg.model_dump(), **given})
+    result = run(cfg)
+    d = result.drift
+    verdict = {None: "INVALID INPUT", True: "DATASET DRIFT", False: "no dataset drift"}[d.dataset_drift]
+    print(f"{verdict}: {d.n_drifted}/{d.n_columns} columns drifted ({d.share_drifted:.0%})")
+    for c in d.columns:
+        if c.drifted:
+            print(f"  drifted  {c.column}: {c.test} {c.statistic} ({c.reason})")
+    for problem in d.schema.get("problems", []):
+        print(f"  problem  {problem}")
+    print(f"report: {result.html}\njson:   {result.json}")
+    return result.exit_code
 
 
 if __name__ == "__main__":
+    from llmops.cli import run_main
+
     sys.exit(run_main(main))
