@@ -305,6 +305,11 @@ def _scan(
                 acc.add(_as_float(chunk[col]), (edges or {}).get(col))
                 if kinds is not None or col in many:
                     continue
+                head = chunk[col].iloc[:10_000]
+                if head.nunique() > cfg.categorical_max_unique or chunk[col].nunique() > cfg.categorical_max_unique:
+                    many.add(col)
+                    side.categorical.pop(col, None)
+                    continue
                 cat = side.categorical.setdefault(col, _Categorical())
                 cat.add(chunk[col], cfg.max_categories)
                 if len(cat.counts) > cfg.categorical_max_unique:
