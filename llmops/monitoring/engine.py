@@ -305,8 +305,8 @@ def _scan(
                 acc.add(_as_float(chunk[col]), (edges or {}).get(col))
                 if kinds is not None or col in many:
                     continue
-                head = chunk[col].iloc[:10_000]
-                if head.nunique() > cfg.categorical_max_unique or chunk[col].nunique() > cfg.categorical_max_unique:
+                limit = cfg.categorical_max_unique  # a cheap look at the head first
+                if chunk[col].iloc[:10_000].nunique() > limit or chunk[col].nunique() > limit:
                     many.add(col)
                     side.categorical.pop(col, None)
                     continue
