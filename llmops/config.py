@@ -32,6 +32,7 @@ SCHEMAS: dict[str, str] = {
     "registry": "llmops.registry:RegistryConfig",
     "classic": "classic_ml.train:ClassicTrainConfig",
     "drift": "llmops.monitoring.job:DriftJobConfig",
+    "serving": "serving.config:ServingConfig",
 }
 
 
@@ -77,8 +78,19 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Return ``base`` with ``extra`` merged in (nested dicts merged, everything else replaced)."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        current = out.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            out[key] = deep_merge(current, value)
+        elif isinstance(value, dict) and isinstance(current, list) and all(k.isdigit() for k in value):
+            # engines.0.port=9000: index into a list
+            items = list(current)
+            for index, item in value.items():
+                i = int(index)
+                if i >= len(items):
+                    raise ConfigError(f"Override {key}.{index}: the list {key} has {len(items)} items.")
+                both = isinstance(item, dict) and isinstance(items[i], dict)
+                items[i] = deep_merge(items[i], item) if both else item
+            out[key] = items
         else:
             out[key] = value
     return out

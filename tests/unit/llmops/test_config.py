@@ -126,3 +126,15 @@ def test_every_shipped_config_validates_and_names_its_command(path):
 def test_unknown_schema_folder():
     with pytest.raises(ConfigError, match="No config schema"):
         schema_for("nope")
+
+
+class WithList(StrictModel):
+    items: list[Inner] = Field(default_factory=list, description="items")
+
+
+def test_override_into_a_list_by_index(tmp_path):
+    p = write(tmp_path, "items:\n  - {lr: 1}\n  - {lr: 2}\n")
+    cfg = load_config(p, WithList, ["items.1.steps=5"])
+    assert cfg.items[1].steps == 5 and cfg.items[1].lr == 2 and cfg.items[0].steps == 10
+    with pytest.raises(ConfigError, match="has 2 items"):
+        load_config(p, WithList, ["items.2.steps=5"])

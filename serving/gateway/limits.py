@@ -1,0 +1,56 @@
+"""Per-key request and token rate limits over a sliding minute (in memory; Redis when shared)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+
+from serving.gateway.errors import APIError
+
+WINDOW_S = 60.0
+
+
+class RateLimiter:
+    """Admits a request when the key's last-minute requests and tokens stay within its limits."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key_id: str, tokens: int, rpm: int, tpm: int, now: float | None = None) -> None:
+        """Record the request, or raise 429 with Retry-After.
+
+        Raises:
+            APIError: 429 (requests or tokens per minute exceeded).
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.setdefault(key_id, deque())
+            while q and q[0][0] <= now - WINDOW_S:
+                q.popleft()
+            if tokens > tpm:
+                raise APIError(429, f"This request needs {tokens} tokens, more than the key's limit of "
+                               f"{tpm} tokens per minute; lower max_tokens or the prompt.",
+                               "rate_limit_error", "tokens_per_request_exceeded")
+            if len(q) >= rpm:
+                wait = q[len(q) - rpm][0] + WINDOW_S - now
+                raise self._limited(f"Rate limit of {rpm} requests per minute reached", wait)
+            used = sum(n for _, n in q)
+            if used + tokens > tpm:
+                # free enough tokens: the oldest events expire first
+                need, wait = used + tokens - tpm, WINDOW_S
+                for ts, n in q:
+                    need -= n
+                    if need <= 0:
+                        wait = ts + WINDOW_S - now
+                        break
+                raise self._limited(f"Rate limit of {tpm} tokens per minute reached", wait)
+            q.append((now, tokens))
+
+    @staticmethod
+    def _limited(message: str, wait: float) -> APIError:
+        seconds = max(1, math.ceil(wait))
+        return APIError(429, f"{message}; retry in {seconds} s.", "rate_limit_error",
+                        "rate_limit_exceeded", headers={"Retry-After": str(seconds)})

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the gateway (one registry per app, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llmops_requests", "Requests by endpoint, model, key and status",
+                                ["endpoint", "model", "key", "status"], registry=r)
+        self.latency = Histogram("llmops_request_latency_seconds", "End-to-end latency",
+                                 ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("llmops_time_to_first_token_seconds", "Time to first streamed token",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("llmops_tokens", "Tokens by model, key and direction (prompt/completion)",
+                              ["model", "key", "direction"], registry=r)
+        self.guardrail = Counter("llmops_guardrail_verdicts", "Guardrail verdicts by rail and action",
+                                 ["stage", "rail", "action"], registry=r)
+        self.engine_up = Counter("llmops_engine_restarts", "Engine restarts observed", ["engine"],
+                                 registry=r)

@@ -1,0 +1,86 @@
+"""``/v1/embeddings`` with the sentence-transformers model (MiniLM by default)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from serving.gateway.errors import APIError, bad_request
+from serving.gateway.requestlog import RequestRecord
+from serving.gateway.routes.completions import _finish
+from serving.gateway.state import GatewayState
+from serving.gateway.validate import read_json
+
+router = APIRouter()
+
+
+def _inputs(body: dict, tokenizer, max_inputs: int) -> list[str]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        items: list = [raw]
+    elif isinstance(raw, list) and raw:
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            items = [raw]
+        else:
+            items = raw
+    else:
+        raise bad_request("'input' must be a non-empty string, a list of strings, or token ids.", "input")
+    if len(items) > max_inputs:
+        raise bad_request(f"'input' has {len(items)} items; at most {max_inputs} are allowed.", "input")
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if not item:
+                raise bad_request(f"input[{i}] is an empty string.", "input")
+            texts.append(item)
+        elif isinstance(item, list) and item and all(isinstance(t, int) and t >= 0 for t in item):
+            texts.append(tokenizer.decode(item, skip_special_tokens=True))
+        else:
+            raise bad_request(f"input[{i}] must be a string or a list of token ids.", "input")
+    return texts
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    t0 = time.perf_counter()
+    rec = RequestRecord(id=uuid.uuid4().hex, ts=time.time(), endpoint="embeddings")
+    try:
+        key = state.keys.authenticate(request.headers.get("authorization"))
+        rec.key_id = key.id if key else None
+        body = await read_json(request, state.cfg.limits.max_body_bytes)
+        route = state.route(body.get("model"), ("embedding",))
+        rec.model = route.public
+        model = state.embedder
+        texts = _inputs(body, model.tokenizer, state.cfg.embeddings.max_inputs)
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise bad_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+        dim = model.get_sentence_embedding_dimension()
+        if body.get("dimensions") not in (None, dim):
+            raise bad_request(f"This model has {dim} dimensions; 'dimensions' cannot change that.",
+                              "dimensions")
+        tokens = sum(len(model.tokenizer.encode(t)) for t in texts)
+        rec.prompt_tokens = tokens
+        if key is not None:
+            state.limiter.admit(key.id, tokens, key.rpm or state.cfg.limits.default_rpm,
+                                key.tpm or state.cfg.limits.default_tpm)
+        vectors = await run_in_threadpool(
+            model.encode, texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        data = []
+        for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
+            emb = base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return JSONResponse({"object": "list", "data": data, "model": route.public,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    except APIError as e:
+        rec.status, rec.error_code = e.status, e.code
+        return e.response()
+    finally:
+        _finish(state, rec, t0)

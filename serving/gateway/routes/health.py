@@ -1,0 +1,32 @@
+"""``/health`` (the gateway is up), ``/ready`` (every model group has a ready engine), ``/metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.gateway.state import GatewayState
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    state: GatewayState = request.app.state.gateway
+    engines = {e.cfg.name: {"state": e.state, "model": e.cfg.served_name, "restarts": getattr(e, "restarts", 0)}
+               for e in state.engines}
+    groups = {e.cfg.served_name for e in state.engines}
+    ok = all(any(e.state == "ready" for e in state.engines if e.cfg.served_name == g) for g in groups)
+    return JSONResponse({"ready": ok, "engines": engines}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,161 @@
+"""Everything the gateway routes share: model table, tokenizers, keys, limits, log, metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from serving.config import ServingConfig
+from serving.gateway.auth import KeyStore
+from serving.gateway.errors import APIError
+from serving.gateway.limits import RateLimiter
+from serving.gateway.metrics import Metrics
+from serving.gateway.requestlog import RequestLog
+from serving.guard_hook import GuardHook, load_hook
+from serving.router import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRoute:
+    public: str
+    kind: Literal["base", "adapter", "embedding"]
+    group: str  # base served name (engine group); "" for embeddings
+    upstream: str  # the model name the engine knows
+    max_model_len: int
+    registry_version: str | None = None
+    created: int = 0
+
+
+class GatewayState:
+    def __init__(self, cfg: ServingConfig, engines: list, model_paths: dict[str, str],
+                 registry=None) -> None:
+        """``engines``: started :class:`serving.engine.Engine` objects (or anything with url/state/cfg);
+        ``model_paths``: base served name -> local model folder (for the tokenizer)."""
+        self.cfg = cfg
+        self.engines = engines
+        self.keys = KeyStore(cfg.auth)
+        self.limiter = RateLimiter()
+        self.metrics = Metrics()
+        self.requestlog = RequestLog(cfg.request_log.path) if cfg.request_log.enabled else None
+        self.hook: GuardHook = load_hook(cfg.guardrails)
+        groups: dict[str, list] = {}
+        for e in engines:
+            groups.setdefault(e.cfg.served_name, []).append(e)
+        self.router = Router(groups, cfg.router)
+        self.registry = registry
+        self.models: dict[str, ModelRoute] = {}
+        now = int(time.time())
+        for e in engines:
+            self.models.setdefault(e.cfg.served_name, ModelRoute(
+                e.cfg.served_name, "base", e.cfg.served_name, e.cfg.served_name, e.cfg.max_model_len,
+                created=now))
+        self.tokenizers = {name: _load_tokenizer(path) for name, path in model_paths.items()}
+        self.embedder = None
+        if cfg.embeddings.enabled:
+            from sentence_transformers import SentenceTransformer
+
+            from llmops.assets import resolve_model
+
+            path = resolve_model(cfg.embeddings.model, cfg.models_dir)
+            self.embedder = SentenceTransformer(path, device="cpu")
+            self.models[cfg.embeddings.served_name] = ModelRoute(
+                cfg.embeddings.served_name, "embedding", "", path,
+                int(self.embedder.max_seq_length), created=now)
+        self._sync_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ models
+    def route(self, model: Any, kinds: tuple[str, ...]) -> ModelRoute:
+        """The route for a requested model id. Raises APIError 404/400."""
+        if not isinstance(model, str) or not model:
+            raise APIError(400, "'model' is required and must be a string.", param="model",
+                           code="missing_model")
+        r = self.models.get(model)
+        if r is None or r.kind not in kinds:
+            known = ", ".join(sorted(k for k, v in self.models.items() if v.kind in kinds))
+            raise APIError(404, f"The model '{model}' does not exist here. Available: {known}.",
+                           "invalid_request_error", "model_not_found", "model")
+        return r
+
+    def sync_adapters(self) -> list[str]:
+        """Point every configured adapter at the version its registry alias names now.
+
+        A new version is loaded into each engine of its group under a versioned name, then the
+        public name switches to it and the old one is unloaded: requests never see a gap.
+        Returns the public names that changed.
+        """
+        if not self.cfg.adapters or self.registry is None:
+            return []
+        changed = []
+        with self._sync_lock:
+            for a in self.cfg.adapters:
+                group = a.base or self.cfg.engines[0].served_name
+                try:
+                    version = self.registry.resolve(f"{a.registry_name}@{a.alias}")
+                except Exception as e:  # noqa: BLE001 - keep serving what runs; say why
+                    log.warning("adapter %s@%s not resolvable: %s", a.registry_name, a.alias, e)
+                    continue
+                current = self.models.get(a.public_name)
+                if current is not None and current.registry_version == str(version.version):
+                    continue
+                internal = f"{a.public_name}--v{version.version}"
+                engines = [e for e in self.engines if e.cfg.served_name == group]
+                try:
+                    for e in engines:
+                        e.load_adapter(internal, str(version.local_path))
+                except Exception as e:  # noqa: BLE001
+                    log.error("loading %s v%s failed, keeping the old version: %s", a.public_name,
+                              version.version, e)
+                    for eng in engines:
+                        eng.unload_adapter(internal)
+                    continue
+                base = self.models[group]
+                self.models[a.public_name] = ModelRoute(
+                    a.public_name, "adapter", group, internal, base.max_model_len,
+                    str(version.version), int(time.time()))
+                if current is not None:
+                    for e in engines:
+                        e.unload_adapter(current.upstream)
+                log.info("adapter %s now serves %s/%s", a.public_name, a.registry_name, version.version)
+                changed.append(a.public_name)
+        return changed
+
+    # ---------------------------------------------------------------- tokens
+    def count_chat(self, group: str, messages: list[dict]) -> int:
+        tok = self.tokenizers.get(group)
+        if tok is None:
+            return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)
+        try:
+            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict):
+                ids = ids["input_ids"]
+            return len(ids)
+        except Exception:  # noqa: BLE001 - templates reject odd roles; estimate instead
+            return sum(len(tok.encode(_text(m.get("content")), add_special_tokens=False)) + 4
+                       for m in messages)
+
+    def count_text(self, group: str, prompt: str) -> int:
+        tok = self.tokenizers.get(group)
+        return len(tok.encode(prompt)) if tok is not None else len(prompt) // 4 + 1
+
+    def close(self) -> None:
+        if self.requestlog:
+            self.requestlog.close()
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

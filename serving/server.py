@@ -1,0 +1,112 @@
+"""Start engines and the gateway from a :class:`ServingConfig`; stop them cleanly.
+
+Example::
+
+    from llmops.config import load_config
+    from serving.config import ServingConfig
+    from serving.server import Server
+    server = Server(load_config("configs/serving/default.yaml", ServingConfig))
+    server.start()            # engines ready, adapters loaded, gateway app built
+    server.serve_forever()    # uvicorn on cfg.host:cfg.port until Ctrl-C / SIGTERM
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from llmops.assets import resolve_model
+from serving.config import ServingConfig
+from serving.engine import Engine, EngineError, port_in_use
+
+log = logging.getLogger(__name__)
+
+PID_FILE = Path("data/serve.pid")
+
+
+class Server:
+    def __init__(self, cfg: ServingConfig, log_dir: str | Path = "data/logs", registry=None) -> None:
+        self.cfg = cfg
+        self.log_dir = Path(log_dir)
+        self.registry = registry
+        self.engines: list[Engine] = []
+        self.state = None
+        self.app = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Start and wait for every engine, then build the gateway state and app.
+
+        Raises:
+            EngineError: an engine failed to start (the others are stopped again).
+            AssetError / RegistryError: a model that cannot be resolved.
+        """
+        from serving.gateway.app import create_app
+        from serving.gateway.state import GatewayState
+
+        if port_in_use(self.cfg.host, self.cfg.port):
+            raise EngineError(f"Gateway port {self.cfg.port} is in use: stop the running server "
+                              "(`make stop`) or pass port=<free port>.")
+        paths = {}
+        for ec in self.cfg.engines:
+            paths[ec.served_name] = resolve_model(ec.model, self.cfg.models_dir)
+            self.engines.append(Engine(ec, paths[ec.served_name], self.log_dir))
+        try:
+            for e in self.engines:
+                e.start()
+            for e in self.engines:
+                e.wait_ready()
+            if self.cfg.adapters and self.registry is None:
+                from llmops.registry import Registry
+
+                self.registry = Registry()
+            self.state = GatewayState(self.cfg, self.engines, paths, self.registry)
+            self.state.sync_adapters()
+        except BaseException:
+            self.stop()
+            raise
+        self.app = create_app(self.state)
+        if self.cfg.adapters and self.cfg.rollout_poll_s > 0:
+            threading.Thread(target=self._poll, name="rollout", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.cfg.rollout_poll_s):
+            try:
+                changed = self.state.sync_adapters()
+                if changed:
+                    log.info("rollout: %s now serve new registry versions", ", ".join(changed))
+            except Exception as e:  # noqa: BLE001 - the poller must survive a registry hiccup
+                log.warning("rollout poll failed: %s", e)
+
+    def serve_forever(self) -> None:
+        """Run uvicorn until interrupted; engines are stopped on the way out."""
+        import uvicorn
+
+        PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+        PID_FILE.write_text(str(os.getpid()))
+        try:
+            uvicorn.run(self.app, host=self.cfg.host, port=self.cfg.port, log_level="warning",
+                        access_log=False)
+        finally:
+            self.stop()
+            PID_FILE.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for e in self.engines:
+            e.stop()
+
+
+def stop_running(pid_file: Path = PID_FILE) -> bool:
+    """Send SIGTERM to a server started by `llmops serve` (True if one was running)."""
+    if not pid_file.is_file():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        return True
+    except (ProcessLookupError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return False
