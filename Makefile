@@ -56,7 +56,10 @@ finetune: setup assets
 	$(BIN)/llmops finetune $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 serve: setup assets
-	$(BIN)/llmops serve $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/llmops serve --config $(or $(CONFIG),configs/serving/default.yaml) $(ARGS)
+
+stop:
+	@$(BIN)/llmops serve stop
 
 eval: setup assets
 	$(BIN)/llmops eval $(if $(CONFIG),--config $(CONFIG)) $(ARGS)

@@ -19,7 +19,7 @@ class EngineConfig(StrictModel):
     )
     served_name: str = Field("smollm2", description="Model id clients send for the base model.")
     host: str = Field("127.0.0.1", description="Interface the engine listens on.")
-    port: int = Field(8100, ge=1, le=65535, description="Engine port (internal; 0 = pick a free one).")
+    port: int = Field(8100, ge=0, le=65535, description="Engine port (internal; 0 = pick a free one).")
     max_model_len: int = Field(2048, ge=128, description="Context length (prompt + completion).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights dtype.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together (continuous batching).")

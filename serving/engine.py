@@ -39,6 +39,16 @@ class EngineError(LLMOpsError):
     """The engine could not start or answer (the message carries the tail of its log)."""
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the gateway process dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -59,12 +69,19 @@ class Engine:
         self.log_path = Path(log_dir) / f"{cfg.name}.log"
         self.port = cfg.port
         self.adapters: dict[str, str] = {}  # served adapter name -> local path (desired state)
-        self.state: State = "stopped"
+        self._state: State = "stopped"
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    @property
+    def state(self) -> State:
+        """stopped | starting | ready | down; a dead process is "down" at once, not at the next watch."""
+        if self._state == "ready" and not self.alive():
+            return "down"
+        return self._state
 
     @property
     def url(self) -> str:
@@ -110,9 +127,10 @@ class Engine:
             logf = self.log_path.open("ab")
             log.info("starting engine %s on %s (%s)", self.cfg.name, self.url, self.model_path)
             self._proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                                          env=self.env(), start_new_session=True)
+                                          env=self.env(), start_new_session=True,
+                                          preexec_fn=_die_with_parent)
             logf.close()
-            self.state = "starting"
+            self._state = "starting"
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name=f"engine-{self.cfg.name}", daemon=True)
             self._watcher.start()
@@ -129,11 +147,11 @@ class Engine:
             if proc is None or proc.poll() is not None:
                 if self._stopping.is_set():
                     raise EngineError(f"Engine {self.cfg.name} was stopped.")
-                self.state = "down"
+                self._state = "down"
                 raise EngineError(f"Engine {self.cfg.name} exited during start-up (see "
                                   f"{self.log_path}):\n{self.log_tail()}")
             if self.healthy():
-                self.state = "ready"
+                self._state = "ready"
                 return
             time.sleep(0.5)
         raise EngineError(
@@ -169,8 +187,8 @@ class Engine:
                 continue
             if self._stopping.is_set():
                 return
-            was_ready = self.state == "ready"
-            self.state = "down"
+            was_ready = self._state == "ready"
+            self._state = "down"
             log.error("engine %s exited with %s; log tail:\n%s", self.cfg.name, proc.returncode,
                       self.log_tail(10))
             try:  # its engine-core and worker children must not outlive it (they hold memory)
@@ -187,7 +205,7 @@ class Engine:
                 log.info("engine %s restarted (%d restarts)", self.cfg.name, self.restarts)
             except EngineError as e:
                 log.error("restart of engine %s failed: %s", self.cfg.name, e)
-                self.state = "down"
+                self._state = "down"
                 time.sleep(5)
 
     # ----------------------------------------------------------- runtime LoRA
@@ -223,4 +241,4 @@ class Engine:
                 proc.wait(10)
             except ProcessLookupError:
                 pass
-        self.state = "stopped"
+        self._state = "stopped"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -87,6 +88,9 @@ class Server:
 
         PID_FILE.parent.mkdir(parents=True, exist_ok=True)
         PID_FILE.write_text(str(os.getpid()))
+        # uvicorn re-raises SIGTERM after its own shutdown; turn it into SystemExit so the
+        # engines below are stopped instead of the process dying on the spot.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             uvicorn.run(self.app, host=self.cfg.host, port=self.cfg.port, log_level="warning",
                         access_log=False)

@@ -34,6 +34,13 @@ class DriftJobConfig(StrictModel):
     out: str = Field("reports/drift", description="Folder for drift_report.html / .json; --out.")
     title: str = Field("Drift report", description="Report heading.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Tests and thresholds.")
+    request_log: str | None = Field(
+        None, description="Gateway request log (SQLite); replaces reference/current: requests before "
+        "`split` are the reference, the rest current."
+    )
+    split: str | None = Field(
+        None, description="Split time for request_log: ISO time (2026-11-25T12:00) or '-24h' (hours ago)."
+    )
     model: str | None = Field(
         None, description="Registry version monitored (name@alias or name/version); the report "
         "is logged as an MLflow run linked to it."
@@ -67,12 +74,17 @@ def run(cfg: DriftJobConfig) -> DriftJobResult:
         ConfigError: reference or current not given.
         DriftInputError: a file that is missing or unreadable.
     """
-    missing = [k for k in ("reference", "current") if not getattr(cfg, k)]
-    if missing:
-        raise ConfigError(f"Missing {' and '.join(missing)}: pass --{missing[0]} FILE or set it in --config.")
-    ref = chunk_reader(cfg.reference, cfg.drift.chunk_rows)
-    cur = chunk_reader(cfg.current, cfg.drift.chunk_rows)
-    result = detect_drift(ref, cur, cfg.drift)
+    if cfg.request_log:
+        from llmops.monitoring.llm import request_log_drift
+
+        result = request_log_drift(cfg.request_log, parse_split(cfg.split or "-24h"), cfg.drift)
+    else:
+        missing = [k for k in ("reference", "current") if not getattr(cfg, k)]
+        if missing:
+            raise ConfigError(f"Missing {' and '.join(missing)}: pass --{missing[0]} FILE (or --request-log).")
+        ref = chunk_reader(cfg.reference, cfg.drift.chunk_rows)
+        cur = chunk_reader(cfg.current, cfg.drift.chunk_rows)
+        result = detect_drift(ref, cur, cfg.drift)
     html_path, json_path = write_report(result, cfg.out, cfg.title)
     log.info("drift report: %s", html_path)
 
@@ -82,7 +94,7 @@ def run(cfg: DriftJobConfig) -> DriftJobResult:
 
         run_id = Registry().log_run(
             "drift-report", model_ref=cfg.model, artifacts=[html_path, json_path],
-            params={"reference": cfg.reference, "current": cfg.current},
+            params={"reference": cfg.reference, "current": cfg.current, "request_log": cfg.request_log},
             metrics={"share_drifted": result.share_drifted, "n_drifted": result.n_drifted,
                      "dataset_drift": float(bool(result.dataset_drift))},
             tags={"llmops.job": "drift"},
@@ -95,6 +107,21 @@ def run(cfg: DriftJobConfig) -> DriftJobResult:
             log.warning("drift detected: running %s", cfg.on_drift)
             retrain_code = subprocess.run(shlex.split(cfg.on_drift), check=False).returncode
     return DriftJobResult(result, html_path, json_path, run_id, retrain_code)
+
+
+def parse_split(value: str) -> float:
+    """'-24h' (hours before now) or an ISO time -> a Unix timestamp. Raises ConfigError."""
+    import datetime as dt
+    import time
+
+    v = value.strip()
+    try:
+        if v.startswith("-") and v.endswith("h"):
+            return time.time() - float(v[1:-1]) * 3600
+        when = dt.datetime.fromisoformat(v)
+        return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    except ValueError as e:
+        raise ConfigError(f"split {value!r} is neither '-<hours>h' nor an ISO time (2026-11-25T12:00).") from e
 
 
 def _post(url: str, result: DriftResult, html_path: Path) -> None:

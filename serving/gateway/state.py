@@ -67,6 +67,7 @@ class GatewayState:
                 cfg.embeddings.served_name, "embedding", "", path,
                 int(self.embedder.max_seq_length), created=now)
         self._sync_lock = threading.Lock()
+        self._embed_pool = None
 
     # ------------------------------------------------------------------ models
     def route(self, model: Any, kinds: tuple[str, ...]) -> ModelRoute:
@@ -131,7 +132,7 @@ class GatewayState:
             return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)
         try:
             ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-            if isinstance(ids, dict):
+            if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
                 ids = ids["input_ids"]
             return len(ids)
         except Exception:  # noqa: BLE001 - templates reject odd roles; estimate instead
@@ -142,7 +143,31 @@ class GatewayState:
         tok = self.tokenizers.get(group)
         return len(tok.encode(prompt)) if tok is not None else len(prompt) // 4 + 1
 
+    def log_request(self, rec, prompt_text: str | None = None) -> None:
+        """Write the record; with ``request_log.prompt_embeddings`` embed the prompt first, off the
+        event loop (one background thread, so embedding never delays a response)."""
+        if self.requestlog is None:
+            return
+        if not (prompt_text and self.cfg.request_log.prompt_embeddings and self.embedder is not None):
+            self.requestlog.write(rec)
+            return
+        if self._embed_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="prompt-embed")
+
+        def embed_and_write() -> None:
+            import numpy as np
+
+            vec = self.embedder.encode([prompt_text[-4000:]], normalize_embeddings=True)[0]
+            rec.prompt_embedding = np.asarray(vec, dtype=np.float32).tobytes()
+            self.requestlog.write(rec)
+
+        self._embed_pool.submit(embed_and_write)
+
     def close(self) -> None:
+        if self._embed_pool is not None:
+            self._embed_pool.shutdown(wait=True)
         if self.requestlog:
             self.requestlog.close()
 

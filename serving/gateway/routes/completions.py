@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
 from serving.gateway.requestlog import RequestRecord
 from serving.gateway.state import GatewayState, ModelRoute
@@ -46,6 +47,7 @@ async def _handle(request: Request, chat: bool) -> Response:
     t0 = time.perf_counter()
     rec = RequestRecord(id=uuid.uuid4().hex, ts=time.time(), endpoint=endpoint)
     streaming = False
+    prompt_text = None
     try:
         key = state.keys.authenticate(request.headers.get("authorization"))
         rec.key_id = key.id if key else None
@@ -63,6 +65,7 @@ async def _handle(request: Request, chat: bool) -> Response:
                              for p in prompts]
             messages = [{"role": "user", "content": p} for p in prompts if isinstance(p, str)]
         rec.prompt_tokens = sum(prompt_tokens)
+        prompt_text = _last_user_text(messages)
         longest = max(prompt_tokens)
         if longest + max_tokens > route.max_model_len:
             raise APIError(
@@ -110,7 +113,7 @@ async def _handle(request: Request, chat: bool) -> Response:
         if stream:
             streaming = True
             return StreamingResponse(
-                _relay(state, resp, route, rec, t0, wants_usage),
+                _relay(state, resp, route, rec, t0, wants_usage, prompt_text),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-request-id": rec.id})
         data = json.loads(await resp.aread())
@@ -138,7 +141,7 @@ async def _handle(request: Request, chat: bool) -> Response:
         return e.response()
     finally:
         if not streaming:
-            _finish(state, rec, t0)
+            finish_request(state, rec, t0, prompt_text)
 
 
 def _upstream_error(resp) -> APIError:
@@ -151,12 +154,12 @@ def _upstream_error(resp) -> APIError:
     if resp.status_code < 500:
         code = err.get("code") if isinstance(err, dict) else None
         return APIError(resp.status_code, message or "invalid request", "invalid_request_error",
-                        str(code) if code is not None else None)
+                        code if isinstance(code, str) else "invalid_request")
     return APIError(502, f"The engine failed on this request: {message}", "server_error", "engine_error")
 
 
 async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecord, t0: float,
-                 wants_usage: bool):
+                 wants_usage: bool, prompt_text: str | None):
     """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails."""
     checker = state.hook.stream_checker()
     passthrough = getattr(state.hook, "passthrough", False)
@@ -212,7 +215,7 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
         raise
     finally:
         await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
-        _finish(state, rec, t0)
+        finish_request(state, rec, t0, prompt_text)
 
 
 def _event(obj: dict) -> str:
@@ -233,16 +236,10 @@ def _set_delta_text(choice: dict, text: str) -> None:
         choice["text"] = text
 
 
-def _finish(state: GatewayState, rec: RequestRecord, t0: float) -> None:
-    rec.latency_ms = (time.perf_counter() - t0) * 1000
-    m = state.metrics
-    model = rec.model or "unknown"
-    key = rec.key_id or "anonymous"
-    m.requests.labels(rec.endpoint, model, key, str(rec.status)).inc()
-    m.latency.labels(rec.endpoint, model).observe(rec.latency_ms / 1000)
-    if rec.prompt_tokens:
-        m.tokens.labels(model, key, "prompt").inc(rec.prompt_tokens)
-    if rec.completion_tokens:
-        m.tokens.labels(model, key, "completion").inc(rec.completion_tokens)
-    if state.requestlog is not None:
-        state.requestlog.write(rec)
+def _last_user_text(messages: list[dict]) -> str | None:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else " ".join(
+                p.get("text", "") for p in c or [] if isinstance(p, dict))
+    return None

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError, bad_request
 from serving.gateway.requestlog import RequestRecord
-from serving.gateway.routes.completions import _finish
 from serving.gateway.state import GatewayState
 from serving.gateway.validate import read_json
 
@@ -62,7 +62,7 @@ async def embeddings(request: Request) -> Response:
         fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise bad_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
-        dim = model.get_sentence_embedding_dimension()
+        dim = model.get_embedding_dimension()
         if body.get("dimensions") not in (None, dim):
             raise bad_request(f"This model has {dim} dimensions; 'dimensions' cannot change that.",
                               "dimensions")
@@ -83,4 +83,4 @@ async def embeddings(request: Request) -> Response:
         rec.status, rec.error_code = e.status, e.code
         return e.response()
     finally:
-        _finish(state, rec, t0)
+        finish_request(state, rec, t0)

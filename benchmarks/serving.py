@@ -1,0 +1,173 @@
+"""Serving benchmark with vLLM's own load generator (`vllm bench serve`), three targets, one run.
+
+Targets: (a) gateway -> vLLM, (b) vLLM directly (the same engine), (c) a naive server calling
+transformers `generate` per request. Workload: random prompts, mixed input/output lengths
+(--range-ratio), Poisson arrivals, a concurrency sweep. Writes benchmarks/results/serving.json
+and serving.md; goals: (b) >= 3x (c) output tok/s at concurrency 32; the gateway costs <= 5% of
+throughput and <= 5 ms p50 TTFT against (b).
+
+    python benchmarks/serving.py                  # full sweep 1/8/32/64 (about 15-25 min here)
+    python benchmarks/serving.py --quick          # concurrency 1 and 8, few prompts (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+KEY = "sk-bench"
+
+
+def wait_http(url: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench(base_url: str, model: str, tokenizer: str, concurrency: int, args, out_dir: Path,
+          label: str) -> dict:
+    """One `vllm bench serve` run; returns its saved JSON."""
+    n = max(args.min_prompts, args.prompts_per_slot * concurrency)
+    name = f"{label}-c{concurrency}.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "vllm_bench.py"), "bench", "serve",
+           "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
+           "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
+           "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
+           "--random-range-ratio", str(args.range_ratio), "--num-prompts", str(n),
+           "--request-rate", str(args.rate_per_slot * concurrency), "--max-concurrency", str(concurrency),
+           "--ignore-eos", "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+           "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(out_dir),
+           "--result-filename", name, "--disable-tqdm"]
+    env = dict(os.environ, OPENAI_API_KEY=KEY, HF_HUB_OFFLINE="1")
+    print(f"  {label} concurrency={concurrency} prompts={n}", flush=True)
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads((out_dir / name).read_text())
+
+
+def summary(r: dict) -> dict:
+    return {
+        "requests_per_s": round(r["request_throughput"], 3),
+        "output_tok_per_s": round(r["output_throughput"], 2),
+        "ttft_p50_ms": round(r["median_ttft_ms"], 2),
+        "ttft_p99_ms": round(r["p99_ttft_ms"], 2),
+        "itl_p50_ms": round(r["median_itl_ms"], 2),
+        "itl_p99_ms": round(r["p99_itl_ms"], 2),
+        "completed": r["completed"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", default=str(ROOT / "models" / "smollm2-135m-instruct"))
+    p.add_argument("--concurrency", default="1,8,32,64")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--range-ratio", type=float, default=0.5, help="lengths vary by +-this share")
+    p.add_argument("--prompts-per-slot", type=int, default=2, help="prompts = this x concurrency")
+    p.add_argument("--min-prompts", type=int, default=8)
+    p.add_argument("--rate-per-slot", type=float, default=1.0, help="Poisson rate = this x concurrency")
+    p.add_argument("--naive-max-concurrency", type=int, default=32, help="skip the naive server above this")
+    p.add_argument("--quick", action="store_true", help="concurrency 1,8 and few prompts")
+    a = p.parse_args()
+    if a.quick:
+        a.concurrency, a.prompts_per_slot, a.min_prompts, a.output_len = "1,8", 1, 4, 32
+    levels = [int(c) for c in a.concurrency.split(",")]
+    out = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    results: dict[str, dict[int, dict]] = {"gateway": {}, "vllm": {}, "naive": {}}
+
+    gw_port, engine_port = free_port(), free_port()
+    env = dict(os.environ, LLMOPS_API_KEYS=f"bench:{KEY}", HF_HUB_OFFLINE="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmops", "serve", "--config", str(ROOT / "configs/serving/default.yaml"),
+         f"port={gw_port}", f"engines.0.port={engine_port}", f"engines.0.model={a.model_dir}",
+         "limits.default_rpm=1000000", "limits.default_tpm=1000000000", "auth.keys=[]",
+         f"request_log.path={out / 'requests.sqlite'}", "embeddings.enabled=false"],
+        env=env, stdout=(out / "serve.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        print("starting gateway + vLLM ...", flush=True)
+        wait_http(f"http://127.0.0.1:{gw_port}/ready")
+        for c in levels:
+            results["vllm"][c] = summary(bench(f"http://127.0.0.1:{engine_port}", "smollm2", a.model_dir, c,
+                                               a, out, "vllm"))
+            results["gateway"][c] = summary(bench(f"http://127.0.0.1:{gw_port}", "smollm2", a.model_dir, c,
+                                                  a, out, "gateway"))
+    finally:
+        server.terminate()
+        server.wait(60)
+    naive_port = free_port()
+    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), "--model",
+                              a.model_dir, "--port", str(naive_port)],
+                             stdout=(out / "naive.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        print("starting the naive transformers server ...", flush=True)
+        wait_http(f"http://127.0.0.1:{naive_port}/health", 300)
+        for c in levels:
+            if c <= a.naive_max_concurrency:
+                results["naive"][c] = summary(bench(f"http://127.0.0.1:{naive_port}", "smollm2", a.model_dir,
+                                                    c, a, out, "naive"))
+    finally:
+        naive.terminate()
+        naive.wait(60)
+    write(results, a, levels)
+
+
+def write(results: dict, a, levels: list[int]) -> None:
+    goals = {}
+    ref = 32 if 32 in results["naive"] else max(results["naive"], default=None)
+    if ref is not None and ref in results["vllm"]:
+        ratio = results["vllm"][ref]["output_tok_per_s"] / max(results["naive"][ref]["output_tok_per_s"], 1e-9)
+        goals[f"vllm_vs_naive_output_tok_s_at_c{ref}"] = {"value": round(ratio, 2), "goal": ">= 3", "met": ratio >= 3}
+    for c in levels:
+        g, v = results["gateway"].get(c), results["vllm"].get(c)
+        if g and v:
+            share = g["output_tok_per_s"] / v["output_tok_per_s"]
+            extra = g["ttft_p50_ms"] - v["ttft_p50_ms"]
+            goals[f"gateway_throughput_share_c{c}"] = {"value": round(share, 3), "goal": ">= 0.95",
+                                                       "met": share >= 0.95}
+            goals[f"gateway_extra_ttft_p50_ms_c{c}"] = {"value": round(extra, 2), "goal": "<= 5",
+                                                        "met": extra <= 5}
+    payload = {"workload": {"input_len": a.input_len, "output_len": a.output_len, "range_ratio": a.range_ratio,
+                            "arrivals": f"Poisson, {a.rate_per_slot} x concurrency req/s",
+                            "client": "vllm bench serve (openai-chat, streaming)"},
+               "results": results, "goals": goals, "machine": f"{os.cpu_count()} CPUs"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(payload, indent=2))
+    lines = ["# Serving benchmark", "", f"Workload: {payload['workload']}", "",
+             "| target | concurrency | req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for target in ("gateway", "vllm", "naive"):
+        for c, r in sorted(results[target].items()):
+            lines.append(f"| {target} | {c} | {r['requests_per_s']} | {r['output_tok_per_s']} | {r['ttft_p50_ms']} | "
+                         f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} |")
+    lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

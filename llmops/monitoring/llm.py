@@ -1,0 +1,110 @@
+"""LLM traffic signals for the drift engine, read from the gateway's request log.
+
+The request log is an SQLite table ``requests`` (written by the serving gateway; its columns are
+the contract). From it come per-request signals: prompt and completion tokens, latency, TTFT,
+status class, model, and the guardrail action per rail; plus prompt-embedding drift by a domain
+classifier (can a model tell reference prompts from current ones?)::
+
+    from llmops.monitoring.llm import request_log_drift
+    result = request_log_drift("data/requestlog/requests.sqlite", split_ts=time.time() - 86400)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmops.monitoring.engine import ColumnResult, DriftConfig, DriftResult, detect_drift
+from llmops.monitoring.io import DriftInputError
+
+SIGNALS = ["prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "status_class", "model", "endpoint"]
+
+
+def read_request_log(path: str | Path) -> pd.DataFrame:
+    """Signals per request, with ``ts`` and (when logged) ``prompt_embedding``.
+
+    Raises:
+        DriftInputError: no such file or no ``requests`` table.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DriftInputError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
+    try:
+        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
+            raw = pd.read_sql_query("SELECT * FROM requests ORDER BY ts", db)
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:
+        raise DriftInputError(f"{p} is not a request log (no readable 'requests' table): {e}") from e
+    df = pd.DataFrame({
+        "ts": raw["ts"].astype(float),
+        "prompt_tokens": pd.to_numeric(raw["prompt_tokens"], errors="coerce"),
+        "completion_tokens": pd.to_numeric(raw["completion_tokens"], errors="coerce"),
+        "latency_ms": pd.to_numeric(raw["latency_ms"], errors="coerce"),
+        "ttft_ms": pd.to_numeric(raw["ttft_ms"], errors="coerce"),
+        "status_class": (raw["status"].astype(int) // 100).astype(str) + "xx",
+        "model": raw["model"].fillna("unknown").astype(str),
+        "endpoint": raw["endpoint"].astype(str),
+    })
+    rails: dict[str, list[str]] = {}
+    for i, g in enumerate(raw["guardrails"].fillna("[]")):
+        for v in json.loads(g or "[]"):
+            rails.setdefault(f"guardrail_{v.get('stage', 'input')}_{v.get('rail')}", ["allow"] * len(raw))[i] = (
+                v.get("action", "allow"))
+    for name, values in rails.items():
+        df[name] = values
+    if "prompt_embedding" in raw:
+        df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
+                                  for b in raw["prompt_embedding"]]
+    return df
+
+
+def embedding_drift(reference: np.ndarray, current: np.ndarray, threshold: float = 0.55,
+                    seed: int = 0) -> ColumnResult:
+    """Domain-classifier drift: ROC-AUC of a logistic regression telling current from reference
+    embeddings (cross-validated). 0.5 = indistinguishable; drift from ``threshold`` up."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    n = min(len(reference), len(current), 5000)
+    rng = np.random.default_rng(seed)
+    ref = reference[rng.choice(len(reference), n, replace=False)]
+    cur = current[rng.choice(len(current), n, replace=False)]
+    X = np.vstack([ref, cur])
+    y = np.r_[np.zeros(n), np.ones(n)]
+    folds = StratifiedKFold(min(5, n), shuffle=True, random_state=seed)
+    proba = cross_val_predict(LogisticRegression(max_iter=1000, C=1.0), X, y, cv=folds, method="predict_proba")
+    auc = float(roc_auc_score(y, proba[:, 1]))
+    drifted = auc >= threshold
+    return ColumnResult("prompt_embedding", "embedding", "domain_classifier", auc, None, threshold, drifted,
+                        "prompts moved to other topics" if drifted else "no drift", "exact", 0.0, 0.0)
+
+
+def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None = None,
+                      embedding_threshold: float = 0.55) -> DriftResult:
+    """Drift of requests at or after ``split_ts`` against those before it.
+
+    Raises:
+        DriftInputError: unreadable log.
+    """
+    df = read_request_log(path)
+    ref, cur = df[df.ts < split_ts], df[df.ts >= split_ts]
+    columns = [c for c in df.columns if c in SIGNALS or c.startswith("guardrail_")]
+    base = cfg or DriftConfig()
+    result = detect_drift(ref[columns].reset_index(drop=True), cur[columns].reset_index(drop=True),
+                          base.model_copy(update={"columns": columns}))
+    if "prompt_embedding" in df:
+        r = [e for e in ref["prompt_embedding"] if e is not None]
+        c = [e for e in cur["prompt_embedding"] if e is not None]
+        if len(r) >= 10 and len(c) >= 10:
+            col = embedding_drift(np.vstack(r), np.vstack(c), embedding_threshold)
+            result.columns.append(col)
+            result.n_columns += 1
+            result.n_drifted += int(col.drifted)
+            result.share_drifted = round(result.n_drifted / result.n_columns, 6)
+            if result.dataset_drift is not None:
+                result.dataset_drift = result.share_drifted >= result.drift_share
+    return result

@@ -1,0 +1,23 @@
+"""Per-request accounting shared by the routes: metrics and the request log."""
+
+from __future__ import annotations
+
+import time
+
+from serving.gateway.requestlog import RequestRecord
+from serving.gateway.state import GatewayState
+
+
+def finish_request(state: GatewayState, rec: RequestRecord, t0: float, prompt_text: str | None = None) -> None:
+    """Close a request: latency, Prometheus counters, request log."""
+    rec.latency_ms = (time.perf_counter() - t0) * 1000
+    m = state.metrics
+    model = rec.model or "unknown"
+    key = rec.key_id or "anonymous"
+    m.requests.labels(rec.endpoint, model, key, str(rec.status)).inc()
+    m.latency.labels(rec.endpoint, model).observe(rec.latency_ms / 1000)
+    if rec.prompt_tokens:
+        m.tokens.labels(model, key, "prompt").inc(rec.prompt_tokens)
+    if rec.completion_tokens:
+        m.tokens.labels(model, key, "completion").inc(rec.completion_tokens)
+    state.log_request(rec, prompt_text)

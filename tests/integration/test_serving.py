@@ -1,0 +1,346 @@
+"""The gateway in front of a real vLLM engine (tiny model), driven by real clients.
+
+One engine and one gateway for the whole module (vLLM start-up takes 30-90 s on this CPU).
+The engine-crash test runs last because it restarts the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from llmops.registry import Lineage
+from serving.config import ServingConfig
+from serving.engine import free_port
+from serving.gateway.auth import hash_key
+from serving.gateway.requestlog import read_requests
+from serving.server import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+KEY = "sk-test-key"
+LIMITED = "sk-limited-key"
+
+
+def make_adapter(base_dir, out, seed: int):
+    """A LoRA adapter for the tiny model (random B so it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    from llmops.registry import Registry, RegistryConfig
+
+    registry = Registry(RegistryConfig(root=str(tmp / "mlruns")))
+    adapter_v1 = make_adapter(tiny_model_dir, tmp / "adapter-v1", seed=1)
+    registry.register("tiny-adapter", adapter_v1, kind="adapter", aliases=["champion"],
+                      lineage=Lineage(base_model="tiny-llama"))
+    port = free_port()
+    cfg = ServingConfig.model_validate({
+        "port": port,
+        "engines": [{"model": str(tiny_model_dir), "served_name": "tiny", "port": 0, "kv_cache_gb": 1,
+                     "max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 600}],
+        "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"}],
+        "auth": {"keys": [{"id": "test", "sha256": hash_key(KEY)},
+                          {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3}]},
+        "limits": {"max_tokens_cap": 2000, "max_body_bytes": 20_000},
+        "request_log": {"path": str(tmp / "requests.sqlite")},
+        "rollout_poll_s": 0,
+        "models_dir": str(tiny_model_dir.parent),
+    })
+    server = Server(cfg, log_dir=tmp / "logs", registry=registry)
+    server.start()
+    import uvicorn
+
+    uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield {"base": base, "server": server, "registry": registry, "tmp": tmp, "tiny": tiny_model_dir}
+    uv.should_exit = True
+    thread.join(10)
+    server.stop()
+
+
+@pytest.fixture
+def client(gateway):
+    from openai import OpenAI
+
+    return OpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, max_retries=0)
+
+
+def post(gateway, path, body=None, key=KEY, raw=None, headers=None):
+    h = {"Authorization": f"Bearer {key}"} if key else {}
+    h.update(headers or {})
+    if raw is not None:
+        return httpx.post(gateway["base"] + path, content=raw, headers=h, timeout=60)
+    return httpx.post(gateway["base"] + path, json=body, headers=h, timeout=60)
+
+
+MSG = [{"role": "user", "content": "Say hello."}]
+
+
+def test_openai_client_sync(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0)
+    assert r.model == "tiny" and r.choices[0].message.content
+    assert r.usage.completion_tokens == 8 and r.usage.prompt_tokens > 3
+    c = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5)
+    assert c.choices[0].text and c.usage.completion_tokens == 5
+
+
+def test_openai_client_async_concurrent(gateway):
+    from openai import AsyncOpenAI
+
+    async def main():
+        aclient = AsyncOpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, max_retries=0)
+        rs = await asyncio.gather(*[aclient.chat.completions.create(
+            model="tiny", messages=MSG, max_tokens=6) for _ in range(8)])
+        await aclient.close()
+        return rs
+
+    results = asyncio.run(main())
+    assert len(results) == 8 and all(r.choices[0].message.content for r in results)
+
+
+def test_openai_client_streaming(client):
+    chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=10, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and all(c.model == "tiny" for c in chunks)
+    assert all(c.usage is None for c in chunks)  # not asked for: the gateway's usage chunk is hidden
+    with_usage = list(client.chat.completions.create(
+        model="tiny", messages=MSG, max_tokens=10, stream=True, stream_options={"include_usage": True}))
+    assert with_usage[-1].usage.completion_tokens == 10
+    text_stream = list(client.completions.create(model="tiny", prompt="Hi", max_tokens=4, stream=True))
+    assert "".join(c.choices[0].text for c in text_stream if c.choices)
+
+
+def test_langchain_chat_openai(gateway):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, model="tiny", max_tokens=8,
+                     max_retries=0)
+    assert llm.invoke("Say hello.").content
+    assert "".join(chunk.content for chunk in llm.stream("Say hello."))
+
+
+def test_litellm(gateway):
+    import litellm
+
+    r = litellm.completion(model="openai/tiny", api_base=gateway["base"] + "/v1", api_key=KEY,
+                           messages=MSG, max_tokens=6)
+    assert r.choices[0].message.content
+    e = litellm.embedding(model="openai/minilm", api_base=gateway["base"] + "/v1", api_key=KEY,
+                          input=["hello world"])
+    assert len(e.data[0]["embedding"]) == 384
+
+
+def test_embeddings(client):
+    import numpy as np
+
+    r = client.embeddings.create(model="minilm", input=["a cat sat", "a dog ran", "stock prices"])
+    vecs = np.array([d.embedding for d in r.data])
+    assert vecs.shape == (3, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
+    sims = vecs @ vecs.T
+    assert sims[0, 1] > sims[0, 2]  # cat~dog closer than cat~stocks
+    assert r.usage.prompt_tokens > 0
+    import base64
+
+    b64 = client.embeddings.create(model="minilm", input="a cat sat", encoding_format="base64")
+    decoded = np.frombuffer(base64.b64decode(b64.data[0].embedding), dtype=np.float32)
+    assert np.allclose(decoded, vecs[0], atol=1e-5)
+
+
+def test_models_list_shows_base_adapter_and_registry_version(client):
+    cards = {m.id: m for m in client.models.list().data}
+    assert set(cards) == {"tiny", "tiny-lora", "minilm"}
+    assert cards["tiny-lora"].model_extra["registry_version"] == "1"
+    assert cards["tiny-lora"].model_extra["parent"] == "tiny"
+
+
+def test_adapter_answers(client):
+    r = client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=6, temperature=0)
+    assert r.model == "tiny-lora" and r.choices[0].message.content
+
+
+def test_auth(gateway):
+    for key in (None, "sk-wrong"):
+        r = post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG}, key=key)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(gateway["base"] + "/v1/models").status_code == 401
+
+
+def test_rate_limit_429_with_retry_after(gateway):
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 2}
+    codes = [post(gateway, "/v1/chat/completions", body, key=LIMITED).status_code for _ in range(3)]
+    assert codes == [200, 200, 200]
+    r = post(gateway, "/v1/chat/completions", body, key=LIMITED)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"model": "tiny"}, 400, "invalid_messages"),
+    ({"model": "tiny", "messages": []}, 400, "invalid_messages"),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_messages"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, "invalid_messages"),
+    ({"messages": MSG}, 400, "missing_model"),
+    ({"model": "gpt-17", "messages": MSG}, 404, "model_not_found"),
+    ({"model": "tiny", "messages": MSG, "n": 99}, 400, "invalid_value"),
+    ({"model": "tiny", "messages": MSG, "max_tokens": 100000}, 400, "invalid_value"),
+    ({"model": "tiny", "messages": MSG, "max_tokens": 0}, 400, "invalid_value"),
+    ({"model": "tiny", "messages": MSG, "temperature": "hot"}, 400, "invalid_type"),
+    ({"model": "tiny", "messages": MSG, "stream": "yes"}, 400, "invalid_type"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 2100}]}, 400,
+     "context_length_exceeded"),
+    ({"model": "minilm", "messages": MSG}, 404, "model_not_found"),
+])
+def test_bad_input_is_4xx_openai_shaped(gateway, body, status, code):
+    r = post(gateway, "/v1/chat/completions", body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_malformed_and_oversized_bodies(gateway):
+    r = post(gateway, "/v1/chat/completions", raw=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = post(gateway, "/v1/chat/completions", raw=b"[1, 2]")
+    assert r.status_code == 400
+    r = post(gateway, "/v1/chat/completions", raw=json.dumps({"model": "tiny", "messages": MSG,
+                                                               "pad": "x" * 30_000}).encode())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = post(gateway, "/v1/embeddings", {"model": "minilm", "input": ""})
+    assert r.status_code == 400
+    r = post(gateway, "/v1/completions", {"model": "tiny", "prompt": {"a": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = httpx.get(gateway["base"] + "/v1/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+    # the engine's own validation comes back as its 4xx, OpenAI-shaped
+    r = post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG, "logit_bias": "x"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+def generated_tokens(gateway) -> float:
+    """vLLM's generation_tokens_total (its Prometheus stats lag by a few seconds)."""
+    engine = gateway["server"].engines[0]
+    text = httpx.get(engine.url + "/metrics", timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total")]
+    assert lines, "vLLM exposes no vllm:generation_tokens_total metric"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def settled_generated_tokens(gateway) -> float:
+    previous = -1.0
+    for _ in range(30):
+        time.sleep(2)
+        now = generated_tokens(gateway)
+        if now == previous:
+            return now
+        previous = now
+    return previous
+
+
+def test_client_disconnect_aborts_generation(gateway):
+    before = settled_generated_tokens(gateway)
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 2000, "stream": True,
+            "ignore_eos": True, "min_tokens": 2000}
+    received = 0
+    with httpx.stream("POST", gateway["base"] + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received >= 20:
+                break
+    generated = settled_generated_tokens(gateway) - before
+    assert 10 <= generated < 1000  # the engine stopped soon after the client left, not at 2000
+
+
+def test_request_log_and_metrics(gateway, client):
+    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True).close()
+    list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
+    time.sleep(1.0)  # the writer thread commits in the background
+    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    ok = log[(log.status == 200) & (log.endpoint == "chat")]
+    assert len(ok) >= 5 and (ok.prompt_tokens > 0).all() and (ok.latency_ms > 0).all()
+    streamed = ok[ok.stream == 1]
+    assert streamed.ttft_ms.notna().any() and (streamed.completion_tokens.dropna() > 0).all()
+    assert {401, 404, 413, 429} <= set(log.status)
+    assert set(log[log.model == "tiny-lora"].registry_version) == {"1"}
+    # the drift engine reads the log the gateway wrote
+    from llmops.monitoring.llm import request_log_drift
+
+    split = float(log.ts.median())
+    drift = request_log_drift(gateway["tmp"] / "requests.sqlite", split_ts=split)
+    assert drift.status == "ok" and drift.reference_rows + drift.current_rows == len(log)
+    assert {"prompt_tokens", "latency_ms", "status_class", "model"} <= {c.column for c in drift.columns}
+    metrics = httpx.get(gateway["base"] + "/metrics").text
+    assert 'llmops_requests_total{endpoint="chat",key="test",model="tiny",status="200"}' in metrics
+    assert "llmops_time_to_first_token_seconds_bucket" in metrics
+    assert 'llmops_tokens_total{direction="completion",key="test",model="tiny"}' in metrics
+
+
+def test_adapter_hot_load_on_alias_move_and_rollback(gateway, client):
+    registry = gateway["registry"]
+    v2 = registry.register("tiny-adapter", make_adapter(gateway["tiny"], gateway["tmp"] / "adapter-v2", 2),
+                           kind="adapter", lineage=Lineage(base_model="tiny-llama"))
+    state = gateway["server"].state
+    assert state.sync_adapters() == []  # alias not moved yet: nothing changes
+    registry.set_alias("tiny-adapter", "champion", v2.version, reason="test rollout")
+    assert state.sync_adapters() == ["tiny-lora"]
+    cards = {m.id: m for m in client.models.list().data}
+    assert cards["tiny-lora"].model_extra["registry_version"] == "2"
+    r = client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=4)
+    assert r.model == "tiny-lora"
+    engine_models = httpx.get(gateway["server"].engines[0].url + "/v1/models").json()["data"]
+    assert {m["id"] for m in engine_models} == {"tiny", "tiny-lora--v2"}  # v1 unloaded
+    registry.set_alias("tiny-adapter", "champion", 1, reason="rollback")
+    assert state.sync_adapters() == ["tiny-lora"]
+    assert {m.id: m for m in client.models.list().data}["tiny-lora"].model_extra["registry_version"] == "1"
+
+
+def test_ready_endpoint(gateway):
+    r = httpx.get(gateway["base"] + "/ready")
+    assert r.status_code == 200 and r.json()["ready"] is True
+
+
+def test_engine_crash_gives_503_then_recovers(gateway, client):
+    engine = gateway["server"].engines[0]
+    os.killpg(engine.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    r = post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_tokens": 2})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+    assert httpx.get(gateway["base"] + "/ready").status_code == 503
+    assert httpx.get(gateway["base"] + "/health").status_code == 200  # the gateway stays up
+    deadline = time.monotonic() + 600
+    while engine.state != "ready" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert engine.state == "ready" and engine.restarts == 1
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
+    assert r.choices[0].message.content
+    # the adapter in use before the crash is served again after the restart
+    assert client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3).model == "tiny-lora"

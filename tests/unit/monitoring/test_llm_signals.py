@@ -1,0 +1,75 @@
+"""Drift on LLM traffic: the gateway's request-log format, lengths, guardrail actions, embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmops.monitoring.io import DriftInputError
+from llmops.monitoring.llm import embedding_drift, read_request_log, request_log_drift
+from serving.gateway.requestlog import RequestLog, RequestRecord
+
+COOKING = ["How long do I boil an egg?", "Best way to roast vegetables?", "How to make bread dough rise?",
+           "What spices go with lamb?", "How do I caramelize onions?", "Tips for a crispy pizza crust?",
+           "How to cook rice without sticking?", "What is a good pasta sauce recipe?"]
+FINANCE = ["How do index funds work?", "What is a good savings rate?", "Should I pay off my mortgage early?",
+           "How are capital gains taxed?", "What is dollar cost averaging?", "How do bonds react to rates?",
+           "What is an emergency fund?", "How do I read a balance sheet?"]
+
+
+@pytest.fixture(scope="module")
+def embedder(embedding_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedding_model_dir), device="cpu")
+
+
+def write_log(path, embedder, shifted: bool, n: int = 80):
+    rng = np.random.default_rng(0)
+    log = RequestLog(path)
+    for i in range(2 * n):
+        later = i >= n
+        topic = FINANCE if (later and shifted) else COOKING
+        text = f"{topic[rng.integers(len(topic))]} (case {rng.integers(1000)})"
+        emb = embedder.encode([text], normalize_embeddings=True)[0].astype(np.float32)
+        blocked = later and shifted and rng.random() < 0.4
+        log.write(RequestRecord(
+            id=str(i), ts=1000.0 + i, endpoint="chat", key_id="k", model="smollm2", status=200,
+            prompt_tokens=int(rng.normal(120 if (later and shifted) else 40, 8)),
+            completion_tokens=int(rng.normal(60, 10)), latency_ms=float(rng.normal(500, 50)),
+            guardrails=[{"stage": "input", "rail": "injection", "action": "block"}] if blocked else [],
+            prompt_embedding=emb.tobytes()))
+    log.close()
+
+
+def test_request_log_drift_detects_topic_length_and_guardrail_shift(tmp_path, embedder):
+    write_log(tmp_path / "log.sqlite", embedder, shifted=True)
+    result = request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0)
+    by = {c.column: c for c in result.columns}
+    assert by["prompt_tokens"].drifted and not by["completion_tokens"].drifted
+    assert by["guardrail_input_injection"].drifted
+    assert by["prompt_embedding"].drifted and by["prompt_embedding"].statistic > 0.9
+    assert result.dataset_drift is not None
+
+
+def test_request_log_quiet_without_shift(tmp_path, embedder):
+    write_log(tmp_path / "log.sqlite", embedder, shifted=False)
+    result = request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0)
+    by = {c.column: c for c in result.columns}
+    assert not by["prompt_embedding"].drifted and by["prompt_embedding"].statistic < 0.7
+    assert result.dataset_drift is False
+
+
+def test_embedding_drift_on_random_vectors():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    assert not embedding_drift(a, b).drifted
+    assert embedding_drift(a, b + 0.5).drifted
+
+
+def test_bad_request_log(tmp_path):
+    with pytest.raises(DriftInputError, match="does not exist"):
+        read_request_log(tmp_path / "none.sqlite")
+    (tmp_path / "x.sqlite").write_bytes(b"not a database at all")
+    with pytest.raises(DriftInputError, match="not a request log"):
+        read_request_log(tmp_path / "x.sqlite")

@@ -1,0 +1,84 @@
+"""Gateway pieces that need no engine: keys, rate limits, request log, config checks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from serving.config import AuthConfig, ServingConfig
+from serving.gateway.auth import KeyStore, hash_key
+from serving.gateway.errors import APIError
+from serving.gateway.limits import RateLimiter
+from serving.gateway.requestlog import RequestLog, RequestRecord, read_requests
+
+
+def test_keys_are_hashed_and_checked(monkeypatch):
+    monkeypatch.setenv("TEST_KEYS", "ops:sk-ops, ci:sk-ci")
+    store = KeyStore(AuthConfig(keys=[{"id": "a", "sha256": hash_key("sk-a")}], keys_env="TEST_KEYS"))
+    assert store.authenticate("Bearer sk-a").id == "a"
+    assert store.authenticate("bearer sk-ci").id == "ci"
+    assert all("sk-" not in k.sha256 for k in store.keys)
+    for header in (None, "sk-a", "Bearer nope", "Basic sk-a"):
+        with pytest.raises(APIError) as e:
+            store.authenticate(header)
+        assert e.value.status == 401
+    assert KeyStore(AuthConfig(enabled=False)).authenticate(None) is None
+
+
+def test_rate_limiter_requests_and_tokens():
+    rl = RateLimiter()
+    for i in range(3):
+        rl.admit("k", 10, rpm=3, tpm=1000, now=100.0 + i)
+    with pytest.raises(APIError) as e:
+        rl.admit("k", 10, rpm=3, tpm=1000, now=110.0)
+    assert e.value.status == 429 and e.value.headers["Retry-After"] == "50"  # oldest expires at 160
+    rl.admit("k", 10, rpm=3, tpm=1000, now=160.5)  # window slid
+    rl2 = RateLimiter()
+    rl2.admit("t", 600, rpm=100, tpm=1000, now=0.0)
+    rl2.admit("t", 300, rpm=100, tpm=1000, now=10.0)
+    with pytest.raises(APIError) as e:
+        rl2.admit("t", 200, rpm=100, tpm=1000, now=20.0)
+    assert e.value.headers["Retry-After"] == "40"  # the 600-token request expires at 60
+    with pytest.raises(APIError, match="more than the key's limit"):
+        rl2.admit("other", 5000, rpm=100, tpm=1000)
+
+
+def test_request_log_round_trip(tmp_path):
+    import numpy as np
+
+    log = RequestLog(tmp_path / "r.sqlite")
+    emb = np.arange(4, dtype=np.float32)
+    log.write(RequestRecord(id="1", ts=time.time(), endpoint="chat", key_id="k", model="m", status=200,
+                            prompt_tokens=5, completion_tokens=7, latency_ms=12.5, ttft_ms=3.0,
+                            guardrails=[{"stage": "input", "rail": "pii", "action": "redact"}],
+                            prompt_embedding=emb.tobytes()))
+    log.write(RequestRecord(id="2", ts=time.time(), endpoint="chat", status=429, error_code="rate_limit_exceeded"))
+    log.close()
+    df = read_requests(tmp_path / "r.sqlite")
+    assert list(df.id) == ["1", "2"] and list(df.status) == [200, 429]
+    assert df.guardrails[0][0]["rail"] == "pii" and np.array_equal(df.prompt_embedding[0], emb)
+    assert df.prompt_embedding[1] is None
+
+
+def test_serving_config_cross_checks():
+    with pytest.raises(ValueError, match="distinct ports"):
+        ServingConfig.model_validate({"engines": [{"port": 9001}, {"name": "b", "port": 9001}]})
+    with pytest.raises(ValueError, match="gateway port"):
+        ServingConfig.model_validate({"port": 9001, "engines": [{"port": 9001}]})
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        ServingConfig.model_validate({"engines": [{"max_lora_rank": 12}]})
+    with pytest.raises(ValueError, match="enable_lora"):
+        ServingConfig.model_validate({"engines": [{"enable_lora": False}],
+                                      "adapters": [{"registry_name": "a"}]})
+
+
+def test_hash_key_cli(capsys):
+    from serving.__main__ import main
+
+    assert main(["hash-key", "sk-llmops-demo"]) == 0
+    digest = capsys.readouterr().out.strip()
+    assert digest == hash_key("sk-llmops-demo")
+    from pathlib import Path
+
+    assert digest in Path("configs/serving/default.yaml").read_text()
