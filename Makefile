@@ -81,7 +81,13 @@ data/classic/current.parquet: | setup
 drift: setup data/classic/reference.parquet data/classic/current.parquet
 	$(BIN)/llmops drift --config $(or $(CONFIG),configs/drift/default.yaml) $(ARGS)
 
-bench: setup assets
+# Evidently (the drift benchmark's baseline) lives in its own venv, outside the project's deps.
+$(VENV)-bench/.stamp: requirements/bench.txt
+	test -x $(VENV)-bench/bin/python || $(PYTHON) -m venv $(VENV)-bench
+	$(VENV)-bench/bin/python -m pip install -q -r requirements/bench.txt
+	touch $@
+
+bench: setup assets $(VENV)-bench/.stamp
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f $(ARGS) || exit $$?; done
 
 mlflow-ui: setup

@@ -53,7 +53,7 @@ def bench(base_url: str, model: str, tokenizer: str, concurrency: int, args, out
     """One `vllm bench serve` run; returns its saved JSON."""
     n = max(args.min_prompts, args.prompts_per_slot * concurrency)
     name = f"{label}-c{concurrency}.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "vllm_bench.py"), "bench", "serve",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "helpers" / "vllm_bench.py"), "bench", "serve",
            "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
            "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
            "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
@@ -64,7 +64,7 @@ def bench(base_url: str, model: str, tokenizer: str, concurrency: int, args, out
            "--result-filename", name, "--disable-tqdm"]
     env = dict(os.environ, OPENAI_API_KEY=KEY, HF_HUB_OFFLINE="1")
     print(f"  {label} concurrency={concurrency} prompts={n}", flush=True)
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out_dir / name).read_text())
 
 
@@ -110,6 +110,8 @@ def main() -> None:
     try:
         print("starting gateway + vLLM ...", flush=True)
         wait_http(f"http://127.0.0.1:{gw_port}/ready")
+        # warm-up (not recorded): vLLM compiles kernels for new batch shapes on first use
+        bench(f"http://127.0.0.1:{engine_port}", "smollm2", a.model_dir, max(levels), a, out, "warmup")
         for c in levels:
             results["vllm"][c] = summary(bench(f"http://127.0.0.1:{engine_port}", "smollm2", a.model_dir, c,
                                                a, out, "vllm"))
@@ -119,7 +121,7 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     naive_port = free_port()
-    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), "--model",
+    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "helpers" / "naive_server.py"), "--model",
                               a.model_dir, "--port", str(naive_port)],
                              stdout=(out / "naive.log").open("w"), stderr=subprocess.STDOUT)
     try:

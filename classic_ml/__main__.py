@@ -3,6 +3,7 @@
 Examples::
 
     llmops classic train --config configs/classic/default.yaml model.type=random_forest
+    llmops classic train-text --config configs/classic/text.yaml     # the guardrails' injection classifier
     llmops classic make-data --rows 2000 --shift 1.0 --out data/classic/current.parquet
     llmops classic predict --model credit-risk@champion --input data/classic/current.parquet \\
         --output outputs/classic/scored.parquet
@@ -20,6 +21,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops classic") -> int
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("train", help="train, cross-validate and register a model")
     p.add_argument("--config", help="YAML (configs/classic/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p = sub.add_parser("train-text", help="train and register a text classifier (the injection classifier)")
+    p.add_argument("--config", help="YAML (configs/classic/text.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p = sub.add_parser("predict", help="score a CSV/Parquet batch with a registered model")
     p.add_argument("--model", default="credit-risk@champion", help="registry reference")
@@ -41,6 +45,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops classic") -> int
         for k, v in result.metrics.items():
             if not k.endswith("_std"):
                 print(f"  {k:10s} {v:.4f} ± {result.metrics[k + '_std']:.4f}")
+    elif args.action == "train-text":
+        from classic_ml.text import TextClassifierConfig
+        from classic_ml.text import run as train_text
+        from llmops.config import load_config
+
+        result = train_text(load_config(args.config, TextClassifierConfig, args.overrides))
+        print(f"registered {result.version.ref} aliases={list(result.version.aliases)}")
+        for k, v in result.metrics.items():
+            print(f"  {k:10s} {v:.4f}")
     elif args.action == "predict":
         from classic_ml.predict import PredictConfig, run
 

@@ -1,1 +1,1 @@
-"""Guardrails for prompts and answers (planned in issue #6)."""
+"""Guardrails: input and output rails for the gateway and RAG (see guardrails.guard.Guard)."""

@@ -25,6 +25,7 @@ class Verdict:
     findings: tuple[Finding, ...] = field(default_factory=tuple)
     latency_ms: float = 0.0
     reason: str | None = None
+    messages: tuple[dict, ...] | None = None  # check_input with redaction: the redacted messages
 
     @classmethod
     def allow(cls, text: str | None = None) -> Verdict:

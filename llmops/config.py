@@ -30,9 +30,16 @@ T = TypeVar("T", bound=BaseModel)
 SCHEMAS: dict[str, str] = {
     "assets": "llmops.assets:AssetsConfig",
     "registry": "llmops.registry:RegistryConfig",
-    "classic": "classic_ml.train:ClassicTrainConfig",
+    "classic": "classic_ml.train:ClassicTrainConfig",  # text.yaml: see FILE_SCHEMAS
     "drift": "llmops.monitoring.job:DriftJobConfig",
     "serving": "serving.config:ServingConfig",
+    "guardrails": "guardrails.policy:PolicyConfig",
+}
+
+
+# Files whose schema differs from their folder's.
+FILE_SCHEMAS: dict[str, str] = {
+    "classic/text.yaml": "classic_ml.text:TextClassifierConfig",
 }
 
 
@@ -230,15 +237,15 @@ def config_hash(cfg: BaseModel) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def schema_for(folder: str) -> type[BaseModel]:
-    """The config model for ``configs/<folder>/``.
+def schema_for(folder: str, filename: str | None = None) -> type[BaseModel]:
+    """The config model for ``configs/<folder>/`` (or for one file there with its own schema).
 
     Raises:
         ConfigError: no schema is registered for that folder.
     """
     import importlib
 
-    target = SCHEMAS.get(folder)
+    target = FILE_SCHEMAS.get(f"{folder}/{filename}") or SCHEMAS.get(folder)
     if target is None:
         raise ConfigError(f"No config schema for configs/{folder}/ (known: {', '.join(SCHEMAS)}).")
     module, _, name = target.partition(":")

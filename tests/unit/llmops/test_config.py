@@ -120,7 +120,7 @@ def test_every_config_folder_has_a_schema():
 def test_every_shipped_config_validates_and_names_its_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Used by:"), f"{path} must start with a comment naming its command"
-    load_config(path, schema_for(path.parent.name))
+    load_config(path, schema_for(path.parent.name, path.name))
 
 
 def test_unknown_schema_folder():

@@ -3,7 +3,7 @@
 One request at a time (a lock around ``generate``), tokens streamed as OpenAI SSE so that
 ``vllm bench serve`` measures it like the real servers::
 
-    python benchmarks/naive_server.py --model models/smollm2-135m-instruct --port 8200
+    python benchmarks/helpers/naive_server.py --model models/smollm2-135m-instruct --port 8200
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import threading
 import time
 import uuid
 
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
 
 def build_app(model_dir: str, name: str):
     import torch
-    from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

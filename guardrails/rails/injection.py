@@ -1,0 +1,64 @@
+"""Prompt-injection / jailbreak detection: rules on every normalised variant, plus a classifier.
+
+The rules catch the families seen in public jailbreak corpora (instruction override, persona
+jailbreaks such as DAN / developer mode, system-prompt extraction, chat-template token smuggling,
+safety-bypass requests). The classifier (TF-IDF + logistic regression, trained by
+``classic_ml.text`` and registered in the registry) scores what the rules do not name.
+"""
+
+from __future__ import annotations
+
+import re
+
+_O = r"(?:all|any|every|your|my|these|those|previous|prior|above|earlier|preceding|initial|original|system|safety)"
+_RULES: list[tuple[str, str]] = [
+    ("override", rf"\b(?:ignore|disregard|forget|skip|bypass|override|overlook|neglect|drop|abandon)\b[\w\s,'-]{{0,20}}?"
+                 rf"\b{_O}\s+(?:\w+\s+){{0,3}}?(?:instructions?|rules?|guidelines?|prompts?|directives?|"
+                 r"constraints?|restrictions?|policies|policy|programming|training|commands?|orders?)\b"),
+    ("override", r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:of\s+)?(?:the\s+|that\s+)?"
+                 r"(?:above|previous|prior|preceding|earlier)(?:\s+(?:text|message|messages|content))?\s*(?:[.,!:;]|and|$)"),
+    ("override", r"\bforget (?:everything|all|what) (?:you|that)\b[\w\s']{0,30}\b(?:told|taught|instructed|learned|said)\b"),
+    ("override", r"\b(?:new|updated|revised|real|actual)\s+(?:system\s+)?(?:instructions?|rules|directives?)\s*[:\-]"),
+    ("override", r"\bfrom now on\b[\w\s,']{0,40}\b(?:you (?:are|will|must|shall)|respond|answer|act|ignore)\b"),
+    ("override", r"\b(?:stop|cease) (?:being|acting as) (?:an? )?(?:ai|assistant|chatbot|language model)\b"),
+    ("persona", r"\b(?:you are|you're|act as|become|pretend to be|roleplay as|stay|respond as|answer as)\s+"
+                r"(?:now\s+|a\s+)?(?:DAN|STAN|DUDE|AIM|KEVIN|BetterDAN|Mongo Tom)\b"),
+    ("persona", r"\b(?:DAN|STAN|DUDE) (?:mode|prompt|jailbreak)\b|\bBetterDAN\b|\bMongo Tom\b"),
+    ("persona", r"\b(?:unfiltered|evil|chaos|opposite|unrestricted) mode\b|\bjailbroken\b"),
+    ("persona", r"\bdo anything now\b"),
+    ("persona", r"\b(?:developer|dev|god|admin|debug|sudo) mode\b[^.?!]{0,80}\byou(?:r)?\b"),
+    ("persona", r"\b(?:you are|you're|act as|pretend (?:to be|you are)|roleplay as|role-play as|become|simulate)\b"
+                r"[\w\s,'-]{0,30}\b(?:unrestricted|unfiltered|uncensored|amoral|immoral|without (?:any )?"
+                r"(?:restrictions|limits|filters|rules|ethics|morals|guidelines)|no (?:restrictions|limits|filters|"
+                r"rules|ethics|morals|guidelines)|free from|not bound by|jailbroken|evil)\b"),
+    ("persona", r"\b(?:no|without|free of|free from|ignore|remove|disable|turn off)\s+(?:any\s+|all\s+|your\s+)?"
+                r"(?:ethical|moral|safety|content)\s+(?:guidelines|filters?|restrictions|policies|constraints|limits)\b"),
+    ("persona", r"\b(?:hypothetical|fictional) (?:world|scenario|story|ai)\b[\w\s,']{0,60}\b(?:no|without) "
+                r"(?:rules|restrictions|laws|limits|ethics)\b"),
+    ("extraction", r"\b(?:reveal|show|print|repeat|output|display|tell me|give me|what (?:is|are|was|were)|leak|dump|"
+                   r"recite|spell out)\b[\w\s,']{0,30}\b(?:your|the)\s+(?:(?:full|entire|complete|original|initial|hidden|"
+                   r"secret|exact)\s+)*(?:system\s+prompt|system\s+message|instructions|initial prompt|hidden prompt|"
+                   r"pre-?prompt|configuration|rules you were given)\b"),
+    ("extraction", r"\brepeat (?:the )?(?:words|text) above\b|\bwhat was written (?:at the top|above)\b"),
+    ("smuggling", r"<\|(?:im_start|im_end|system|endoftext|start_header_id|eot_id)\|>|\[/?INST\]|<<SYS>>|"
+                  r"<\/?s>\s*\[INST|^\s*(?:system|assistant)\s*:|###\s*(?:system|instruction)s?\s*:"),
+    ("bypass", r"\b(?:bypass|circumvent|evade|get around|disable|jailbreak)\b[\w\s,']{0,30}\b(?:safety|filters?|"
+               r"guardrails?|content polic(?:y|ies)|moderation|restrictions|censorship|security measures)\b"),
+    ("bypass", r"\b(?:enable|activate|enter|switch to|unlock)\b[\w\s]{0,20}\b(?:unrestricted|jailbreak|jailbroken|"
+               r"evil|chaos|dan|admin)\s+mode\b"),
+]
+# Persona names (DAN, STAN, AIM ...) are matched case-sensitively: "Dan" and "aim" are ordinary words.
+RULES = [(family, re.compile(pattern, re.M if re.search(r"\bDAN\b", pattern) else re.I | re.M))
+         for family, pattern in _RULES]
+
+
+def rule_hits(variants: list[str]) -> list[tuple[str, tuple[int, int] | None]]:
+    """(family, span in the first variant or None) for every rule that matches any variant."""
+    hits = []
+    for family, rx in RULES:
+        for i, text in enumerate(variants):
+            m = rx.search(text)
+            if m:
+                hits.append((family, (m.start(), m.end()) if i == 0 else None))
+                break
+    return hits
