@@ -39,7 +39,9 @@ def build_app(model_dir: str, name: str):
     async def generate(request: Request, chat: bool):
         body = await request.json()
         if chat:
-            ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
+            messages = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+                         " ".join(p.get("text", "") for p in m["content"])} for m in body["messages"]]
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                           return_dict=True)["input_ids"]
         else:
             ids = tok(body["prompt"], return_tensors="pt")["input_ids"]
