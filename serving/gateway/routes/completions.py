@@ -113,7 +113,7 @@ async def _handle(request: Request, chat: bool) -> Response:
         if stream:
             streaming = True
             return StreamingResponse(
-                _relay(state, resp, route, rec, t0, wants_usage, prompt_text),
+                _relay(state, resp, route, rec, t0, wants_usage, prompt_text, chat),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-request-id": rec.id})
         data = json.loads(await resp.aread())
@@ -159,22 +159,23 @@ def _upstream_error(resp) -> APIError:
 
 
 async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecord, t0: float,
-                 wants_usage: bool, prompt_text: str | None):
+                 wants_usage: bool, prompt_text: str | None, chat: bool):
     """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails."""
     checker = state.hook.stream_checker()
     passthrough = getattr(state.hook, "passthrough", False)
     rename = route.upstream != route.public
+    flushed = False
     try:
         async for line in resp.aiter_lines():
             if not line.startswith("data: "):
                 continue
             payload = line[6:]
             if payload.strip() == "[DONE]":
-                if not passthrough:
-                    tail, verdict = checker.finish()
+                if not passthrough and not flushed:
+                    flushed = True
+                    tail = _flush(checker, rec.id, route.public, chat)
                     if tail:
-                        yield _event({"id": rec.id, "object": "chat.completion.chunk", "model": route.public,
-                                      "choices": [{"index": 0, "delta": {"content": tail}}]})
+                        yield tail
                 yield "data: [DONE]\n\n"
                 break
             event = json.loads(payload)
@@ -185,6 +186,11 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
             if event.get("usage"):
                 rec.prompt_tokens = event["usage"].get("prompt_tokens", rec.prompt_tokens)
                 rec.completion_tokens = event["usage"].get("completion_tokens")
+                if not choices and not passthrough and not flushed:
+                    flushed = True  # held-back text goes out before the closing usage chunk
+                    tail = _flush(checker, rec.id, route.public, chat)
+                    if tail:
+                        yield tail
                 if not choices and not wants_usage:
                     continue
             if passthrough and not rename:
@@ -207,15 +213,24 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
                             yield "data: [DONE]\n\n"
                             return
             yield _event(event)
-    except Exception as e:  # noqa: BLE001 - a broken upstream must end the stream cleanly
-        if not isinstance(e, GeneratorExit):
-            rec.status, rec.error_code = 502, "engine_error"
-            yield _event({"error": {"message": f"The engine stream failed: {type(e).__name__}",
-                                    "type": "server_error", "code": "engine_error", "param": None}})
-        raise
+    except Exception as e:  # noqa: BLE001 - a broken upstream ends the stream with an error event
+        log.warning("stream from the engine failed: %s", e)
+        rec.status, rec.error_code = 502, "engine_error"
+        yield _event({"error": {"message": f"The engine stream failed: {type(e).__name__}",
+                                "type": "server_error", "code": "engine_error", "param": None}})
     finally:
         await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
         finish_request(state, rec, t0, prompt_text)
+
+
+def _flush(checker, rid: str, model: str, chat: bool) -> str | None:
+    """The text a stream checker still holds, as one final chunk (None when nothing is held)."""
+    tail, _ = checker.finish()
+    if not tail:
+        return None
+    choice = {"index": 0, "delta": {"content": tail}} if chat else {"index": 0, "text": tail}
+    return _event({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "model": model,
+                   "choices": [choice]})
 
 
 def _event(obj: dict) -> str:
