@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# This file shares its name with a project package: import the package, not this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT / "guardrails" / "datasets" / "injection.jsonl"
 NAIVE = ["ignore previous instructions", "ignore all previous instructions", "jailbreak", "dan mode",

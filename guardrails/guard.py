@@ -56,7 +56,7 @@ class Guard:
 
             registry = registry or Registry()
             model, _ = load_sklearn_model(registry.resolve(rail.classifier).local_path)
-            return model
+            return _fast_scorer(model)
         except Exception as e:
             if rail.classifier_required:
                 raise
@@ -170,9 +170,9 @@ class Guard:
             fs = [Finding(name, f"rule:{family}", span, 1.0) for family, span in hits]
             clf = self._classifiers.get(rail.classifier) if rail.classifier else None
             if clf is not None:
-                import pandas as pd
-
-                p = float(clf.predict_proba(pd.DataFrame({"text": [forms[0][:4000]]}))[0, 1])
+                # head and tail of long prompts: where injections sit, and it bounds the cost
+                probe = forms[0] if len(forms[0]) <= 800 else forms[0][:400] + " " + forms[0][-400:]
+                p = clf(probe)
                 if p >= (rail.threshold if rail.threshold is not None else 0.5):
                     fs.append(Finding(name, "classifier", None, round(p, 4)))
             return bool(fs), fs, None, "prompt injection or jailbreak attempt"
@@ -209,6 +209,29 @@ class Guard:
         block = self.policy.on_rail_error == "block"
         return self._verdict(not block, "block" if block else "warn", "guard", [Finding("guard", "error")],
                              None, t0, f"the guard failed ({type(e).__name__})")
+
+
+def _fast_scorer(model: Any):
+    """text -> probability. For the TF-IDF + logistic-regression pipeline of classic_ml.text this
+    skips sklearn's per-call machinery (a few ms per call); anything else goes through predict_proba."""
+    import numpy as np
+    import pandas as pd
+    from scipy.sparse import hstack
+
+    try:
+        union = model.named_steps["features"].transformers_[0][1]
+        vectorizers = [v for _, v in union.transformer_list]
+        lr = model.named_steps["model"]
+        coef, bias = lr.coef_.ravel(), float(lr.intercept_[0])
+
+        def score(text: str) -> float:
+            x = hstack([v.transform([text]) for v in vectorizers]).tocsr()
+            return float(1 / (1 + np.exp(-(x @ coef + bias)[0])))
+
+        score("probe")  # fail here, not in a request, if the shape is not the expected one
+        return score
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return lambda text: float(model.predict_proba(pd.DataFrame({"text": [text]}))[0, 1])
 
 
 def _text(content: Any) -> str:

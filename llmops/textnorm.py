@@ -28,10 +28,20 @@ B64_TOKEN = re.compile(r"(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-
 HEX_TOKEN = re.compile(r"\b(?:[0-9a-fA-F]{2}){8,}\b")
 SPACED = re.compile(r"\b(?:[A-Za-z][ .\-_*]){3,}[A-Za-z]\b")  # "i g n o r e", "i.g.n.o.r.e"
 MAX_LEN = 200_000  # longer inputs are checked on their first and last parts
+LEETISH = re.compile(r"[A-Za-z][0-9@$!][A-Za-z0-9]|\b[0-9@$][A-Za-z]{2,}")  # l33t, 1gnore, @ll
+COMMON = frozenset("the a an and or of to in is are you your i me my it this that for on with be do not what "
+                   "how can please all from as at by we they he she was were will would should have has".split())
+
+
+def _reads_as_language(text: str) -> bool:
+    words = re.findall(r"[a-z]+", text.lower()[:2000])
+    return len(words) >= 4 and sum(w in COMMON for w in words) / len(words) >= 0.12
 
 
 def normalize(text: str) -> str:
     """NFKC, no zero-width or control characters, homoglyphs mapped to Latin, spaces collapsed."""
+    if text.isascii():  # the common case: nothing to fold
+        return re.sub(r"\s+", " ", CONTROL.sub(" ", text)).strip()
     t = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).translate(HOMOGLYPHS)
     t = CONTROL.sub(" ", t)
     # drop combining marks that survive NFKC (z̶a̶l̶g̶o̶ text)
@@ -83,12 +93,14 @@ def variants(text: str, depth: int = 3) -> list[str]:
             break
     extra = []
     for t in list(out):
-        extra.append(codecs.decode(t, "rot13"))
-        extra.append(t.lower().translate(LEET))
+        # rot13 and reversed text are only worth checking when the text does not read as language
+        if not _reads_as_language(t):
+            extra.append(codecs.decode(t, "rot13"))
+            extra.append(t[::-1])
+        if LEETISH.search(t):
+            extra.append(t.lower().translate(LEET))
         if SPACED.search(t):
             extra.append(SPACED.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group()), t))
-        # words split by punctuation or reversed text
-        extra.append(t[::-1])
     for e in extra:
         if e not in out:
             out.append(e)

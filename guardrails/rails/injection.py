@@ -47,16 +47,36 @@ _RULES: list[tuple[str, str]] = [
     ("bypass", r"\b(?:enable|activate|enter|switch to|unlock)\b[\w\s]{0,20}\b(?:unrestricted|jailbreak|jailbroken|"
                r"evil|chaos|dan|admin)\s+mode\b"),
 ]
+# A rule runs only when one of its anchor words is in the text: most prompts contain none, so
+# the regexes (and their backtracking) are skipped for them. Anchors are the words each rule needs.
+ANCHORS = {
+    "override": ("instruction", "rule", "guideline", "prompt", "directive", "constraint", "restriction", "polic",
+                 "programming", "training", "command", "order", "above", "previous", "prior", "preceding",
+                 "earlier", "told", "taught", "learned", "said", "from now on", "being", "acting as"),
+    "persona": ("dan", "stan", "dude", "aim", "kevin", "mongo", "mode", "jailbr", "anything now", "restrict",
+                "filter", "censor", "moral", "ethic", "evil", "free from", "bound by", "rules", "limits", "laws",
+                "guideline", "polic", "constraint"),
+    "extraction": ("prompt", "instruction", "system message", "configuration", "rules you were given",
+                   "words above", "text above", "written"),
+    "smuggling": ("<|", "[inst", "[/inst", "<<sys", "system", "assistant", "###"),
+    "bypass": ("safety", "filter", "guardrail", "polic", "moderation", "restriction", "censorship", "security",
+               "mode"),
+}
 # Persona names (DAN, STAN, AIM ...) are matched case-sensitively: "Dan" and "aim" are ordinary words.
-RULES = [(family, re.compile(pattern, re.M if re.search(r"\bDAN\b", pattern) else re.I | re.M))
+_ANCHOR_RX = {family: re.compile("|".join(map(re.escape, words))) for family, words in ANCHORS.items()}
+RULES = [(family, re.compile(pattern, re.M if re.search(r"\bDAN\b", pattern) else re.I | re.M), _ANCHOR_RX[family])
          for family, pattern in _RULES]
 
 
 def rule_hits(variants: list[str]) -> list[tuple[str, tuple[int, int] | None]]:
     """(family, span in the first variant or None) for every rule that matches any variant."""
+    lowered = [v.lower() for v in variants]
+    present = {family: [bool(rx.search(t)) for t in lowered] for family, rx in _ANCHOR_RX.items()}
     hits = []
-    for family, rx in RULES:
+    for family, rx, _ in RULES:
         for i, text in enumerate(variants):
+            if not present[family][i]:
+                continue
             m = rx.search(text)
             if m:
                 hits.append((family, (m.start(), m.end()) if i == 0 else None))

@@ -89,7 +89,7 @@ Recognizer = tuple[str, re.Pattern, Callable[[str], bool] | None, float]
 RECOGNIZERS: list[Recognizer] = [
     ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"), None, 0.95),
     ("CREDIT_CARD", re.compile(r"\b(?:\d[ \-]?){12,18}\d\b"), luhn, 0.9),
-    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,4})?\b", re.I), iban_ok, 0.95),
+    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,4})?\b"), iban_ok, 0.95),
     ("US_SSN", re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b|\b(?<![\d-])\d{9}(?![\d-])\b"), ssn_ok, 0.8),
     ("IP_ADDRESS", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"),
      ip_ok, 0.8),
@@ -111,18 +111,27 @@ RECOGNIZERS: list[Recognizer] = [
                            r"['\"]?[^\s'\"]{8,}"), entropy_ok, 0.75),
 ]
 ENTITIES = sorted({r[0] for r in RECOGNIZERS})
+NEEDS_DIGITS = {"CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "PHONE"}
 
 
 def find(text: str, entities: set[str] | None = None) -> list[Match]:
     """Non-overlapping validated matches, earliest and most specific first."""
     found: list[Match] = []
+    has_digit = any(ch.isdigit() for ch in text)
+    has_at = "@" in text
     for entity, pattern, validate, score in RECOGNIZERS:
         if entities is not None and entity not in entities:
             continue
+        if (entity in NEEDS_DIGITS and not has_digit) or (entity == "EMAIL" and not has_at):
+            continue  # cheap pre-checks: most text has no digits or no '@
         for m in pattern.finditer(text):
             value = m.group()
             if validate is None or validate(value):
                 found.append(Match(entity, m.start(), m.end(), score))
+            elif entity == "IBAN":  # the last group may belong to the next word: try without it
+                shorter = re.sub(r"[ \-]?[A-Z0-9]{1,4}$", "", value)
+                if validate(shorter):
+                    found.append(Match(entity, m.start(), m.start() + len(shorter), score))
     found.sort(key=lambda m: (m.start, -(m.end - m.start)))
     kept: list[Match] = []
     for m in found:
