@@ -76,7 +76,7 @@ def psi_samples(ref: np.ndarray, cur: np.ndarray, threshold: float = 0.1, n_bins
 def jensen_shannon_samples(
     ref: np.ndarray, cur: np.ndarray, threshold: float = 0.1, n_bins: int = 30
 ) -> TestResult:
-    """Jensen-Shannon distance (base 2, in [0, 1]) between histograms on the joint range."""
+    """Jensen-Shannon distance (natural log) between histograms on the joint range."""
     lo = min(ref.min(), cur.min())
     hi = max(ref.max(), cur.max())
     if lo == hi:
@@ -99,8 +99,9 @@ def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, threshold: float = 0.1) 
 
 
 def jensen_shannon(ref_counts: np.ndarray, cur_counts: np.ndarray, threshold: float = 0.1) -> TestResult:
-    """Jensen-Shannon distance, base 2 (0 = same distribution, 1 = disjoint)."""
-    value = jensenshannon(_shares(ref_counts), _shares(cur_counts), base=2)
+    """Jensen-Shannon distance with natural logarithms (0 = same, sqrt(ln 2) ~ 0.83 = disjoint), the
+    convention of scipy and Evidently, so a threshold means the same in both."""
+    value = jensenshannon(_shares(ref_counts), _shares(cur_counts))
     return _distance_result("jensen_shannon", 0.0 if np.isnan(value) else float(value), threshold)
 
 
