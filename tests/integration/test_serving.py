@@ -7,6 +7,7 @@ The engine-crash test runs last because it restarts the engine.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -345,6 +346,50 @@ def test_guardrails_block_and_redact_in_the_gateway(gateway, client):
     time.sleep(1)
     log = read_requests(gateway["tmp"] / "requests.sqlite")
     assert any(g and g[0]["rail"] == "injection" for g in log.guardrails)
+
+
+class DeadReplica:
+    """A replica that claims to be ready but whose port refuses connections (a real failure)."""
+
+    def __init__(self, name: str) -> None:
+        from serving.config import EngineConfig
+
+        self.cfg = EngineConfig(name=name, served_name="tiny", port=free_port())
+        self.url = f"http://127.0.0.1:{self.cfg.port}"
+        self.state = "ready"
+
+
+def test_router_retries_on_another_replica_and_cools_the_dead_one_down(gateway, client):
+    router = gateway["server"].state.router
+    dead = DeadReplica("dead-0")
+    router.groups["tiny"].append(dead)
+    try:
+        for _ in range(4):
+            r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+            assert r.choices[0].message.content is not None
+        assert router._cooldown.get(id(dead), 0) > time.monotonic()  # skipped for a while
+    finally:
+        router.groups["tiny"].remove(dead)
+
+
+def test_model_fallback_when_a_group_is_down(gateway, client):
+    from serving.gateway.state import ModelRoute
+
+    state = gateway["server"].state
+    state.models["ghost"] = ModelRoute("ghost", "base", "ghost", "ghost", 2048)
+    state.router.groups["ghost"] = [DeadReplica("ghost-0")]
+    state.router._cycle["ghost"] = itertools.count()
+    state.router.cfg.fallbacks["ghost"] = ["tiny"]
+    try:
+        r = client.chat.completions.create(model="ghost", messages=MSG, max_tokens=2)
+        assert r.model == "tiny"  # answered by the fallback, and says so
+        state.router.cfg.fallbacks.pop("ghost")
+        bad = post(gateway, "/v1/chat/completions", {"model": "ghost", "messages": MSG, "max_tokens": 2})
+        assert bad.status_code == 503 and bad.json()["error"]["code"] == "engine_unavailable"
+    finally:
+        state.models.pop("ghost")
+        state.router.groups.pop("ghost")
+        state.router.cfg.fallbacks.pop("ghost", None)
 
 
 def test_ready_endpoint(gateway):
