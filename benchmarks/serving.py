@@ -1,7 +1,8 @@
 """Serving benchmark with vLLM's own load generator (`vllm bench serve`), three targets, one run.
 
 Targets: (a) gateway -> vLLM, (b) vLLM directly (the same engine), (c) a naive server calling
-transformers `generate` per request. Workload: random prompts, mixed input/output lengths
+transformers `generate` per request; (a) and (b) run in A-B-B-A order at each level, averaged.
+Workload: random prompts, mixed input/output lengths
 (--range-ratio), Poisson arrivals, a concurrency sweep. Writes benchmarks/results/serving.json
 and serving.md; goals: (b) >= 3x (c) output tok/s at concurrency 32; the gateway costs <= 5% of
 throughput and <= 5 ms p50 TTFT against (b).
@@ -92,11 +93,13 @@ def main() -> None:
     p.add_argument("--prompts-per-slot", type=int, default=2, help="prompts = this x concurrency")
     p.add_argument("--min-prompts", type=int, default=8)
     p.add_argument("--rate-per-slot", type=float, default=1.0, help="Poisson rate = this x concurrency")
-    p.add_argument("--naive-max-concurrency", type=int, default=32, help="skip the naive server above this")
+    p.add_argument("--naive-levels", default="1,32", help="concurrency levels for the naive server")
+    p.add_argument("--no-abba", dest="abba", action="store_false", help="one run per target and level")
     p.add_argument("--quick", action="store_true", help="concurrency 1,8 and few prompts")
     a = p.parse_args()
     if a.quick:
         a.concurrency, a.prompts_per_slot, a.min_prompts, a.output_len = "1,8", 1, 4, 32
+        a.naive_levels, a.abba = "1", False
     levels = [int(c) for c in a.concurrency.split(",")]
     out = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     results: dict[str, dict[int, dict]] = {"gateway": {}, "vllm": {}, "naive": {}}
@@ -114,11 +117,15 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{gw_port}/ready")
         # warm-up (not recorded): vLLM compiles kernels for new batch shapes on first use
         bench(f"http://127.0.0.1:{engine_port}", "smollm2", a.model_dir, max(levels), a, out, "warmup")
+        urls = {"vllm": f"http://127.0.0.1:{engine_port}", "gateway": f"http://127.0.0.1:{gw_port}"}
         for c in levels:
-            results["vllm"][c] = summary(bench(f"http://127.0.0.1:{engine_port}", "smollm2", a.model_dir, c,
-                                               a, out, "vllm"))
-            results["gateway"][c] = summary(bench(f"http://127.0.0.1:{gw_port}", "smollm2", a.model_dir, c,
-                                                  a, out, "gateway"))
+            # A-B-B-A order, averaged: the machine drifts during a run (2 shared cores), and whichever
+            # target goes first at a level would otherwise carry that drift alone.
+            runs: dict[str, list[dict]] = {"vllm": [], "gateway": []}
+            for i, target in enumerate(["vllm", "gateway", "gateway", "vllm"][: 4 if a.abba else 2]):
+                runs[target].append(summary(bench(urls[target], "smollm2", a.model_dir, c, a, out, f"{target}-{i}")))
+            for target, rs in runs.items():
+                results[target][c] = {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in rs[0]}
     finally:
         server.terminate()
         server.wait(60)
@@ -129,10 +136,9 @@ def main() -> None:
     try:
         print("starting the naive transformers server ...", flush=True)
         wait_http(f"http://127.0.0.1:{naive_port}/health", 300)
-        for c in levels:
-            if c <= a.naive_max_concurrency:
-                results["naive"][c] = summary(bench(f"http://127.0.0.1:{naive_port}", "smollm2", a.model_dir,
-                                                    c, a, out, "naive"))
+        for c in (int(x) for x in a.naive_levels.split(",")):
+            results["naive"][c] = summary(bench(f"http://127.0.0.1:{naive_port}", "smollm2", a.model_dir,
+                                                c, a, out, "naive"))
     finally:
         naive.terminate()
         naive.wait(60)
