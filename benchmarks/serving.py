@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--rate-per-slot", type=float, default=1.0, help="Poisson rate = this x concurrency")
     p.add_argument("--naive-levels", default="1,32", help="concurrency levels for the naive server")
     p.add_argument("--no-abba", dest="abba", action="store_false", help="one run per target and level")
+    p.add_argument("--name", default="serving", help="results file name (benchmarks/results/NAME.json/.md)")
     p.add_argument("--quick", action="store_true", help="concurrency 1,8 and few prompts")
     a = p.parse_args()
     if a.quick:
@@ -165,7 +166,7 @@ def write(results: dict, a, levels: list[int]) -> None:
                             "client": "vllm bench serve (openai-chat, streaming)"},
                "results": results, "goals": goals, "machine": f"{os.cpu_count()} CPUs"}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(payload, indent=2))
     lines = ["# Serving benchmark", "", f"Workload: {payload['workload']}", "",
              "| target | concurrency | req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -175,7 +176,7 @@ def write(results: dict, a, levels: list[int]) -> None:
                          f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} |")
     lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{a.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

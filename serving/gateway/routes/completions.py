@@ -178,6 +178,9 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
                         yield tail
                 yield "data: [DONE]\n\n"
                 break
+            if passthrough and not rename and rec.ttft_ms is not None and '"usage"' not in payload:
+                yield line + "\n\n"  # hot path: nothing to learn from this event, relay it as is
+                continue
             event = json.loads(payload)
             choices = event.get("choices") or []
             if rec.ttft_ms is None and any(_delta_text(c) for c in choices):
