@@ -549,9 +549,6 @@ class Registry:
         return self.client.search_runs([self._experiment_id], filter_string=flt,
                                        order_by=["attributes.start_time DESC"])
 
-    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
-        """Create a run in the registry's experiment (for jobs that log before registering)."""
-        return self.client.create_run(self._experiment_id, run_name=run_name, tags=tags or {}).info.run_id
 
 
 def _actor() -> str:

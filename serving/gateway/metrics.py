@@ -21,5 +21,3 @@ class Metrics:
                               ["model", "key", "direction"], registry=r)
         self.guardrail = Counter("llmops_guardrail_verdicts", "Guardrail verdicts by rail and action",
                                  ["stage", "rail", "action"], registry=r)
-        self.engine_up = Counter("llmops_engine_restarts", "Engine restarts observed", ["engine"],
-                                 registry=r)
