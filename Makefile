@@ -1,6 +1,6 @@
 # LLMOps platform. `make demo` runs the lifecycle; `make test` runs the tests (set-up included).
 # Every target is a thin call of the `llmops` CLI; CONFIG=... picks a config, ARGS=... passes
-# dotted key=value overrides (e.g. `make finetune ARGS="train.max_steps=20"`).
+# dotted key=value overrides (e.g. `make finetune ARGS="training.max_steps=20"`).
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -53,7 +53,7 @@ demo: setup assets
 	$(BIN)/python -m llmops.demo
 
 finetune: setup assets
-	$(BIN)/llmops finetune $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/llmops finetune train --config $(or $(CONFIG),configs/finetune/default.yaml) $(ARGS)
 
 serve: setup assets
 	$(BIN)/llmops serve --config $(or $(CONFIG),configs/serving/default.yaml) $(ARGS)

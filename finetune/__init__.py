@@ -1,1 +1,1 @@
-"""LoRA fine-tuning to a registered, servable adapter (planned in issue #3)."""
+"""LoRA fine-tuning to a registered, servable adapter: data, train, compat (serving gate), export."""

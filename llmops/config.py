@@ -30,6 +30,7 @@ T = TypeVar("T", bound=BaseModel)
 SCHEMAS: dict[str, str] = {
     "assets": "llmops.assets:AssetsConfig",
     "registry": "llmops.registry:RegistryConfig",
+    "finetune": "finetune.train:FinetuneConfig",
     "classic": "classic_ml.train:ClassicTrainConfig",  # text.yaml: see FILE_SCHEMAS
     "drift": "llmops.monitoring.job:DriftJobConfig",
     "serving": "serving.config:ServingConfig",
@@ -64,7 +65,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(
                 f"Override {item!r} is not of the form dotted.key=value "
-                "(for example train.max_steps=20)."
+                "(for example training.max_steps=20)."
             )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import logging
 import os
 import re
@@ -540,6 +541,32 @@ class Registry:
             raise
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+    def start_run(self, run_name: str, *, tags: dict[str, str] | None = None,
+                  params: dict[str, Any] | None = None) -> str:
+        """Open a run for a long job (a training run) that logs as it goes; close it with :meth:`end_run`."""
+        run_id = self.client.create_run(self._experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+        for k, v in (params or {}).items():
+            self.client.log_param(run_id, k, str(v)[:6000])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log metrics (at a training step) to an open run."""
+        for k, v in metrics.items():
+            self.client.log_metric(run_id, k, float(v), step=step or 0)
+
+    def log_dataset(self, run_id: str, name: str, sha256: str, source: str, *, rows: int,
+                    context: str = "training") -> None:
+        """Record a dataset as an MLflow dataset input of the run (digest = its sha256, shortened to
+        MLflow's 36 characters; the full hash is in the profile)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=sha256[:36], source_type="local", source=json.dumps({"uri": source}),
+                     profile=json.dumps({"num_rows": rows, "sha256": sha256}))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+    def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
 
     def runs_for(self, name: str, version: int | None = None) -> list[Any]:
         """Runs logged against a model (and version) with :meth:`log_run`, newest first."""

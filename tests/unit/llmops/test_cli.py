@@ -84,5 +84,5 @@ def test_registry_cli_round_trip(tmp_path):
 
 
 def test_not_built_module_says_which_issue():
-    out = run([*LLMOPS, "finetune", "run"])
-    assert out.returncode == 2 and "issue #3" in out.stderr
+    out = run([*LLMOPS, "eval", "run"])
+    assert out.returncode == 2 and "issue #7" in out.stderr
