@@ -131,6 +131,10 @@ MFU = 6·N·tokens/s over this CPU's measured matmul peak
 
 **default / naive tokens/s: {speedup:.2f}x** (goal >= 1.5x: {'met' if report['goal_met'] else 'NOT met'});
 peak memory ratio {report['memory_ratio']:.2f}.
+
+6·N is the usual "model FLOPs" convention; LoRA skips the frozen weights' gradients (about a third of
+that work) and the default skips the LM head on untrained positions, so MFU here is an effective
+figure (work a full fine-tune would do per token), not the arithmetic the CPU actually ran.
 """
     (RESULTS / "finetune.md").write_text(md)
     print(md)

@@ -31,6 +31,7 @@ SCHEMAS: dict[str, str] = {
     "assets": "llmops.assets:AssetsConfig",
     "registry": "llmops.registry:RegistryConfig",
     "finetune": "finetune.train:FinetuneConfig",
+    "rag": "rag.pipeline:RAGConfig",
     "classic": "classic_ml.train:ClassicTrainConfig",  # text.yaml: see FILE_SCHEMAS
     "drift": "llmops.monitoring.job:DriftJobConfig",
     "serving": "serving.config:ServingConfig",

@@ -1,1 +1,1 @@
-"""RAG over Qdrant (planned in issue #5)."""
+"""RAG over Qdrant: incremental ingestion, hybrid retrieval, cited answers; RAGPipeline is the API."""
