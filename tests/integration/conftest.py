@@ -1,4 +1,8 @@
-"""Integration fixtures: a real vLLM OpenAI server (serving.engine.Engine), once per test module."""
+"""Integration fixtures: one real vLLM OpenAI server (serving.engine.Engine) on SmolLM2 for the session.
+
+Startup costs 30-60 s on this CPU, so every module that needs the base model shares it; LoRA is on
+so fine-tuned adapters can be loaded at run time (``Engine.load_adapter``).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,24 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="module")
-def vllm_base(base_model_dir, tmp_path_factory) -> Iterator[str]:
-    """A vLLM server on the prepared SmolLM2 base model; yields its base URL."""
+@pytest.fixture(scope="session")
+def vllm_engine(base_model_dir, tmp_path_factory) -> Iterator[object]:
+    """The running :class:`serving.engine.Engine` (served name ``smollm2``)."""
     from serving.config import EngineConfig
     from serving.engine import Engine
 
-    engine = Engine(EngineConfig(name="base", served_name="smollm2", port=0, kv_cache_gb=1, enable_lora=False),
+    engine = Engine(EngineConfig(name="base", served_name="smollm2", port=0, kv_cache_gb=1, enable_lora=True,
+                                 max_loras=2, max_lora_rank=16),
                     str(base_model_dir), tmp_path_factory.mktemp("vllm"))
     engine.start()
     try:
         engine.wait_ready()
-        yield engine.url
+        yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_base(vllm_engine) -> str:
+    """Base URL of the shared vLLM server."""
+    return vllm_engine.url

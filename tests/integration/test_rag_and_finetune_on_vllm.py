@@ -1,0 +1,80 @@
+"""RAG answers and fine-tuned adapters against the real vLLM engine (shared session server)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def rag(vllm_base, embedding_model_dir, repo_root, tmp_path_factory):
+    from llmops.registry import Registry, RegistryConfig
+    from rag.embed import EmbeddingConfig, LocalEmbedder
+    from rag.pipeline import RAGConfig, RAGPipeline
+
+    tmp = tmp_path_factory.mktemp("rag")
+    cfg = RAGConfig.model_validate({
+        "store": {"path": ":memory:"},
+        "generation": {"base_url": f"{vllm_base}/v1", "model": "smollm2", "max_tokens": 80},
+        "manifest_dir": str(tmp / "manifests"),
+        "retrieval": {"top_k": 3},
+    })
+    pipe = RAGPipeline(cfg, embedder=LocalEmbedder(EmbeddingConfig(model=str(embedding_model_dir))),
+                       registry=Registry(RegistryConfig(root=str(tmp / "mlruns"))))
+    pipe.ingest([repo_root / "docs"])
+    return pipe
+
+
+def test_ask_cites_retrieved_chunks(rag):
+    ans = rag.ask("Which HTTP header carries the API key for the gateway?")
+    assert ans.contexts and len(ans.contexts) == 3 and ans.text and not ans.blocked
+    retrieved = {c.chunk_id for c in ans.contexts}
+    assert all(c.chunk_id in retrieved for c in ans.citations)
+    assert ans.invalid_citations == [] or all(n > len(ans.contexts) for n in ans.invalid_citations)
+    assert ans.usage["completion_tokens"] > 0 and ans.model == "smollm2"
+
+
+def test_async_ask_answers_concurrently(rag):
+    import asyncio
+
+    async def many():
+        return await asyncio.gather(*[rag.aask(q) for q in (
+            "How do I stop the server?", "What does exit code 1 of llmops drift mean?",
+            "Where is the request log stored?")])
+
+    answers = asyncio.run(many())
+    assert all(a.text and a.contexts for a in answers)
+
+
+def test_a_finetuned_adapter_passes_the_gate_and_the_engine_answers_with_it(vllm_engine, base_model_dir,
+                                                                          repo_root, tmp_path):
+    from finetune.train import FinetuneConfig, run
+    from llmops.registry import Registry, RegistryConfig
+
+    registry = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+    cfg = FinetuneConfig.model_validate({
+        "name": "smollm2-qa-it", "base_model": str(base_model_dir),
+        "data": {"path": str(repo_root / "examples/finetune/context_qa.jsonl"), "where": {"split": "train"},
+                 "max_samples": 16, "val_fraction": 0.0},
+        "training": {"max_steps": 2, "batch_size": 4, "save_steps": 100},
+        "output_dir": str(tmp_path / "out"),
+        "serving_config": str(repo_root / "configs/serving/default.yaml"),
+    })
+    res = run(cfg, registry=registry)
+    assert res.version.aliases == ("challenger",)
+    path = str(registry.resolve("smollm2-qa-it@challenger").local_path)
+    vllm_engine.load_adapter("qa-adapter", path)
+    try:
+        models = {m["id"] for m in httpx.get(f"{vllm_engine.url}/v1/models").json()["data"]}
+        assert "qa-adapter" in models
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{vllm_engine.url}/v1", api_key="unused")
+        r = client.chat.completions.create(model="qa-adapter", max_tokens=20, temperature=0, messages=[
+            {"role": "user", "content": "Context:\n[1] The Orvane bridge is 412 metres long.\n\n"
+                                        "Question: How long is the Orvane bridge?"}])
+        assert r.model == "qa-adapter" and r.choices[0].message.content.strip()
+    finally:
+        vllm_engine.unload_adapter("qa-adapter")
