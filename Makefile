@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/assets.txt
 	touch $@
 
 assets: setup
-	$(BIN)/llmops assets prepare --config configs/assets/default.yaml $(if $(FORCE),--force) $(ARGS)
+	$(BIN)/llmops assets prepare --register --config configs/assets/default.yaml $(if $(FORCE),--force) $(ARGS)
 
 test: setup assets
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

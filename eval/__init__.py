@@ -1,1 +1,1 @@
-"""LLM evaluation, reports and gated promotion (planned in issue #7)."""
+"""LLM evaluation: datasets, targets, metrics (deterministic, retrieval, ragas-judged), reports, gate."""

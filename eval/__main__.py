@@ -1,19 +1,70 @@
-"""`llmops eval`: LLM evaluation, reports and gated promotion.
+"""``llmops eval``: evaluate a model version, endpoint or RAG pipeline; report; gate promotion.
 
-Not built yet (issue #7): `--help` works, running says so.
+Examples::
+
+    llmops eval run --config configs/eval/default.yaml                       # the default model on the shipped sets
+    llmops eval run --config configs/eval/default.yaml target.model=smollm2-qa@challenger --promote
+    llmops eval run --config configs/eval/default.yaml target.model=null \\
+        target.base_url=http://127.0.0.1:8000/v1 target.model_name=smollm2   # any OpenAI-compatible endpoint
+    llmops eval gate --report reports/eval/default/smollm2-qa_challenger/eval_report.json --promote
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import Sequence
 
-from llmops.cli import not_built, run_main
+DEFAULT_CONFIG = "configs/eval/default.yaml"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "llmops eval") -> int:
-    return not_built(prog, 7, "LLM evaluation, reports and gated promotion", argv)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("run", help="evaluate, write MD/HTML/JSON reports, log to MLflow, check the gate")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML (default {DEFAULT_CONFIG})")
+    p.add_argument("--promote", action="store_true", help="move the champion alias when the gate passes")
+    p.add_argument("--gate", action="store_true", help="exit 1 when the gate fails")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    g = sub.add_parser("gate", help="check a written report's gate; --promote moves the alias on pass")
+    g.add_argument("--report", required=True, help="eval_report.json")
+    g.add_argument("--promote", action="store_true")
+    args = parser.parse_args(argv)
+
+    from eval.gate import GateResult, promote
+    from llmops.registry import Registry
+
+    if args.action == "run":
+        from eval.run import EvalConfig, run
+        from llmops.config import load_config
+
+        result = run(load_config(args.config, EvalConfig, args.overrides))
+        print(result.report_paths["md"].read_text())
+        print(f"reports: {result.report_paths['html']}  {result.report_paths['json']}")
+        gate, model_ref = result.gate, result.model_ref
+    else:
+        data = json.loads(open(args.report).read())
+        g_ = data["gate"]
+        gate = GateResult(g_["passed"], g_["failures"], g_["checks"], g_["notes"])
+        model_ref = data.get("model_ref")
+        print(f"gate {'passed' if gate.passed else 'FAILED'} for {model_ref}")
+        for f in gate.failures:
+            print(f"  - {f}")
+    if args.promote:
+        if not model_ref:
+            print("nothing to promote: the target was not a registry version", file=sys.stderr)
+            return 1
+        move = promote(Registry(), model_ref, gate)
+        if move is None:
+            print(f"not promoted: the gate failed for {model_ref}")
+            return 1
+        print(f"promoted {model_ref}: {move.name}@{move.alias} {move.from_version} -> {move.to_version}")
+        return 0
+    return 0 if gate.passed or (args.action == "run" and not args.gate) else 1
 
 
 if __name__ == "__main__":
+    from llmops.cli import run_main
+
     sys.exit(run_main(main))

@@ -4,6 +4,7 @@ Example::
 
     llmops assets prepare                      # build what is missing, verify the rest
     llmops assets prepare --force              # rebuild everything
+    llmops assets prepare --register           # and register the base models (alias champion)
     llmops assets verify
 """
 
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops assets") -> int:
     parser.add_argument("action", choices=["prepare", "verify"], help="what to do")
     parser.add_argument("--config", default=None, help="YAML file (default: built-in defaults)")
     parser.add_argument("--force", action="store_true", help="rebuild even verified copies")
+    parser.add_argument("--register", action="store_true",
+                        help="register the base LLM and embedding model in the registry (idempotent)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
 
@@ -38,6 +41,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops assets") -> int:
                         ("tiny test model", result.tiny)):
         print(f"{label:16s} {path}")
     print("built: " + (", ".join(result.built) or "nothing (all verified)"))
+    if args.register:
+        from llmops.assets import register_defaults
+        from llmops.registry import Registry
+
+        for name, version in register_defaults(result, Registry()).items():
+            print(f"registered {name}: {version.ref} aliases={list(version.aliases)}")
     return 0
 
 

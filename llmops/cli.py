@@ -41,7 +41,7 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    for noisy in ("httpx", "urllib3", "alembic", "mlflow"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "alembic", "mlflow", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

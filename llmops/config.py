@@ -32,6 +32,7 @@ SCHEMAS: dict[str, str] = {
     "registry": "llmops.registry:RegistryConfig",
     "finetune": "finetune.train:FinetuneConfig",
     "rag": "rag.pipeline:RAGConfig",
+    "eval": "eval.run:EvalConfig",
     "classic": "classic_ml.train:ClassicTrainConfig",  # text.yaml: see FILE_SCHEMAS
     "drift": "llmops.monitoring.job:DriftJobConfig",
     "serving": "serving.config:ServingConfig",

@@ -25,7 +25,8 @@ from serving.engine import Engine, EngineError, port_in_use
 
 log = logging.getLogger(__name__)
 
-PID_FILE = Path("data/serve.pid")
+# Servers started by other jobs (an eval serving a registry version) set their own pid file.
+PID_FILE = Path(os.environ.get("LLMOPS_PID_FILE", "data/serve.pid"))
 
 
 class Server:

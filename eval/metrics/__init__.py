@@ -1,0 +1,1 @@
+"""Evaluation metrics: deterministic (text, citations, safety, speed), retrieval, and judged (ragas)."""

@@ -1,0 +1,128 @@
+"""Eval against real engines: judged ragas metrics with structured output on vLLM, failure accounting,
+and a registry version that the eval serves itself (gateway + vLLM subprocess), with baselines."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_ragas_judge_on_vllm_with_structured_output(vllm_base):
+    import asyncio
+
+    from eval.metrics.judged import StructuredJudge, judge_sample, make_metrics
+
+    judge = StructuredJudge(base_url=f"{vllm_base}/v1", model="smollm2", max_tokens=256)
+    metrics = make_metrics(["faithfulness", "answer_relevancy", "context_precision"], judge)
+    scores = asyncio.run(judge_sample(metrics, "How long is the Orvane bridge?",
+                                      "The Orvane bridge is 412 metres long.",
+                                      ["The Orvane bridge is 412 metres long and opened in 1931."],
+                                      "It is 412 metres long.", timeout_s=180))
+    assert set(scores) == {"faithfulness", "answer_relevancy", "context_precision"}
+    assert judge.calls >= 3  # every metric really asked the judge
+    # with the schema enforced, answers parse: a 135M judge may score badly, but scores are numbers in [0, 1]
+    numeric = [v for v in scores.values() if v is not None]
+    assert numeric and all(0.0 <= v <= 1.0 for v in numeric)
+
+
+def test_endpoint_errors_are_counted_per_sample_and_the_report_is_still_written(vllm_base, tmp_path):
+    from eval.run import EvalConfig, run
+
+    data = write_rows(tmp_path / "qa.jsonl", [
+        {"id": "ok1", "question": "What is the capital of France?", "reference": "Paris"},
+        {"id": "huge", "question": "word " * 5000, "reference": "x"},  # longer than the context: a real 400
+        {"id": "ok2", "question": "What is 2 plus 2?", "reference": "4"},
+    ])
+    cfg = EvalConfig.model_validate({
+        "target": {"model": None, "base_url": f"{vllm_base}/v1", "model_name": "smollm2"},
+        "suites": [{"name": "qa", "dataset": data, "kind": "qa"}],
+        "requests": {"max_tokens": 16, "retries": 0}, "report_dir": str(tmp_path / "reports"),
+        "log_to_registry": False})
+    result = run(cfg)
+    qa = result.suites["qa"]
+    assert qa.failures == {"samples": 3, "failed": 1, "blocked": 0}
+    failed = next(p for p in qa.per_sample if p["id"] == "huge")
+    assert failed["error"].startswith("HTTP 400") and "token_f1" not in failed
+    assert qa.metrics["error_rate"] == pytest.approx(1 / 3) and qa.metrics["token_f1"] is not None
+    assert json.loads(result.report_paths["json"].read_text())["suites"]["qa"]["failures"]["failed"] == 1
+
+
+def test_a_silent_endpoint_times_out_per_sample(tmp_path):
+    from eval.run import EvalConfig, run
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns = []
+    stop = threading.Event()
+
+    def accept():  # accepts connections and never answers
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        data = write_rows(tmp_path / "qa.jsonl", [{"question": f"q{i}", "reference": "a"} for i in range(3)])
+        cfg = EvalConfig.model_validate({
+            "target": {"model": None, "base_url": f"http://127.0.0.1:{srv.getsockname()[1]}/v1", "model_name": "m"},
+            "suites": [{"name": "qa", "dataset": data, "kind": "qa"}],
+            "requests": {"timeout_s": 1, "retries": 0}, "report_dir": str(tmp_path / "r"), "log_to_registry": False})
+        result = run(cfg)
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+    qa = result.suites["qa"]
+    assert qa.failures["failed"] == 3 and all("timeout" in p["error"].lower() for p in qa.per_sample)
+    assert result.report_paths["html"].is_file()
+
+
+def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_baseline(
+        tiny_model_dir, tmp_path, registry, repo_root, monkeypatch):
+    from eval.run import EvalConfig, run
+    from llmops.registry import Lineage
+
+    monkeypatch.chdir(repo_root)  # the serving template names configs/guardrails/default.yaml
+    v1 = registry.register("tiny-base", tiny_model_dir, kind="base_model", lineage=Lineage(), aliases=["champion"])
+    v2 = registry.register("tiny-base", tiny_model_dir, kind="base_model", lineage=Lineage(),
+                           aliases=["challenger"])
+    data = tmp_path / "qa.jsonl"
+    write_rows(data, [{"id": str(i), "question": f"Say the number {i}.", "reference": str(i), "tags": ["n"]}
+                      for i in range(4)])
+    serving = tmp_path / "serving.yaml"
+    serving.write_text((repo_root / "configs/serving/default.yaml").read_text()
+                       .replace("kv_cache_gb: 2", "kv_cache_gb: 1").replace("embeddings:\n  enabled: true",
+                                                                           "embeddings:\n  enabled: false"))
+    raw = {"target": {"model": "tiny-base@champion", "serving_config": str(serving)},
+           "suites": [{"name": "qa", "dataset": str(data), "kind": "qa"}],
+           "requests": {"max_tokens": 4}, "report_dir": str(tmp_path / "reports"),
+           "gate": {"thresholds": {"qa.error_rate": 0.0}, "compare": ["qa.token_f1", "qa.error_rate"]}}
+    first = run(EvalConfig.model_validate(raw), registry=registry)
+    assert first.model_ref == v1.ref and first.suites["qa"].failures["failed"] == 0
+    assert first.gate.passed and "the evaluated version is the baseline" in " ".join(first.gate.notes)
+    runs = registry.runs_for("tiny-base", 1)
+    assert runs and runs[0].data.tags["llmops.eval_name"] == "default"
+    assert runs[0].data.params["dataset_sha256.qa"] == first.suites["qa"].dataset.sha256
+
+    # the challenger, on an edited dataset: the comparison with the champion is refused, not silent
+    write_rows(data, [{"id": str(i), "question": f"Say the number {i}!", "reference": str(i)} for i in range(4)])
+    raw["target"]["model"] = "tiny-base@challenger"
+    second = run(EvalConfig.model_validate(raw), registry=registry)
+    assert second.model_ref == v2.ref and second.baseline["ref"] == v1.ref
+    assert second.baseline["dataset_changed"] == ["qa"] and not second.gate.passed
+    assert "dataset changed since the baseline" in second.report_paths["md"].read_text()
