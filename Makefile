@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup assets test test-fast lint demo finetune serve stop eval rag-ingest train-classic \
+.PHONY: setup assets test test-fast lint demo finetune serve stop eval eval-ci rag-ingest train-classic \
         drift bench mlflow-ui clean distclean lock help
 
 help:
@@ -62,7 +62,11 @@ stop:
 	@$(BIN)/llmops serve stop
 
 eval: setup assets
-	$(BIN)/llmops eval $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/llmops eval run --config $(or $(CONFIG),configs/eval/default.yaml) $(ARGS)
+
+# CI: the default model on the shipped sets; the Markdown report lands in the CI log.
+eval-ci: setup assets
+	$(BIN)/llmops eval run --config configs/eval/default.yaml $(ARGS)
 
 rag-ingest: setup assets
 	$(BIN)/llmops rag ingest $(if $(CONFIG),--config $(CONFIG)) $(ARGS)

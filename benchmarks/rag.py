@@ -147,7 +147,7 @@ def main() -> int:
         print("== query latency (embedding excluded)", flush=True)
         lat = latency(embedder, tmp, sizes, 50 if args.quick else 100)
     best_single = max(q["dense"]["hit@5"], q["sparse"]["hit@5"])
-    small, large = lat[str(sizes[0])], lat[str(sizes[-1])]
+    small = lat[str(sizes[0])]
     report = {"benchmark": "rag", "date": time.strftime("%Y-%m-%d"), "quality": q, "ingestion": ing,
               "latency": lat, "goals": {
                   "hybrid_beats_both_hit@5": q["hybrid"]["hit@5"] > best_single,
