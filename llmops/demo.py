@@ -20,13 +20,12 @@ reuses what is prepared (models, the evaluated baseline, the index) and still wo
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from llmops.errors import LLMOpsError
@@ -134,12 +133,16 @@ def stage_serve(n: int, registry) -> str:
         time.sleep(1)
     model = "smollm2-qa" if has_champion else "smollm2"
     print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  (model {model!r})")
-    print(f"""   try it:
-     curl http://127.0.0.1:{PORT}/v1/chat/completions -H 'Authorization: Bearer {KEY}' \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-     python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:{PORT}/v1', api_key='{KEY}'); \\
-print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"""")
+    url = f"http://127.0.0.1:{PORT}/v1"
+    hello = '[{"role": "user", "content": "Hello!"}]'
+    print("   try it with curl:")
+    print(f"     curl {url}/chat/completions -H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' \\")
+    print(f"       -d '{{\"model\": \"{model}\", \"messages\": {hello}}}'")
+    print("   or with the openai client:")
+    print("     from openai import OpenAI")
+    print(f"     client = OpenAI(base_url=\"{url}\", api_key=\"{KEY}\")")
+    print(f"     reply = client.chat.completions.create(model=\"{model}\", messages={hello})")
+    print("     print(reply.choices[0].message.content)")
     return model
 
 
@@ -155,7 +158,7 @@ def stage_rag(n: int, model: str) -> str:
     for q in ("Hello!", "What is 2 plus 2?", "Name a colour.", "Say hi in French.", "What day comes after Monday?",
               "Spell cat.", "Is water wet?", "Count to three.")[: 4 if quick() else 8]:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], max_tokens=16)
-    split = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    split = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
     time.sleep(1.1)
     questions = ["Which HTTP header carries the API key?", "How do I stop the server?",
                  "What does exit code 1 of llmops drift mean?"]

@@ -21,11 +21,13 @@ class StreamChecker(Protocol):
 
 
 class GuardHook(Protocol):
-    def check_input(self, messages: list[dict]) -> Verdict: ...
+    """``model`` (public model name) and ``key`` (API key id) select per-model / per-key policies."""
 
-    def check_output(self, text: str) -> Verdict: ...
+    def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None) -> Verdict: ...
 
-    def stream_checker(self) -> StreamChecker: ...
+    def check_output(self, text: str, model: str | None = None, key: str | None = None) -> Verdict: ...
+
+    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker: ...
 
 
 class _PassThroughStream:
@@ -41,13 +43,13 @@ class PassThrough:
 
     passthrough = True
 
-    def check_input(self, messages: list[dict]) -> Verdict:
+    def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None) -> Verdict:
         return Verdict.allow()
 
-    def check_output(self, text: str) -> Verdict:
+    def check_output(self, text: str, model: str | None = None, key: str | None = None) -> Verdict:
         return Verdict.allow(text)
 
-    def stream_checker(self) -> StreamChecker:
+    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker:
         return _PassThroughStream()
 
 
@@ -59,6 +61,6 @@ def load_hook(cfg: GuardrailsHookConfig) -> GuardHook:
     """
     if not cfg.enabled:
         return PassThrough()
-    from guardrails.guard import Guard  # noqa: PLC0415 - issue #6
+    from guardrails.guard import Guard
 
     return Guard.from_config(cfg.config)

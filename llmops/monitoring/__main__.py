@@ -5,6 +5,8 @@ Exit code 0: no dataset drift, 1: dataset drift, 2: bad input. Example::
     llmops drift --reference data/classic/reference.parquet --current data/classic/current.csv \\
         --out reports/drift drift.drift_share=0.3
     llmops drift --request-log data/requestlog/requests.sqlite --split -24h --out reports/llm-drift
+    llmops drift --reference-eval reports/eval/default/A/eval_report.json \
+        --current-eval reports/eval/default/B/eval_report.json --out reports/eval-drift
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
     parser.add_argument("--current", help="current CSV/Parquet file")
     parser.add_argument("--request-log", help="gateway request log (SQLite) instead of two files")
     parser.add_argument("--split", help="with --request-log: ISO time or '-24h' (default) between ref and current")
+    parser.add_argument("--reference-eval", help="eval_report.json: per-sample eval scores of a baseline run")
+    parser.add_argument("--current-eval", help="eval_report.json of the run to compare with --reference-eval")
     parser.add_argument("--config", help="YAML (configs/drift/*.yaml)")
     parser.add_argument("--out", help="output folder (default reports/drift)")
     parser.add_argument("--model", help="registry version to log the report against (name@alias)")
@@ -33,7 +37,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
 
     cfg = load_config(args.config, DriftJobConfig, args.overrides)
     # Paths taken verbatim (not parsed as YAML values like the key=value overrides).
-    keys = ("reference", "current", "out", "model", "request_log", "split")
+    keys = ("reference", "current", "out", "model", "request_log", "split", "reference_eval", "current_eval")
     given = {k: getattr(args, k) for k in keys if getattr(args, k)}
     cfg = DriftJobConfig.model_validate({**cfg.model_dump(), **given})
     result = run(cfg)

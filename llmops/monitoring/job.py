@@ -33,6 +33,9 @@ class DriftJobConfig(StrictModel):
     current: str | None = Field(None, description="Current batch (CSV/Parquet); --current.")
     out: str = Field("reports/drift", description="Folder for drift_report.html / .json; --out.")
     title: str = Field("Drift report", description="Report heading.")
+    reference_eval: str | None = Field(None, description="Reference eval_report.json: per-sample eval scores "
+                                       "(with current_eval) instead of reference/current tables.")
+    current_eval: str | None = Field(None, description="Current eval_report.json (see reference_eval).")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Tests and thresholds.")
     request_log: str | None = Field(
         None, description="Gateway request log (SQLite); replaces reference/current: requests before "
@@ -78,6 +81,12 @@ def run(cfg: DriftJobConfig) -> DriftJobResult:
         from llmops.monitoring.llm import request_log_drift
 
         result = request_log_drift(cfg.request_log, parse_split(cfg.split or "-24h"), cfg.drift)
+    elif cfg.reference_eval or cfg.current_eval:
+        from llmops.monitoring.llm import eval_scores_drift
+
+        if not (cfg.reference_eval and cfg.current_eval):
+            raise ConfigError("Pass both --reference-eval and --current-eval (eval_report.json files).")
+        result = eval_scores_drift(cfg.reference_eval, cfg.current_eval, cfg.drift)
     else:
         missing = [k for k in ("reference", "current") if not getattr(cfg, k)]
         if missing:

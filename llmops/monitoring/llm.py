@@ -108,3 +108,43 @@ def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None
             if result.dataset_drift is not None:
                 result.dataset_drift = result.share_drifted >= result.drift_share
     return result
+
+
+# Per-sample scores of an eval report that are tracked across versions.
+EVAL_SCORES = ("token_f1", "rouge_l", "exact_match", "citation_precision", "mrr", "context_recall", "refused",
+               "redacted", "false_refusal", "abstained", "latency_ms")
+
+
+def read_eval_scores(path: str | Path) -> pd.DataFrame:
+    """Per-sample scores of an ``eval_report.json`` as one frame, columns ``<suite>.<score>``.
+
+    Raises:
+        DriftInputError: missing or malformed report.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        suites = data["suites"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DriftInputError(f"{p} is not an eval report (eval_report.json from `llmops eval run`): {e}") from e
+    frames = []
+    for suite, body in sorted(suites.items()):
+        rows = []
+        for s in body.get("samples", []):
+            rows.append({f"{suite}.{k}": v for k, v in s.items() if (k in EVAL_SCORES or k.startswith(("hit_at_",
+                         "judge_"))) and isinstance(v, int | float) and not isinstance(v, bool)})
+        if rows:
+            frames.append(pd.DataFrame(rows))
+    if not frames:
+        raise DriftInputError(f"{p} holds no per-sample scores.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def eval_scores_drift(reference: str | Path, current: str | Path, cfg: DriftConfig | None = None) -> DriftResult:
+    """Drift of per-sample eval scores between two eval reports (e.g. the champion and a new version,
+    or the same version evaluated last week and today)."""
+    ref, cur = read_eval_scores(reference), read_eval_scores(current)
+    columns = sorted(set(ref.columns) | set(cur.columns))
+    base = cfg or DriftConfig()
+    return detect_drift(ref.reindex(columns=columns), cur.reindex(columns=columns),
+                        base.model_copy(update={"columns": columns}))

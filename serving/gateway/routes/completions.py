@@ -77,7 +77,7 @@ async def _handle(request: Request, chat: bool) -> Response:
             state.limiter.admit(key.id, rec.prompt_tokens + max_tokens * n * len(prompt_tokens),
                                 key.rpm or state.cfg.limits.default_rpm, key.tpm or state.cfg.limits.default_tpm)
 
-        verdict = state.hook.check_input(messages)
+        verdict = state.hook.check_input(messages, model=route.public, key=rec.key_id)
         if verdict.action != "allow":
             rec.guardrails.append(_verdict_record("input", verdict))
             state.metrics.guardrail.labels("input", verdict.rail or "", verdict.action).inc()
@@ -123,11 +123,12 @@ async def _handle(request: Request, chat: bool) -> Response:
         for i, text in enumerate(texts):
             if not text:
                 continue
-            out = state.hook.check_output(text)
+            out = state.hook.check_output(text, model=route.public, key=rec.key_id)
             if out.action != "allow":
                 rec.guardrails.append(_verdict_record("output", out))
                 state.metrics.guardrail.labels("output", out.rail or "", out.action).inc()
-                replacement = out.text if out.allowed else (out.reason or "[blocked by guardrails]")
+                # a block carries the policy's refusal text (Verdict.text); never the raw answer
+                replacement = out.text or "[blocked by guardrails]"
                 if chat:
                     data["choices"][i]["message"]["content"] = replacement
                 else:
@@ -161,7 +162,7 @@ def _upstream_error(resp) -> APIError:
 async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecord, t0: float,
                  wants_usage: bool, prompt_text: str | None, chat: bool):
     """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails."""
-    checker = state.hook.stream_checker()
+    checker = state.hook.stream_checker(model=route.public, key=rec.key_id)
     passthrough = getattr(state.hook, "passthrough", False)
     rename = route.upstream != route.public
     flushed = False

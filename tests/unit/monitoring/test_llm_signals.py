@@ -73,3 +73,39 @@ def test_bad_request_log(tmp_path):
     (tmp_path / "x.sqlite").write_bytes(b"not a database at all")
     with pytest.raises(DriftInputError, match="not a request log"):
         read_request_log(tmp_path / "x.sqlite")
+
+
+def _eval_report(path, f1s, latencies):
+    import json
+
+    samples = [{"id": str(i), "tags": [], "question": "q", "output": "o", "token_f1": f, "latency_ms": lat,
+                "error": None} for i, (f, lat) in enumerate(zip(f1s, latencies, strict=True))]
+    safety = [{"id": f"s{i}", "refused": 1.0, "error": None} for i in range(20)]
+    path.write_text(json.dumps({"suites": {"task": {"samples": samples}, "safety": {"samples": safety}}}))
+    return path
+
+
+def test_eval_scores_over_versions_drift_and_cli(tmp_path):
+
+    from llmops.monitoring.__main__ import main
+    from llmops.monitoring.llm import eval_scores_drift, read_eval_scores
+
+    rng = np.random.default_rng(0)
+    a = _eval_report(tmp_path / "a.json", rng.uniform(0.4, 0.9, 200).tolist(), rng.normal(800, 50, 200).tolist())
+    b = _eval_report(tmp_path / "b.json", rng.uniform(0.4, 0.9, 200).tolist(), rng.normal(800, 50, 200).tolist())
+    c = _eval_report(tmp_path / "c.json", rng.uniform(0.0, 0.3, 200).tolist(), rng.normal(800, 50, 200).tolist())
+    frame = read_eval_scores(a)
+    assert set(frame.columns) == {"task.token_f1", "task.latency_ms", "safety.refused"} and len(frame) == 220
+    same = eval_scores_drift(a, b)
+    assert same.dataset_drift is False
+    worse = eval_scores_drift(a, c)
+    drifted = {col.column for col in worse.columns if col.drifted}
+    assert drifted == {"task.token_f1"}
+    assert main(["--reference-eval", str(a), "--current-eval", str(c), "--out", str(tmp_path / "r"),
+                 "drift.drift_share=0.3"]) == 1
+    assert (tmp_path / "r/drift_report.html").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+
+    with pytest.raises(DriftInputError, match="not an eval report"):
+        read_eval_scores(bad)
