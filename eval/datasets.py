@@ -54,8 +54,8 @@ def load_dataset(path: str | Path, where: dict[str, object] | None = None, limit
                  name: str | None = None) -> EvalDataset:
     """Read and validate a JSONL eval set; ``where`` keeps rows whose raw fields equal the values.
 
-    Rows without an ``id`` get ``<line number>``. The sha256 covers the selected rows (so a filtered
-    view of a file has its own fingerprint).
+    Rows without an ``id`` get ``<line number>``. The sha256 covers the selected rows after
+    ``where`` and ``limit`` (so a filtered view of a file has its own fingerprint).
 
     Raises:
         DatasetError: missing file, invalid JSON/UTF-8, invalid rows or duplicate ids (all listed with
@@ -95,8 +95,7 @@ def load_dataset(path: str | Path, where: dict[str, object] | None = None, limit
             problems.append(f"line {n}: duplicate id {row.id!r} (first on line {ids[row.id]})")
             continue
         ids[row.id] = n
-        rows.append(row)
-        digest.update(raw.strip() + b"\n")
+        rows.append((row, raw.strip()))
     if problems:
         more = f" (and {len(problems) - 15} more)" if len(problems) > 15 else ""
         raise DatasetError(f"{p}: {len(problems)} problem(s){more}; the run does not start:\n  "
@@ -105,4 +104,6 @@ def load_dataset(path: str | Path, where: dict[str, object] | None = None, limit
         rows = rows[:limit]
     if not rows:
         raise DatasetError(f"{p}: no rows selected" + (f" with where={where}" if where else "") + ".")
-    return EvalDataset(name or p.stem, str(p), digest.hexdigest(), rows)
+    for _, raw in rows:  # the fingerprint covers exactly the rows evaluated
+        digest.update(raw + b"\n")
+    return EvalDataset(name or p.stem, str(p), digest.hexdigest(), [r for r, _ in rows])

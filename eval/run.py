@@ -255,7 +255,7 @@ def run(cfg: EvalConfig, registry: Any = None) -> EvalResult:
 
     t_start = time.perf_counter()
     datasets = {s.name: load_dataset(s.dataset, s.where, s.limit, name=s.name) for s in cfg.suites}
-    needs_registry = bool(cfg.target.model) or cfg.log_to_registry
+    needs_registry = bool(cfg.target.model or cfg.target.registry_ref) or cfg.log_to_registry
     registry = registry or (Registry() if needs_registry else None)
     label = (cfg.target.model or cfg.target.model_name or "endpoint").replace("/", "_").replace("@", "_")
     out_dir = Path(cfg.report_dir) / cfg.name / label
@@ -267,8 +267,9 @@ def run(cfg: EvalConfig, registry: Any = None) -> EvalResult:
     else:
         import contextlib
 
+        ref = registry.resolve(cfg.target.registry_ref).ref if cfg.target.registry_ref else None
         ctx = contextlib.nullcontext(Endpoint(cfg.target.base_url, cfg.target.model_name,
-                                              os.environ.get(cfg.target.api_key_env, "none")))
+                                              os.environ.get(cfg.target.api_key_env, "none"), registry_ref=ref))
     suites: dict[str, SuiteResult] = {}
     with ctx as ep:
         for suite in cfg.suites:

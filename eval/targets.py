@@ -47,6 +47,8 @@ class TargetConfig(StrictModel):
                               "it for the run. None: use base_url as it is.")
     base_url: str | None = Field(None, description="A running OpenAI-compatible endpoint (with model_name).")
     model_name: str | None = Field(None, description="Model id at base_url.")
+    registry_ref: str | None = Field(None, description="With base_url: the registry version that endpoint serves "
+                                     "(name@alias), so the run is logged against it and gated.")
     api_key_env: str = Field("LLMOPS_API_KEY", description="Environment variable with the endpoint's key.")
     serving_config: str = Field("configs/serving/default.yaml",
                                 description="Template for serving a registry version (engine, guardrails).")

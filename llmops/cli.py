@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from llmops.errors import LLMOpsError, NotBuiltError
+from llmops.errors import LLMOpsError
 
 # subcommand -> (module whose main(argv) runs it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,14 +56,6 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def not_built(prog: str, issue: int, what: str, argv: Sequence[str] | None) -> int:
-    """Entry point of a module that is planned but not built yet: help works, running says so."""
-    parser = argparse.ArgumentParser(prog=prog, description=what)
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="(not available yet)")
-    parser.parse_args(argv)
-    raise NotBuiltError(f"`{prog}` is not built yet (tracked in issue #{issue}).")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,11 @@
 1. prepare the offline models (SmolLM2-135M-Instruct, MiniLM) and register them;
 2. classic ML: train and register the credit-risk model, score a shifted batch, drift report;
 3. fine-tune a short LoRA run on the shipped context-QA set -> ``smollm2-qa@challenger``;
-4. eval the base model and the challenger on the shipped sets; promote the challenger to
-   ``champion`` only if the gate passes (the decision and its reasons are printed);
-5. serve: vLLM + gateway (guardrails on) with the champion, left running (``make stop``);
+4. serve: vLLM + gateway (guardrails on) with the base model, ``smollm2-qa-challenger`` and
+   ``smollm2-qa`` (follows ``champion``), left running at the end (``make stop``);
+5. eval the base model and the challenger through that gateway on the shipped sets; promote the
+   challenger to ``champion`` only if the gate passes (the decision and its reasons are printed);
+   the running gateway then serves it as ``smollm2-qa`` without a restart;
 6. RAG: ingest docs/ into embedded Qdrant, answer questions with citations through the gateway,
    one blocked injection and one redacted PII input;
 7. monitoring: a drift report over the gateway's request log;
@@ -72,34 +74,25 @@ def stage_finetune(n: int, registry) -> None:
            f"data.max_samples={samples}", "training.eval_steps=10", "training.save_steps=1000")
 
 
-def _evaluated(registry, ref: str, eval_name: str) -> bool:
+def _evaluated(registry, ref: str, eval_name: str, overrides: list[str]) -> bool:
+    """Whether ``ref`` already has an evaluation on exactly the datasets this run would use."""
+    from eval.datasets import load_dataset
+    from eval.run import EvalConfig
+    from llmops.config import load_config
+
     try:
         v = registry.resolve(ref)
     except LLMOpsError:
         return False
-    return any(r.data.tags.get("llmops.eval_name") == eval_name for r in registry.runs_for(v.name, v.version))
+    cfg = load_config("configs/eval/demo.yaml", EvalConfig, overrides)
+    shas = {f"dataset_sha256.{s.name}": load_dataset(s.dataset, s.where, s.limit).sha256 for s in cfg.suites}
+    return any(r.data.tags.get("llmops.eval_name") == eval_name and all(r.data.params.get(k) == x for k, x in
+                                                                         shas.items())
+               for r in registry.runs_for(v.name, v.version))
 
 
-def stage_eval(n: int, registry) -> bool:
-    heading(n, "eval: base model and challenger on the shipped sets; promote only if the gate passes")
-    limits = ["suites.0.limit=8", "suites.1.limit=6", "suites.2.limit=10"] if quick() else []
-    base = "smollm2-135m-instruct@champion"
-    if _evaluated(registry, base, "demo"):
-        print(f"   baseline {base} already evaluated (reused)")
-    else:
-        llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", f"target.model={base}",
-               *limits)
-    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml",
-                  "target.model=smollm2-qa@challenger", f"gate.baseline={base}", "--promote", *limits,
-                  ok_codes=(0, 1))
-    promoted = code == 0
-    print(f"   decision: {'PROMOTED smollm2-qa@challenger to champion' if promoted else 'NOT promoted'}"
-          " (the gate's checks are listed in the report above)")
-    return promoted
-
-
-def stage_serve(n: int, registry) -> str:
-    heading(n, "serve: vLLM + gateway with the champion, guardrails on (keeps running; `make stop` ends it)")
+def stage_serve(n: int, registry) -> None:
+    heading(n, "serve: vLLM + gateway (guardrails on) with the base model, the challenger and the champion")
     stopped = subprocess.run([sys.executable, "-m", "llmops", "serve", "stop"], capture_output=True, text=True)
     if stopped.stdout.strip() == "stopped":
         print("   stopped the server of an earlier demo run")
@@ -107,13 +100,14 @@ def stage_serve(n: int, registry) -> str:
     if port_in_use(PORT):
         raise StageError(f"Stage {n} (serve): port {PORT} is in use by another process. Stop it, or run the demo "
                          "on another port: LLMOPS_DEMO_PORT=8010 make demo.")
-    has_champion = registry.alias_version("smollm2-qa", "champion") is not None
-    overrides = [f"port={PORT}"]
-    if has_champion:
-        overrides.append("adapters=[{registry_name: smollm2-qa, alias: champion, served_name: smollm2-qa}]")
+    # smollm2-qa follows the champion alias (loaded when it is set, without a restart);
+    # smollm2-qa-challenger follows the challenger for the evaluation.
+    overrides = [f"port={PORT}", "rollout_poll_s=3",
+                 "adapters=[{registry_name: smollm2-qa, alias: champion, served_name: smollm2-qa}, "
+                 "{registry_name: smollm2-qa, alias: challenger, served_name: smollm2-qa-challenger}]"]
     SERVE_LOG.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "llmops", "serve", "--config", "configs/serving/default.yaml", *overrides]
-    print(f"   $ llmops serve --config configs/serving/default.yaml {' '.join(overrides)}  (log {SERVE_LOG})")
+    print(f"   $ llmops serve --config configs/serving/default.yaml {' '.join(overrides)}\n   (log {SERVE_LOG})")
     with SERVE_LOG.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     import httpx
@@ -131,8 +125,45 @@ def stage_serve(n: int, registry) -> str:
         if time.monotonic() - start > 900:
             raise StageError(f"Stage {n} (serve): not ready after 900 s; see {SERVE_LOG}. `make stop` and retry.")
         time.sleep(1)
-    model = "smollm2-qa" if has_champion else "smollm2"
-    print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  (model {model!r})")
+    print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  models: {served_models()}")
+
+
+def served_models() -> list[str]:
+    import httpx
+
+    r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    return [m["id"] for m in r.json()["data"]]
+
+
+def stage_eval(n: int, registry) -> str:
+    heading(n, "eval: base model and challenger through the gateway; promote only if the gate passes")
+    os.environ["LLMOPS_API_KEY"] = KEY  # the eval subprocesses use the demo key
+    limits = ["suites.0.limit=8", "suites.1.limit=6", "suites.2.limit=10"] if quick() else []
+    endpoint = ["target.model=null", f"target.base_url=http://127.0.0.1:{PORT}/v1"]
+    base = "smollm2-135m-instruct@champion"
+    if _evaluated(registry, base, "demo", limits):
+        print(f"   baseline {base} already evaluated (reused)")
+    else:
+        llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
+               "target.model_name=smollm2", f"target.registry_ref={base}", *limits)
+    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
+                  "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
+                  f"gate.baseline={base}", "--promote", *limits, ok_codes=(0, 1))
+    if code != 0:
+        print("   decision: NOT promoted (the gate's failures are listed in the report above); RAG uses the base")
+        return "smollm2"
+    version = registry.alias_version("smollm2-qa", "champion")
+    print(f"   decision: PROMOTED smollm2-qa/{version} to champion (all gate checks passed, see above)")
+    deadline = time.monotonic() + 120
+    while "smollm2-qa" not in served_models():
+        if time.monotonic() > deadline:
+            raise StageError(f"Stage {n} (eval): the gateway did not pick up smollm2-qa@champion; see {SERVE_LOG}.")
+        time.sleep(1)
+    print(f"   the running gateway now serves smollm2-qa = smollm2-qa/{version} (no restart)")
+    return "smollm2-qa"
+
+
+def show_endpoint(model: str) -> None:
     url = f"http://127.0.0.1:{PORT}/v1"
     hello = '[{"role": "user", "content": "Hello!"}]'
     print("   try it with curl:")
@@ -143,7 +174,6 @@ def stage_serve(n: int, registry) -> str:
     print(f"     client = OpenAI(base_url=\"{url}\", api_key=\"{KEY}\")")
     print(f"     reply = client.chat.completions.create(model=\"{model}\", messages={hello})")
     print("     print(reply.choices[0].message.content)")
-    return model
 
 
 def stage_rag(n: int, model: str) -> str:
@@ -194,29 +224,41 @@ def summary(n: int, registry, promoted: bool) -> None:
 
 def main(argv=None) -> int:
     t0 = time.monotonic()
-    heading(1, "offline default models, registered with their source hashes")
+    # LLMOPS_DEMO_STAGES=1,2 runs a subset (stages need the ones before them to have run once)
+    wanted = {int(x) for x in os.environ.get("LLMOPS_DEMO_STAGES", "1,2,3,4,5,6,7,8").split(",") if x.strip()}
     from llmops.assets import AssetsConfig, prepare, register_defaults
     from llmops.config import load_config
     from llmops.registry import Registry
 
     registry = Registry()
-    result = prepare(load_config("configs/assets/default.yaml", AssetsConfig))
-    for name, version in register_defaults(result, registry).items():
-        print(f"   registered {name}/{version.version} aliases={list(version.aliases)}")
-    heading(2, "classic ML: train and register credit-risk, score a shifted batch, drift report")
-    llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
-    llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",
-           "--out", "data/classic/current.parquet")
-    llmops(2, "classic predict", "classic", "predict", "--model", "credit-risk@champion", "--input",
-           "data/classic/current.parquet", "--output", "outputs/classic/scored.parquet")
-    llmops(2, "drift (exit 1 = drift found, as expected)", "drift", "--config", "configs/drift/default.yaml",
-           ok_codes=(0, 1))
-    stage_finetune(3, registry)
-    promoted = stage_eval(4, registry)
-    model = stage_serve(5, registry)
-    split = stage_rag(6, model)
-    stage_drift(7, split)
-    summary(8, registry, promoted)
+    if 1 in wanted:
+        heading(1, "offline default models, registered with their source hashes")
+        result = prepare(load_config("configs/assets/default.yaml", AssetsConfig))
+        for name, version in register_defaults(result, registry).items():
+            print(f"   registered {name}/{version.version} aliases={list(version.aliases)}")
+    if 2 in wanted:
+        heading(2, "classic ML: train and register credit-risk, score a shifted batch, drift report")
+        llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
+        llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",
+               "--out", "data/classic/current.parquet")
+        llmops(2, "classic predict", "classic", "predict", "--model", "credit-risk@champion", "--input",
+               "data/classic/current.parquet", "--output", "outputs/classic/scored.parquet")
+        llmops(2, "drift (exit 1 = drift found, as expected)", "drift", "--config", "configs/drift/default.yaml",
+               ok_codes=(0, 1))
+    if 3 in wanted:
+        stage_finetune(3, registry)
+    model = "smollm2"
+    if 4 in wanted:
+        stage_serve(4, registry)
+    if 5 in wanted:
+        model = stage_eval(5, registry)
+        show_endpoint(model)
+    if 6 in wanted:
+        split = stage_rag(6, model)
+        if 7 in wanted:
+            stage_drift(7, split)
+    if 8 in wanted:
+        summary(8, registry, model == "smollm2-qa")
     print(f"\n   demo finished in {(time.monotonic() - t0) / 60:.1f} min")
     return 0
 

@@ -23,7 +23,3 @@ class AssetError(LLMOpsError):
 
 class RegistryError(LLMOpsError):
     """A registry operation failed or a reference (``name@alias``, ``name/version``) is unknown."""
-
-
-class NotBuiltError(LLMOpsError):
-    """A command whose module has not been built yet."""

@@ -1,9 +1,12 @@
-"""`make demo`'s stages run end to end in a fresh folder (configs and models linked in)."""
+"""`make demo` end to end in a fresh folder (configs, docs, examples and models linked in), on the
+fast path (LLMOPS_DEMO_QUICK: small fine-tune and eval suites); then a second run of the first
+stages reuses what is prepared."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,20 +15,42 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_demo_runs_and_second_run_reuses(tmp_path, repo_root, base_model_dir):
-    (tmp_path / "configs").symlink_to(repo_root / "configs")
-    (tmp_path / "models").symlink_to(repo_root / "models")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base_model_dir):
+    for name in ("configs", "models", "docs", "examples"):
+        (tmp_path / name).symlink_to(repo_root / name)
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    for heading in ("== 1.", "== 2.", "== 5.", "== summary"):
-        assert heading in out.stdout
-    report = json.loads((tmp_path / "reports/drift/drift_report.json").read_text())
-    assert report["dataset_drift"] is True
-    assert "credit-risk/1" in out.stdout and "smollm2-135m-instruct/1" in out.stdout
-    again = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0
-    assert "smollm2-135m-instruct/1" in again.stdout and "smollm2-135m-instruct/2" not in again.stdout
-    assert "credit-risk/2" in again.stdout  # a new training run is a new version
+    env.update(LLMOPS_DEMO_QUICK="1", LLMOPS_DEMO_PORT=str(port))
+    try:
+        out = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=1800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        for n in range(1, 9):
+            assert f"== {n}." in out.stdout
+        assert "decision:" in out.stdout and "curl http://127.0.0.1:" in out.stdout
+        assert json.loads((tmp_path / "reports/drift/drift_report.json").read_text())["dataset_drift"] is True
+        assert (tmp_path / "reports/llm-drift/drift_report.html").is_file()
+        evals = list((tmp_path / "reports/eval/demo").glob("*/eval_report.json"))
+        assert len(evals) == 2  # base and challenger
+        assert "smollm2-qa/1" in out.stdout and "adapter" in out.stdout and "rag_index" in out.stdout
+        assert "blocked by injection" in out.stdout or "block by injection" in out.stdout
+        assert "[EMAIL]" in out.stdout  # the PII question was redacted before the model saw it
+        # the gateway keeps running after the demo
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        again = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path,
+                               env=dict(env, LLMOPS_DEMO_STAGES="1,2,8"), capture_output=True, text=True,
+                               timeout=900)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "smollm2-135m-instruct/1" in again.stdout and "smollm2-135m-instruct/2" not in again.stdout
+        assert "credit-risk/2" in again.stdout  # a new training run is a new version
+    finally:
+        subprocess.run([sys.executable, "-m", "llmops", "serve", "stop"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=120)

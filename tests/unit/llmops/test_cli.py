@@ -83,6 +83,6 @@ def test_registry_cli_round_trip(tmp_path):
     assert bad.returncode == 2 and "is not set" in bad.stderr
 
 
-def test_not_built_module_says_which_issue():
-    out = run([*LLMOPS, "eval", "run"])
-    assert out.returncode == 2 and "issue #7" in out.stderr
+def test_a_user_error_exits_2_with_the_fix():
+    out = run([*LLMOPS, "eval", "run", "--config", "configs/eval/nope.yaml"])
+    assert out.returncode == 2 and "nope.yaml" in out.stderr and "Traceback" not in out.stderr
