@@ -307,6 +307,9 @@ def run(cfg: EvalConfig, registry: Any = None) -> EvalResult:
             metrics=flat,
             artifacts=[p for p in result.report_paths.values()],
             tags={"llmops.eval_name": cfg.name, "llmops.gate_passed": str(gate.passed).lower()})
+        for n, r in suites.items():  # the eval sets as MLflow datasets of the run (digest = sha256)
+            registry.log_dataset(result.run_id, n, r.dataset.sha256, str(Path(r.dataset.path).resolve()),
+                                 rows=len(r.dataset.rows), context="evaluation")
         json_path = result.report_paths["json"]
         data = json.loads(json_path.read_text())
         data["mlflow_run_id"] = result.run_id

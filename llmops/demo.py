@@ -69,7 +69,7 @@ def port_in_use(port: int) -> bool:
 
 def stage_finetune(n: int, registry) -> None:
     heading(n, "fine-tune: a short LoRA run on the shipped context-QA set -> smollm2-qa@challenger")
-    samples = "48" if quick() else "160"
+    samples = "48" if quick() else "128"
     llmops(n, "fine-tune", "finetune", "train", "--config", "configs/finetune/default.yaml",
            f"data.max_samples={samples}", "training.eval_steps=10", "training.save_steps=1000")
 
@@ -239,6 +239,8 @@ def main(argv=None) -> int:
     if 2 in wanted:
         heading(2, "classic ML: train and register credit-risk, score a shifted batch, drift report")
         llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
+        llmops(2, "classic train-text (the guardrails' injection classifier)", "classic", "train-text",
+               "--config", "configs/classic/text.yaml")
         llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",
                "--out", "data/classic/current.parquet")
         llmops(2, "classic predict", "classic", "predict", "--model", "credit-risk@champion", "--input",

@@ -279,7 +279,9 @@ class RAGPipeline:
             if not v.allowed:
                 return Answer(question, guard.policy.refusal_text,
                               [], [], True, blocked=True, guardrails=verdicts), question, [], verdicts
-            question = v.text if v.action == "redact" else question
+            if v.action == "redact":  # retrieval and the model see the redacted question only
+                redacted = getattr(v, "messages", None)
+                question = (redacted[-1]["content"] if redacted else v.text) or question
         hits = self.retrieve(question, filters=filters, tenant=tenant, top_k=top_k)
         contexts = [Citation(i, h.source, h.id, h.score, h.text) for i, h in enumerate(hits, 1)]
         if not hits:

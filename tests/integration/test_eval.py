@@ -35,6 +35,19 @@ def test_ragas_judge_on_vllm_with_structured_output(vllm_base):
     assert numeric and all(0.0 <= v <= 1.0 for v in numeric)
 
 
+def test_a_judge_without_structured_output_returns_garbage_that_is_counted_as_failed(vllm_base):
+    import asyncio
+
+    from eval.metrics.judged import StructuredJudge, judge_sample, make_metrics
+
+    # 6 tokens of free text cannot be ragas' JSON: every judgement fails, and is reported as such
+    judge = StructuredJudge(base_url=f"{vllm_base}/v1", model="smollm2", max_tokens=6, structured=False)
+    scores = asyncio.run(judge_sample(make_metrics(["faithfulness", "context_precision"], judge),
+                                      "How long is it?", "It is 412 metres long.", ["It is 412 metres long."],
+                                      "412 metres", timeout_s=120))
+    assert scores == {"faithfulness": None, "context_precision": None} and judge.calls >= 2
+
+
 def test_endpoint_errors_are_counted_per_sample_and_the_report_is_still_written(vllm_base, tmp_path):
     from eval.run import EvalConfig, run
 
@@ -117,6 +130,9 @@ def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_bas
     assert first.gate.passed and "the evaluated version is the baseline" in " ".join(first.gate.notes)
     runs = registry.runs_for("tiny-base", 1)
     assert runs and runs[0].data.tags["llmops.eval_name"] == "default"
+    inputs = runs[0].inputs.dataset_inputs
+    assert [d.dataset.name for d in inputs] == ["qa"]
+    assert json.loads(inputs[0].dataset.profile)["sha256"] == first.suites["qa"].dataset.sha256
     assert runs[0].data.params["dataset_sha256.qa"] == first.suites["qa"].dataset.sha256
 
     # the challenger, on an edited dataset: the comparison with the champion is refused, not silent

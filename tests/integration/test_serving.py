@@ -413,3 +413,17 @@ def test_engine_crash_gives_503_then_recovers(gateway, client):
     assert r.choices[0].message.content
     # the adapter in use before the crash is served again after the restart
     assert client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3).model == "tiny-lora"
+
+
+def test_rag_embeds_through_the_gateway_embeddings_endpoint(gateway, monkeypatch, embedding_model_dir):
+    from rag.embed import EmbeddingConfig, LocalEmbedder, RemoteEmbedder
+
+    monkeypatch.setenv("TEST_GATEWAY_KEY", KEY)
+    remote = RemoteEmbedder(EmbeddingConfig(model="minilm", base_url=gateway["base"] + "/v1",
+                                            api_key_env="TEST_GATEWAY_KEY", model_id="all-MiniLM-L6-v2",
+                                            batch_size=2))
+    local = LocalEmbedder(EmbeddingConfig(model=str(embedding_model_dir)))
+    assert remote.dim == local.dim == 384 and remote.model_id == local.model_id
+    texts = ["alpha beta", "gamma", "the gateway port"]
+    for r, loc in zip(remote.embed(texts), local.embed(texts), strict=True):  # 2 batches remotely
+        assert sum(x * y for x, y in zip(r, loc, strict=True)) > 0.999
