@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base_model_dir):
-    for name in ("configs", "models", "docs", "examples"):
+    for name in ("configs", "models", "docs", "examples", "guardrails"):
         (tmp_path / name).symlink_to(repo_root / name)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
