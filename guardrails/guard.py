@@ -169,7 +169,7 @@ class Guard:
             hits = injection.rule_hits(forms)
             fs = [Finding(name, f"rule:{family}", span, 1.0) for family, span in hits]
             clf = self._classifiers.get(rail.classifier) if rail.classifier else None
-            if clf is not None:
+            if clf is not None and len(forms[0].split()) >= rail.classifier_min_words:
                 # head and tail of long prompts: where injections sit, and it bounds the cost
                 probe = forms[0] if len(forms[0]) <= 800 else forms[0][:400] + " " + forms[0][-400:]
                 p = clf(probe)

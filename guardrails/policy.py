@@ -29,6 +29,9 @@ class RailConfig(StrictModel):
     classifier_required: bool = Field(
         False, description="injection: fail loading when the classifier cannot be resolved (else rules only)."
     )
+    classifier_min_words: int = Field(
+        4, ge=1, description="injection: prompts with fewer words are judged by the rules only (a TF-IDF "
+        "classifier has no signal on 'Hello!' and scored it above 0.8).")
     entities: list[str] | None = Field(None, description="pii: entity types to find (None: all).")
     banned: list[str] = Field(default_factory=list, description="topics: banned words or phrases.")
     max_chars: int | None = Field(None, ge=1, description="length: longest allowed text.")

@@ -125,14 +125,16 @@ def stage_serve(n: int, registry) -> None:
         if time.monotonic() - start > 900:
             raise StageError(f"Stage {n} (serve): not ready after 900 s; see {SERVE_LOG}. `make stop` and retry.")
         time.sleep(1)
-    print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  models: {served_models()}")
+    models = sorted(served_models())
+    print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  models: {models}")
 
 
-def served_models() -> list[str]:
+def served_models() -> dict[str, str | None]:
+    """``{model id: registry version}`` as the gateway lists them."""
     import httpx
 
     r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
-    return [m["id"] for m in r.json()["data"]]
+    return {m["id"]: m.get("registry_version") for m in r.json()["data"]}
 
 
 def stage_eval(n: int, registry) -> str:
@@ -155,7 +157,7 @@ def stage_eval(n: int, registry) -> str:
     version = registry.alias_version("smollm2-qa", "champion")
     print(f"   decision: PROMOTED smollm2-qa/{version} to champion (all gate checks passed, see above)")
     deadline = time.monotonic() + 120
-    while "smollm2-qa" not in served_models():
+    while served_models().get("smollm2-qa") != str(version):
         if time.monotonic() > deadline:
             raise StageError(f"Stage {n} (eval): the gateway did not pick up smollm2-qa@champion; see {SERVE_LOG}.")
         time.sleep(1)
@@ -181,13 +183,16 @@ def stage_rag(n: int, model: str) -> str:
     rag_args = ["--config", "configs/rag/default.yaml", "--set", f"generation.base_url=http://127.0.0.1:{PORT}/v1",
                 "--set", f"generation.model={model}"]
     llmops(n, "rag ingest", "rag", "ingest", *rag_args)
-    from openai import OpenAI
+    import openai
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
     # reference traffic for stage 7: short plain questions
     for q in ("Hello!", "What is 2 plus 2?", "Name a colour.", "Say hi in French.", "What day comes after Monday?",
               "Spell cat.", "Is water wet?", "Count to three.")[: 4 if quick() else 8]:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], max_tokens=16)
+        try:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], max_tokens=16)
+        except openai.BadRequestError as e:  # a guardrail block is traffic too: it is logged, not fatal
+            print(f"   (blocked: {q!r}: {e.body.get('message') if isinstance(e.body, dict) else e})")
     split = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
     time.sleep(1.1)
     questions = ["Which HTTP header carries the API key?", "How do I stop the server?",
