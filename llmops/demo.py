@@ -214,7 +214,7 @@ def stage_drift(n: int, split: str) -> None:
            "--out", "reports/llm-drift", ok_codes=(0, 1))
 
 
-def summary(n: int, registry, promoted: bool) -> None:
+def summary(n: int, registry) -> None:
     heading(n, "summary")
     for name in registry.models():
         for v in registry.versions(name):
@@ -222,7 +222,11 @@ def summary(n: int, registry, promoted: bool) -> None:
             print(f"   {v.ref:28s} {v.kind:14s} aliases={list(v.aliases)} {lineage}")
     print("   reports: reports/drift/drift_report.html  reports/eval/demo/*/eval_report.html  "
           "reports/llm-drift/drift_report.html")
-    print(f"   fine-tuned adapter {'promoted to champion' if promoted else 'kept as challenger (gate failed)'}")
+    champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
+    if challenger is not None:
+        state = "is the champion (promoted by the gate)" if champion == challenger else (
+            "stays challenger (the gate did not pass)" + (f"; champion is smollm2-qa/{champion}" if champion else ""))
+        print(f"   fine-tuned adapter smollm2-qa/{challenger} {state}")
     print(f"   registry: {registry.tracking_uri}  (browse: make mlflow-ui)")
     print(f"   the gateway keeps running on http://127.0.0.1:{PORT}/v1 (key {KEY}); stop it with `make stop`")
 
@@ -265,7 +269,7 @@ def main(argv=None) -> int:
         if 7 in wanted:
             stage_drift(7, split)
     if 8 in wanted:
-        summary(8, registry, model == "smollm2-qa")
+        summary(8, registry)
     print(f"\n   demo finished in {(time.monotonic() - t0) / 60:.1f} min")
     return 0
 
