@@ -85,12 +85,14 @@ def main() -> int:
         registry.register("smollm2-135m-instruct", ROOT / "models/smollm2-135m-instruct", kind="base_model",
                           aliases=["champion"])
         timings: dict[str, list[float]] = {"raw": [], "eval": []}
+        outside: list[float] = []  # eval.run time not spent waiting for answers (scoring, reports, MLflow)
         t0 = time.perf_counter()
         with serve_registry_version("smollm2-135m-instruct@champion", ROOT / "configs/serving/default.yaml",
                                     tmp / "serve", registry) as ep:
             startup = time.perf_counter() - t0
             print(f"endpoint ready in {startup:.0f} s", flush=True)
-            asyncio.run(raw_client(ep, rows[:16], args.concurrency, args.max_tokens))  # warm-up
+            # warm-up over the whole set: vLLM's prefix cache is then equally warm for every measured run
+            asyncio.run(raw_client(ep, rows, args.concurrency, args.max_tokens))
             for i, which in enumerate(("raw", "eval", "eval", "raw")):
                 if which == "raw":
                     dt = asyncio.run(raw_client(ep, rows, args.concurrency, args.max_tokens))
@@ -109,6 +111,7 @@ def main() -> int:
                     result = run(cfg, registry=registry)
                     dt = time.perf_counter() - t
                     assert result.suites["task"].failures["failed"] == 0, result.suites["task"].failures
+                    outside.append(dt - sum(r.wall_s for r in result.suites.values()))
                 timings[which].append(dt)
                 print(f"  {which}: {dt:.1f} s", flush=True)
     raw, ours = statistics.fmean(timings["raw"]), statistics.fmean(timings["eval"])
@@ -116,8 +119,9 @@ def main() -> int:
     report = {"benchmark": "eval", "date": time.strftime("%Y-%m-%d"), "samples": args.samples,
               "concurrency": args.concurrency, "max_tokens": args.max_tokens, "endpoint_startup_s": startup,
               "raw_client_s": timings["raw"], "eval_run_s": timings["eval"], "generation_s": raw,
-              "overhead_s": overhead, "overhead_share": overhead / ours, "goal": "overhead < 10% of the total",
-              "goal_met": overhead / ours < 0.10}
+              "overhead_s": overhead, "overhead_share": overhead / ours,
+              "outside_requests_s": outside, "outside_share": statistics.fmean(outside) / ours,
+              "goal": "overhead < 10% of the total", "goal_met": max(overhead, statistics.fmean(outside)) / ours < 0.10}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eval.json").write_text(json.dumps(report, indent=2))
     md = f"""# Eval benchmark ({report['date']})
@@ -130,9 +134,11 @@ the gateway with guardrails), concurrency {args.concurrency}, max_tokens {args.m
 | plain openai client (generation only) | {', '.join(f'{x:.1f}' for x in timings['raw'])} | {raw:.1f} |
 | `eval.run` (requests, scoring, reports, MLflow) | {', '.join(f'{x:.1f}' for x in timings['eval'])} | {ours:.1f} |
 
-Generation {raw:.1f} s, our overhead {overhead:.1f} s = **{100 * overhead / ours:.1f}% of the total**
-(goal < 10%: {'met' if report['goal_met'] else 'NOT met'}). Serving the version for the run took a
-further {startup:.0f} s (vLLM start-up), once per evaluation.
+Generation {raw:.1f} s, our overhead by difference {overhead:.1f} s = {100 * overhead / ours:.1f}% of the
+total; measured directly inside `eval.run` (time not spent waiting for answers: dataset validation,
+scoring, reports, MLflow logging) {statistics.fmean(outside):.2f} s =
+**{100 * statistics.fmean(outside) / ours:.1f}% of the total** (goal < 10%: {'met' if report['goal_met'] else 'NOT met'}).
+Serving the version for the run took a further {startup:.0f} s (vLLM start-up), once per evaluation.
 """
     (RESULTS / "eval.md").write_text(md)
     print(md)
