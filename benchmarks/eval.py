@@ -137,7 +137,8 @@ the gateway with guardrails), concurrency {args.concurrency}, max_tokens {args.m
 Generation {raw:.1f} s, our overhead by difference {overhead:.1f} s = {100 * overhead / ours:.1f}% of the
 total; measured directly inside `eval.run` (time not spent waiting for answers: dataset validation,
 scoring, reports, MLflow logging) {statistics.fmean(outside):.2f} s =
-**{100 * statistics.fmean(outside) / ours:.1f}% of the total** (goal < 10%: {'met' if report['goal_met'] else 'NOT met'}).
+**{100 * statistics.fmean(outside) / ours:.1f}% of the total**
+(goal < 10%: {'met' if report['goal_met'] else 'NOT met'}).
 Serving the version for the run took a further {startup:.0f} s (vLLM start-up), once per evaluation.
 """
     (RESULTS / "eval.md").write_text(md)
