@@ -102,7 +102,8 @@ def stage_serve(n: int, registry) -> None:
                          "on another port: LLMOPS_DEMO_PORT=8010 make demo.")
     # smollm2-qa follows the champion alias (loaded when it is set, without a restart);
     # smollm2-qa-challenger follows the challenger for the evaluation.
-    overrides = [f"port={PORT}", "rollout_poll_s=3",
+    # the engine takes any free port, so a `make serve` elsewhere on :8100 does not collide
+    overrides = [f"port={PORT}", "engines.0.port=0", "rollout_poll_s=3",
                  "adapters=[{registry_name: smollm2-qa, alias: champion, served_name: smollm2-qa}, "
                  "{registry_name: smollm2-qa, alias: challenger, served_name: smollm2-qa-challenger}]"]
     SERVE_LOG.parent.mkdir(parents=True, exist_ok=True)
