@@ -67,6 +67,7 @@ class GatewayState:
                 cfg.embeddings.served_name, "embedding", "", path,
                 int(self.embedder.max_seq_length), created=now)
         self._sync_lock = threading.Lock()
+        self._unresolved: dict[tuple[str, str], str] = {}  # adapters whose alias is not set, and why
         self._embed_pool = None
 
     # ------------------------------------------------------------------ models
@@ -97,9 +98,13 @@ class GatewayState:
                 group = a.base or self.cfg.engines[0].served_name
                 try:
                     version = self.registry.resolve(f"{a.registry_name}@{a.alias}")
-                except Exception as e:  # noqa: BLE001 - keep serving what runs; say why
-                    log.warning("adapter %s@%s not resolvable: %s", a.registry_name, a.alias, e)
+                except Exception as e:  # noqa: BLE001 - keep serving what runs; say why (once per reason)
+                    key = (a.registry_name, a.alias)
+                    if self._unresolved.get(key) != str(e):
+                        self._unresolved[key] = str(e)
+                        log.warning("adapter %s@%s not resolvable: %s", a.registry_name, a.alias, e)
                     continue
+                self._unresolved.pop((a.registry_name, a.alias), None)
                 current = self.models.get(a.public_name)
                 if current is not None and current.registry_version == str(version.version):
                     continue
