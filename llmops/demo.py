@@ -149,9 +149,10 @@ def stage_eval(n: int, registry) -> str:
     else:
         llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
                "target.model_name=smollm2", f"target.registry_ref={base}", *limits)
-    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
-                  "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
-                  f"gate.baseline={base}", "--promote", *limits, ok_codes=(0, 1))
+    # flags before the key=value overrides: argparse ends the override list at the first flag
+    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", "--promote",
+                  *endpoint, "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
+                  f"gate.baseline={base}", *limits, ok_codes=(0, 1))
     if code != 0:
         print("   decision: NOT promoted (the gate's failures are listed in the report above); RAG uses the base")
         return "smollm2"
