@@ -181,13 +181,11 @@ def messages_for(row: EvalRow) -> list[dict[str, str]]:
     return [{"role": "user", "content": row.question}]
 
 
-async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: str = "eval") -> list[Sample]:
-    """Ask every row concurrently (bounded); failures are recorded in the sample."""
-    import openai
+async def _bounded(rows: list[EvalRow], s: EndpointSettings, desc: str, fill: Any) -> list[Sample]:
+    """Run ``await fill(row, sample)`` for every row with bounded concurrency, a per-sample timeout and a
+    progress bar; a timeout or any other failure is recorded in the sample, never raised."""
     from tqdm.auto import tqdm
 
-    client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=s.retries,
-                                timeout=s.timeout_s)
     sem = asyncio.Semaphore(s.concurrency)
     bar = tqdm(total=len(rows), desc=desc, unit="sample")
 
@@ -196,19 +194,9 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
         async with sem:
             t0 = time.perf_counter()
             try:
-                res = await asyncio.wait_for(client.chat.completions.create(
-                    model=ep.model, messages=messages_for(row), max_tokens=s.max_tokens,
-                    temperature=s.temperature), s.timeout_s * (s.retries + 1))
-                sample.output = res.choices[0].message.content or ""
-                sample.completion_tokens = res.usage.completion_tokens if res.usage else 0
-                sample.latency_ms = (time.perf_counter() - t0) * 1000
-            except openai.APIStatusError as e:
-                code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
-                if code == "content_blocked":
-                    sample.error_code = code
+                await asyncio.wait_for(fill(row, sample), s.timeout_s * (s.retries + 1))
+                if sample.error is None:
                     sample.latency_ms = (time.perf_counter() - t0) * 1000
-                else:
-                    sample.error, sample.error_code = f"HTTP {e.status_code}: {str(e)[:200]}", code
             except TimeoutError:
                 sample.error = f"timeout after {s.timeout_s:.0f} s"
             except Exception as e:  # noqa: BLE001 - any transport failure is a failed sample
@@ -220,50 +208,60 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
         return list(await asyncio.gather(*(one(r) for r in rows)))
     finally:
         bar.close()
+
+
+async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: str = "eval") -> list[Sample]:
+    """Ask every row concurrently (bounded); failures are recorded in the sample."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=s.retries,
+                                timeout=s.timeout_s)
+
+    async def fill(row: EvalRow, sample: Sample) -> None:
+        try:
+            res = await client.chat.completions.create(model=ep.model, messages=messages_for(row),
+                                                       max_tokens=s.max_tokens, temperature=s.temperature)
+        except openai.APIStatusError as e:
+            code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
+            if code != "content_blocked":  # a guardrail block is an outcome, not an error
+                sample.error = f"HTTP {e.status_code}: {str(e)[:200]}"
+            sample.error_code = code
+            return
+        sample.output = res.choices[0].message.content or ""
+        sample.completion_tokens = res.usage.completion_tokens if res.usage else 0
+
+    try:
+        return await _bounded(rows, s, desc, fill)
+    finally:
         await client.close()
 
 
 async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_config: str | None,
                   ingest: list[str], desc: str = "rag") -> list[Sample]:
     """Ask through RAGPipeline (retrieval + answer) on the endpoint; contexts are the retrieved chunks."""
-    from tqdm.auto import tqdm
-
     from rag.pipeline import GenerationError, RAGPipeline
 
+    os.environ["LLMOPS_EVAL_KEY"] = ep.api_key
     overrides = [f"generation.base_url={ep.base_url}", f"generation.model={ep.model}",
                  f"generation.max_tokens={s.max_tokens}", f"generation.timeout_s={s.timeout_s}",
+                 "generation.api_key_env=LLMOPS_EVAL_KEY",
                  "guardrails.enabled=false"]  # the gateway guards the requests already
-    os.environ["LLMOPS_EVAL_KEY"] = ep.api_key
-    overrides.append("generation.api_key_env=LLMOPS_EVAL_KEY")
     pipe = RAGPipeline.from_config(rag_config, overrides)
     if ingest:
         pipe.ingest(ingest)
-    sem = asyncio.Semaphore(s.concurrency)
-    bar = tqdm(total=len(rows), desc=desc, unit="sample")
 
-    async def one(row: EvalRow) -> Sample:
-        sample = Sample(row)
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                ans = await asyncio.wait_for(pipe.aask(row.question), s.timeout_s * (s.retries + 1))
-                sample.output = ans.text
-                sample.contexts = [c.text for c in ans.contexts]
-                sample.citations = [c.number for c in ans.citations]
-                sample.completion_tokens = ans.usage.get("completion_tokens", 0)
-                sample.latency_ms = (time.perf_counter() - t0) * 1000
-            except TimeoutError:
-                sample.error = f"timeout after {s.timeout_s:.0f} s"
-            except GenerationError as e:
+    async def fill(row: EvalRow, sample: Sample) -> None:
+        try:
+            ans = await pipe.aask(row.question)
+        except GenerationError as e:
+            if "content_blocked" in str(e):
+                sample.error_code = "content_blocked"
+            else:
                 sample.error = str(e)[:300]
-                if "content_blocked" in str(e):
-                    sample.error, sample.error_code = None, "content_blocked"
-            except Exception as e:  # noqa: BLE001
-                sample.error = f"{type(e).__name__}: {str(e)[:200]}"
-        bar.update(1)
-        return sample
+            return
+        sample.output = ans.text
+        sample.contexts = [c.text for c in ans.contexts]
+        sample.citations = [c.number for c in ans.citations]
+        sample.completion_tokens = ans.usage.get("completion_tokens", 0)
 
-    try:
-        return list(await asyncio.gather(*(one(r) for r in rows)))
-    finally:
-        bar.close()
+    return await _bounded(rows, s, desc, fill)
