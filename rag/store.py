@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ DENSE, SPARSE = "dense", "bm25"
 PAYLOAD_INDEXES = {"source": "keyword", "tenant": "keyword", "file_sha256": "keyword", "tags": "keyword"}
 _LOCAL_CLIENTS: dict[str, Any] = {}  # one client per local folder: Qdrant local mode locks its folder
 _LOCK = threading.Lock()
+# in-process mirrors of embedded collections: client -> {collection: index}; every write drops its entry
+_INDEXES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_INDEX_LOCK = threading.Lock()
 
 
 class StoreError(LLMOpsError):
@@ -45,6 +49,9 @@ class StoreConfig(StrictModel):
     collection: str = Field("docs", description="Collection name.")
     batch_size: int = Field(128, ge=1, description="Points per upsert.")
     timeout_s: int = Field(30, ge=1, description="Server request timeout.")
+    local_index: bool = Field(
+        True, description="Embedded mode: answer queries from an in-process numpy/scipy mirror of the collection "
+        "(rag/index.py; same results, Qdrant's local mode scans in Python). False: Qdrant's local query API.")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,44 @@ class Store:
         self.collection = collection or cfg.collection
         self.client = _client(cfg)
 
+    def _changed(self) -> None:
+        with _INDEX_LOCK:
+            _INDEXES.get(self.client, {}).pop(self.collection, None)
+
+    def local_index(self) -> Any:
+        """The in-process mirror used for embedded-mode queries (built on first use after a write), or None
+        with a server URL or ``local_index: false``."""
+        if self.cfg.url or not self.cfg.local_index:
+            return None
+        with _INDEX_LOCK:
+            per_client = _INDEXES.setdefault(self.client, {})
+            if self.collection not in per_client:
+                per_client[self.collection] = self._build_index()
+            return per_client[self.collection]
+
+    def _build_index(self) -> Any:
+        from qdrant_client import models as m
+
+        from rag.index import VectorIndex
+
+        ids, dense, sparse, payloads = [], [], [], []
+        offset = None
+        while True:
+            points, offset = self.client.scroll(
+                self.collection, limit=2048, offset=offset, with_vectors=True,
+                with_payload=m.PayloadSelectorExclude(exclude=["text"]))
+            for p in points:
+                vec = p.vector or {}
+                sv = vec.get(SPARSE)
+                ids.append(p.id)
+                dense.append(vec[DENSE])
+                sparse.append((list(sv.indices), list(sv.values)) if sv is not None else ([], []))
+                payloads.append(dict(p.payload or {}))
+            if offset is None:
+                break
+        log.debug("built the in-process index of %s: %d points", self.collection, len(ids))
+        return VectorIndex.build(ids, dense, sparse, payloads)
+
     # ------------------------------------------------------------ collection
     def exists(self) -> bool:
         return bool(self.client.collection_exists(self.collection))
@@ -130,6 +175,7 @@ class Store:
             sparse_vectors_config={SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)},
             metadata={"embedding_model": embedding_model, "dim": dim},
         )
+        self._changed()
         if self.cfg.url:  # payload indexes: server only (local mode filters without them)
             kinds = {"keyword": m.PayloadSchemaType.KEYWORD}
             for name, kind in PAYLOAD_INDEXES.items():
@@ -149,6 +195,7 @@ class Store:
     def drop(self) -> None:
         if self.exists():
             self.client.delete_collection(self.collection)
+        self._changed()
 
     # ---------------------------------------------------------------- writes
     def upsert(self, points: list[dict[str, Any]]) -> None:
@@ -162,12 +209,14 @@ class Store:
                 for p in points[i:i + self.cfg.batch_size]
             ]
             self.client.upsert(self.collection, points=batch, wait=True)
+            self._changed()
 
     def delete_ids(self, ids: list[str]) -> None:
         from qdrant_client import models as m
 
         for i in range(0, len(ids), 1000):
             self.client.delete(self.collection, points_selector=m.PointIdsList(points=ids[i:i + 1000]), wait=True)
+            self._changed()
 
     def payloads(self, fields: list[str]) -> dict[str, dict[str, Any]]:
         """``{point id: payload subset}`` for every point (scrolls; no vectors)."""
@@ -191,6 +240,17 @@ class Store:
               score_threshold: float | None = None) -> list[Hit]:
         """Dense, sparse or hybrid (reciprocal rank fusion in Qdrant) search with payload filters."""
         from qdrant_client import models as m
+
+        index = self.local_index()
+        if index is not None:
+            found = index.search(dense=dense, sparse=sparse, mode=mode, limit=limit, filters=filters,
+                                 candidates=candidates, score_threshold=score_threshold)
+            if not found:
+                return []
+            full = {p.id: dict(p.payload or {}) for p in self.client.retrieve(
+                self.collection, [pid for pid, _ in found], with_payload=True, with_vectors=False)}
+            return [Hit(str(pid), score, str(full.get(pid, {}).get("text", "")), full.get(pid, {}))
+                    for pid, score in found]
 
         flt = _filter(filters)
         sv = m.SparseVector(indices=sparse[0], values=sparse[1]) if sparse else None
