@@ -1,7 +1,8 @@
-"""Serving benchmark with vLLM's own load generator (`vllm bench serve`), three targets, one run.
+"""Serving benchmark with vLLM's own load generator (`vllm bench serve`), four targets, one run.
 
 Targets: (a) gateway -> vLLM, (b) vLLM directly (the same engine), (c) a naive server calling
-transformers `generate` per request; (a) and (b) run in A-B-B-A order at each level, averaged.
+transformers `generate` per request, (c') transformers' own continuous batching
+(`init_continuous_batching`, paged KV cache); (a) and (b) run in A-B-B-A order at each level, averaged.
 Workload: random prompts, mixed input/output lengths
 (--range-ratio), Poisson arrivals, a concurrency sweep. Writes benchmarks/results/serving.json
 and serving.md; goals: (b) >= 3x (c) output tok/s at concurrency 32; the gateway costs <= 5% of
@@ -94,16 +95,17 @@ def main() -> None:
     p.add_argument("--min-prompts", type=int, default=8)
     p.add_argument("--rate-per-slot", type=float, default=1.0, help="Poisson rate = this x concurrency")
     p.add_argument("--naive-levels", default="1,32", help="concurrency levels for the naive server")
+    p.add_argument("--cb-levels", default="1,32", help="levels for transformers' continuous batching ('' skips)")
     p.add_argument("--no-abba", dest="abba", action="store_false", help="one run per target and level")
     p.add_argument("--name", default="serving", help="results file name (benchmarks/results/NAME.json/.md)")
     p.add_argument("--quick", action="store_true", help="concurrency 1,8 and few prompts")
     a = p.parse_args()
     if a.quick:
         a.concurrency, a.prompts_per_slot, a.min_prompts, a.output_len = "1,8", 1, 4, 32
-        a.naive_levels, a.abba = "1", False
+        a.naive_levels, a.cb_levels, a.abba = "1", "8", False
     levels = [int(c) for c in a.concurrency.split(",")]
     out = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    results: dict[str, dict[int, dict]] = {"gateway": {}, "vllm": {}, "naive": {}}
+    results: dict[str, dict[int, dict]] = {"gateway": {}, "vllm": {}, "naive": {}, "transformers_cb": {}}
 
     gw_port, engine_port = free_port(), free_port()
     env = dict(os.environ, LLMOPS_API_KEYS=f"bench:{KEY}", HF_HUB_OFFLINE="1")
@@ -130,19 +132,22 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(60)
-    naive_port = free_port()
-    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "helpers" / "naive_server.py"), "--model",
-                              a.model_dir, "--port", str(naive_port)],
-                             stdout=(out / "naive.log").open("w"), stderr=subprocess.STDOUT)
-    try:
-        print("starting the naive transformers server ...", flush=True)
-        wait_http(f"http://127.0.0.1:{naive_port}/health", 300)
-        for c in (int(x) for x in a.naive_levels.split(",")):
-            results["naive"][c] = summary(bench(f"http://127.0.0.1:{naive_port}", "smollm2", a.model_dir,
-                                                c, a, out, "naive"))
-    finally:
-        naive.terminate()
-        naive.wait(60)
+    for target, mode, levels_arg in (("naive", "generate", a.naive_levels), ("transformers_cb", "cb", a.cb_levels)):
+        if not levels_arg:
+            continue
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "helpers" / "naive_server.py"), "--model",
+                                 a.model_dir, "--port", str(port), "--mode", mode],
+                                stdout=(out / f"{target}.log").open("w"), stderr=subprocess.STDOUT)
+        try:
+            print(f"starting the transformers server ({mode}) ...", flush=True)
+            wait_http(f"http://127.0.0.1:{port}/health", 300)
+            for c in (int(x) for x in levels_arg.split(",")):
+                results[target][c] = summary(bench(f"http://127.0.0.1:{port}", "smollm2", a.model_dir,
+                                                   c, a, out, target))
+        finally:
+            proc.terminate()
+            proc.wait(60)
     write(results, a, levels)
 
 
@@ -152,6 +157,12 @@ def write(results: dict, a, levels: list[int]) -> None:
     if ref is not None and ref in results["vllm"]:
         ratio = results["vllm"][ref]["output_tok_per_s"] / max(results["naive"][ref]["output_tok_per_s"], 1e-9)
         goals[f"vllm_vs_naive_output_tok_s_at_c{ref}"] = {"value": round(ratio, 2), "goal": ">= 3", "met": ratio >= 3}
+    cb_ref = 32 if 32 in results["transformers_cb"] else max(results["transformers_cb"], default=None)
+    if cb_ref is not None and cb_ref in results["vllm"]:
+        ratio = results["vllm"][cb_ref]["output_tok_per_s"] / max(
+            results["transformers_cb"][cb_ref]["output_tok_per_s"], 1e-9)
+        goals[f"vllm_vs_transformers_cb_output_tok_s_at_c{cb_ref}"] = {"value": round(ratio, 2), "goal": ">= 3",
+                                                                      "met": ratio >= 3}
     for c in levels:
         g, v = results["gateway"].get(c), results["vllm"].get(c)
         if g and v:
@@ -170,7 +181,7 @@ def write(results: dict, a, levels: list[int]) -> None:
     lines = ["# Serving benchmark", "", f"Workload: {payload['workload']}", "",
              "| target | concurrency | req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for target in ("gateway", "vllm", "naive"):
+    for target in ("gateway", "vllm", "naive", "transformers_cb"):
         for c, r in sorted(results[target].items()):
             lines.append(f"| {target} | {c} | {r['requests_per_s']} | {r['output_tok_per_s']} | {r['ttft_p50_ms']} | "
                          f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} |")

@@ -11,14 +11,13 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from guardrails.policy import PolicyConfig, RailConfig
-from guardrails.rails import grounded, injection, pii, topics, toxicity
+from guardrails.rails import grounded, injection, pii, presidio, schema, selfcheck, topics, toxicity
 from guardrails.stream import StreamGuard
 from guardrails.verdict import Finding, Verdict
 from llmops.textnorm import normalize, variants
@@ -35,6 +34,8 @@ class Guard:
         self._banned = {id(r): topics.compile_banned(r.banned) for r in policy.input_rails + policy.output_rails}
         self._toxic_extra = {id(r): topics.compile_banned(r.extra_terms) for r in policy.output_rails}
         self.embed = None  # optional callable(list[str]) -> np.ndarray for groundedness
+        # a self_check rail makes a network call: callers on an event loop run the guard in a thread
+        self.blocking_io = any(r.rail == "self_check" for r in policy.input_rails + policy.output_rails)
         for rail in policy.input_rails:
             if rail.rail == "injection" and rail.classifier:
                 self._classifiers[rail.classifier] = self._load_classifier(rail, registry)
@@ -80,7 +81,7 @@ class Guard:
                 content = m.get("content")
                 text = _text(content)
                 if m.get("role") in ("user", "tool", "function") and text:
-                    a, r, why, new_text, f = self._run(rails, text, None)
+                    a, r, why, new_text, f = self._run(rails, text, None, "input")
                     findings += f
                     if _ORDER[a] > _ORDER[action]:
                         action, rail_name, reason = a, r, why
@@ -96,19 +97,35 @@ class Guard:
             return self._error(e, t0)
 
     def check_output(self, text: Any, context: list[str] | None = None, model: str | None = None,
-                     key: str | None = None) -> Verdict:
-        """Check an answer (``context``: retrieved chunks, for groundedness)."""
+                     key: str | None = None, partial: bool = False) -> Verdict:
+        """Check an answer (``context``: retrieved chunks, for groundedness; ``partial``: a piece of a
+        stream, which skips the whole-answer rails: json_schema and the self-check)."""
         t0 = time.perf_counter()
         try:
             if not isinstance(text, str):
                 return self._verdict(False, "block", "output", [Finding("output", "not_text")], None, t0,
                                      "the answer is not text")
             rails = self._active(self.policy.output_rails, model, key)
-            action, rail_name, reason, new_text, findings = self._run(rails, text, context)
+            if partial:
+                rails = [r for r in rails if r.rail not in ("json_schema", "self_check")]
+            action, rail_name, reason, new_text, findings = self._run(rails, text, context, "output")
             shown = self.policy.refusal_text if action == "block" else new_text
             return self._verdict(action != "block", action, rail_name, findings, shown, t0, reason)
         except Exception as e:  # noqa: BLE001
             return self._error(e, t0)
+
+    def reask(self, verdict: Verdict, messages: list[dict], answer: str, model: str | None = None,
+              key: str | None = None) -> dict[str, Any] | None:
+        """The one re-ask for an answer that failed a json_schema rail: ``{"messages", "response_format"}``
+        to send to the same model, or None when the verdict is not a schema failure or re-asking is off."""
+        if verdict.rail != "json_schema":
+            return None
+        for rail in self._active(self.policy.output_rails, model, key):
+            if rail.rail == "json_schema" and rail.reask:
+                error = schema.schema_error(answer, rail.schema_)
+                if error:
+                    return schema.reask_request(messages, answer, error, rail.schema_)
+        return None
 
     def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamGuard:
         """A checker for streamed answers that holds back only ``stream_holdback_chars``."""
@@ -123,13 +140,13 @@ class Guard:
             off |= set(self.policy.per_key[key].disable)
         return [r for r in rails if r.rail not in off]
 
-    def _run(self, rails: list[RailConfig], text: str, context: list[str] | None):
+    def _run(self, rails: list[RailConfig], text: str, context: list[str] | None, stage: str):
         """Apply rails in order -> (action, rail, reason, text after redaction, findings)."""
         forms = variants(text)
         action, rail_name, reason, findings = "allow", None, None, []
         for rail in rails:
             try:
-                hit, label_list, new_text, why = self._apply(rail, text, forms, context)
+                hit, label_list, new_text, why = self._apply(rail, text, forms, context, stage)
             except Exception as e:  # noqa: BLE001 - one broken rail must not hide the others
                 log.warning("rail %s failed: %s", rail.rail, e)
                 findings.append(Finding(rail.rail, "rail_error"))
@@ -147,7 +164,7 @@ class Guard:
                 break
         return action, rail_name, reason, text, findings
 
-    def _apply(self, rail: RailConfig, text: str, forms: list[str], context: list[str] | None):
+    def _apply(self, rail: RailConfig, text: str, forms: list[str], context: list[str] | None, stage: str):
         """-> (fired, findings, redacted text or None, reason)."""
         name = rail.rail
         if name == "length":
@@ -156,10 +173,10 @@ class Guard:
                     f"{n} characters, more than {rail.max_chars}")
         if name == "pii":
             wanted = set(rail.entities) if rail.entities else None
-            matches = pii.find(text, wanted)
+            matches = self._pii(text, wanted, rail)
             # obfuscated PII (zero-width characters, fullwidth digits) shows in the normalised form
             if not matches and forms[0] != text:
-                hidden = pii.find(forms[0], wanted)
+                hidden = self._pii(forms[0], wanted, rail)
                 if hidden:
                     fs = [Finding(name, m.entity, None, m.score) for m in hidden]
                     return True, fs, pii.redact(forms[0], hidden), "personal data or a secret"
@@ -183,14 +200,16 @@ class Guard:
             hits = toxicity.toxic_hits([forms[0], normalize(text).lower()], self._toxic_extra.get(id(rail)))
             return bool(hits), [Finding(name, "toxic") for _ in hits[:1]], None, "toxic language"
         if name == "json_schema":
-            import jsonschema
-
-            try:
-                jsonschema.validate(json.loads(_strip_fence(text)), rail.schema_)
-                return False, [], None, None
-            except (json.JSONDecodeError, jsonschema.ValidationError) as e:
-                msg = e.msg if isinstance(e, json.JSONDecodeError) else e.message
-                return True, [Finding(name, "invalid_json")], None, f"answer does not match the schema: {msg}"
+            error = schema.schema_error(text, rail.schema_)
+            return (error is not None, [Finding(name, "invalid_json")], None,
+                    f"answer does not match the schema: {error}")
+        if name == "self_check":
+            j = rail.judge
+            res = selfcheck.self_check(forms[0] if stage == "input" else text, stage, base_url=j.base_url,
+                                       model=j.model, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
+                                       max_chars=j.max_chars)
+            return (bool(res["unsafe"]), [Finding(name, f"judge:{res['category']}", None, 1.0)], None,
+                    f"the self-check model judged it unsafe ({res['category']}: {res['reason'][:120]})")
         if name == "groundedness":
             if context is None:
                 return False, [], None, None
@@ -199,6 +218,13 @@ class Guard:
             return (score < thr, [Finding(name, "ungrounded", None, round(score, 3))], None,
                     f"only {score:.0%} of the answer is supported by the retrieved context")
         raise ValueError(f"unknown rail {name}")
+
+    def _pii(self, text: str, wanted: set[str] | None, rail: RailConfig) -> list[pii.Match]:
+        matches = pii.find(text, wanted)
+        if rail.presidio == "required" or (rail.presidio == "auto" and presidio.installed()):
+            more = presidio.find(text, wanted, rail.presidio_min_score)
+            matches = pii.merge(matches, [pii.Match(e, a, b, s) for e, a, b, s in more])
+        return matches
 
     def _verdict(self, allowed, action, rail, findings, text, t0, reason=None, messages=None) -> Verdict:
         return Verdict(allowed, action, rail, text, tuple(findings), (time.perf_counter() - t0) * 1000, reason,
@@ -240,11 +266,3 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
-
-
-def _strip_fence(text: str) -> str:
-    t = text.strip()
-    if t.startswith("```"):
-        t = t.split("\n", 1)[1] if "\n" in t else ""
-        t = t.rsplit("```", 1)[0]
-    return t

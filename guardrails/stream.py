@@ -26,7 +26,7 @@ class StreamGuard:
         if self.stopped is not None:
             return "", self.stopped
         self.held += text
-        verdict = self.guard.check_output(self.held, model=self.model, key=self.key)
+        verdict = self.guard.check_output(self.held, model=self.model, key=self.key, partial=True)
         if not verdict.allowed:
             self.stopped = verdict
             self.held = ""
@@ -51,7 +51,7 @@ class StreamGuard:
         """Release what is held, checking the whole answer one last time."""
         if self.stopped is not None:
             return "", self.stopped
-        tail_verdict = self.guard.check_output(self.held, model=self.model, key=self.key)
+        tail_verdict = self.guard.check_output(self.held, model=self.model, key=self.key, partial=True)
         if not tail_verdict.allowed:
             return "", tail_verdict
         tail = tail_verdict.text if tail_verdict.text is not None else self.held

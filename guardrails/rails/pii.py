@@ -140,6 +140,15 @@ def find(text: str, entities: set[str] | None = None) -> list[Match]:
     return kept
 
 
+def merge(ours: list[Match], more: list[Match]) -> list[Match]:
+    """``ours`` plus the matches of ``more`` that overlap none of them (ours win: they are validated)."""
+    kept = list(ours)
+    for m in sorted(more, key=lambda m: (m.start, -(m.end - m.start), -m.score)):
+        if all(m.end <= k.start or m.start >= k.end for k in kept):
+            kept.append(m)
+    return sorted(kept, key=lambda m: m.start)
+
+
 def redact(text: str, matches: list[Match]) -> str:
     """Replace each match by ``[ENTITY]``; everything else stays as it was."""
     out, last = [], 0

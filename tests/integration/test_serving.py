@@ -28,6 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KEY = "sk-test-key"
 LIMITED = "sk-limited-key"
+JSON_KEY = "sk-json-key"  # the only key whose answers must match a JSON schema
+ANSWER_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                 "additionalProperties": False}
 
 
 def make_adapter(base_dir, out, seed: int):
@@ -56,8 +59,11 @@ def gateway(tiny_model_dir, tmp_path_factory):
     registry.register("tiny-adapter", adapter_v1, kind="adapter", aliases=["champion"],
                       lineage=Lineage(base_model="tiny-llama"))
     policy = tmp / "policy.yaml"
-    policy.write_text("input_rails:\n  - {rail: injection, action: block}\n  - {rail: pii, action: redact}\n"
-                      "output_rails:\n  - {rail: pii, action: redact, entities: [EMAIL, API_KEY]}\n")
+    policy.write_text(json.dumps({
+        "input_rails": [{"rail": "injection", "action": "block"}, {"rail": "pii", "action": "redact"}],
+        "output_rails": [{"rail": "pii", "action": "redact", "entities": ["EMAIL", "API_KEY"]},
+                         {"rail": "json_schema", "action": "block", "schema": ANSWER_SCHEMA}],
+        "per_key": {"test": {"disable": ["json_schema"]}, "limited": {"disable": ["json_schema"]}}}))
     port = free_port()
     cfg = ServingConfig.model_validate({
         "guardrails": {"enabled": True, "config": str(policy)},
@@ -66,7 +72,8 @@ def gateway(tiny_model_dir, tmp_path_factory):
                      "max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 600}],
         "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"}],
         "auth": {"keys": [{"id": "test", "sha256": hash_key(KEY)},
-                          {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3}]},
+                          {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3},
+                          {"id": "json", "sha256": hash_key(JSON_KEY)}]},
         "limits": {"max_tokens_cap": 2000, "max_body_bytes": 20_000},
         "request_log": {"path": str(tmp / "requests.sqlite")},
         "rollout_poll_s": 0,
@@ -346,6 +353,29 @@ def test_guardrails_block_and_redact_in_the_gateway(gateway, client):
     time.sleep(1)
     log = read_requests(gateway["tmp"] / "requests.sqlite")
     assert any(g and g[0]["rail"] == "injection" for g in log.guardrails)
+
+
+def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=gateway["base"] + "/v1", api_key=JSON_KEY, max_retries=0)
+    # the tiny model's free text is never this JSON: the gateway re-asks with the schema as
+    # response_format, and vLLM's structured output makes the second answer match it
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Is it up?"}],
+                                       max_tokens=30, temperature=0)
+    answer = r.choices[0].message.content
+    assert json.loads(answer).keys() == {"ok"}
+    time.sleep(1)
+    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    mine = log[log.key_id == "json"]
+    assert len(mine) == 1 and mine.guardrails.iloc[0][0]["reask"] is True
+    assert mine.guardrails.iloc[0][0]["rail"] == "json_schema"
+    assert 'llmops_guardrail_verdicts_total{action="reask",rail="json_schema",stage="output"}' in httpx.get(
+        gateway["base"] + "/metrics").text
+    # other keys have the rail off: their free text passes untouched
+    plain = OpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Is it up?"}], max_tokens=30, temperature=0)
+    assert plain.choices[0].message.content != answer
 
 
 class DeadReplica:

@@ -77,7 +77,7 @@ async def _handle(request: Request, chat: bool) -> Response:
             state.limiter.admit(key.id, rec.prompt_tokens + max_tokens * n * len(prompt_tokens),
                                 key.rpm or state.cfg.limits.default_rpm, key.tpm or state.cfg.limits.default_tpm)
 
-        verdict = state.hook.check_input(messages, model=route.public, key=rec.key_id)
+        verdict = await _call(state.hook, "check_input", messages, model=route.public, key=rec.key_id)
         if verdict.action != "allow":
             rec.guardrails.append(_verdict_record("input", verdict))
             state.metrics.guardrail.labels("input", verdict.rail or "", verdict.action).inc()
@@ -120,10 +120,17 @@ async def _handle(request: Request, chat: bool) -> Response:
         await resp.aclose()
         data["model"] = route.public
         texts = [c.get("message", {}).get("content") if chat else c.get("text") for c in data.get("choices", [])]
+        reask_tokens = 0
         for i, text in enumerate(texts):
             if not text:
                 continue
-            out = state.hook.check_output(text, model=route.public, key=rec.key_id)
+            out = await _call(state.hook, "check_output", text, model=route.public, key=rec.key_id)
+            if chat and not out.allowed and hasattr(state.hook, "reask"):
+                fixed = await _reask(state, route, body, out, text, rec)
+                if fixed is not None:
+                    text, out, used_tokens = fixed
+                    reask_tokens += used_tokens
+                    data["choices"][i]["message"]["content"] = text
             if out.action != "allow":
                 rec.guardrails.append(_verdict_record("output", out))
                 state.metrics.guardrail.labels("output", out.rail or "", out.action).inc()
@@ -135,7 +142,7 @@ async def _handle(request: Request, chat: bool) -> Response:
                     data["choices"][i]["text"] = replacement
         usage = data.get("usage") or {}
         rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
-        rec.completion_tokens = usage.get("completion_tokens")
+        rec.completion_tokens = (usage.get("completion_tokens") or 0) + reask_tokens
         return JSONResponse(data, headers={"x-request-id": rec.id})
     except APIError as e:
         rec.status, rec.error_code = e.status, e.code
@@ -143,6 +150,41 @@ async def _handle(request: Request, chat: bool) -> Response:
     finally:
         if not streaming:
             finish_request(state, rec, t0, prompt_text)
+
+
+async def _call(hook, method: str, *args, **kwargs):
+    """A guard call; in a worker thread when the policy makes network calls (the LLM self-check)."""
+    if getattr(hook, "blocking_io", False):
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(getattr(hook, method), *args, **kwargs)
+    return getattr(hook, method)(*args, **kwargs)
+
+
+async def _reask(state: GatewayState, route: ModelRoute, body: dict, verdict, answer: str, rec: RequestRecord):
+    """The json_schema rail's one re-ask (schema as response_format) -> (new answer, its verdict, its
+    completion tokens) or None."""
+    request = state.hook.reask(verdict, body["messages"], answer, model=route.public, key=rec.key_id)
+    if request is None:
+        return None
+    rec.guardrails.append({**_verdict_record("output", verdict), "reask": True})
+    state.metrics.guardrail.labels("output", "json_schema", "reask").inc()
+    again = {**body, **request, "model": route.upstream, "n": 1, "stream": False}
+    again.pop("stream_options", None)
+    try:
+        resp, _ = await state.router.send(route.group, "/v1/chat/completions", json.dumps(again).encode())
+        if resp.status_code >= 400:
+            await resp.aread()
+            await resp.aclose()
+            return None
+        data = json.loads(await resp.aread())
+        await resp.aclose()
+    except (APIError, ValueError) as e:
+        log.warning("json_schema re-ask failed: %s", e)
+        return None
+    text = (data.get("choices") or [{}])[0].get("message", {}).get("content") or ""
+    tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+    return text, await _call(state.hook, "check_output", text, model=route.public, key=rec.key_id), tokens
 
 
 def _upstream_error(resp) -> APIError:
