@@ -72,12 +72,42 @@ def pii_cases(seed: int = 3) -> list[tuple[str, str]]:
     return [(rng.choice(frames).format(v=v), e) for v, e in values]
 
 
+def timed(guard, prompt: str, n: int = 300) -> dict:
+    """p50 / p99 ms of check_input on one prompt (after a warm-up)."""
+    for _ in range(20):
+        guard.check_input([{"role": "user", "content": prompt}])
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        guard.check_input([{"role": "user", "content": prompt}])
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * len(times))], 3)}
+
+
+def compare_presidio(cases: list[tuple[str, str]], benign: list[str]) -> dict:
+    """Recall per entity of Presidio alone and merged with ours, and findings on benign prompts."""
+    from guardrails.rails import pii, presidio
+
+    alone: dict[str, list[bool]] = {}
+    merged: dict[str, list[bool]] = {}
+    for text, entity in cases:
+        theirs = [pii.Match(e, a, b, sc) for e, a, b, sc in presidio.find(text, None, 0.5)]
+        alone.setdefault(entity, []).append(entity in {m.entity for m in theirs})
+        merged.setdefault(entity, []).append(entity in {m.entity for m in pii.merge(pii.find(text), theirs)})
+    share = {k: round(sum(v) / len(v), 4) for k, v in sorted(alone.items())}
+    both = {k: round(sum(v) / len(v), 4) for k, v in sorted(merged.items())}
+    alone_fp = sum(bool(presidio.find(t, None, 0.5)) for t in benign) / len(benign)
+    merged_fp = sum(bool(pii.find(t) or presidio.find(t, None, 0.5)) for t in benign) / len(benign)
+    return {"alone": share, "merged": both, "alone_benign_share": alone_fp, "merged_benign_share": merged_fp}
+
+
 def main() -> None:
     from classic_ml.text import TextClassifierConfig
     from classic_ml.text import run as train_text
     from guardrails.guard import Guard
     from guardrails.policy import PolicyConfig
-    from guardrails.rails import pii
+    from guardrails.rails import pii, presidio
     from llmops.config import load_config
     from llmops.registry import Registry, RegistryConfig
 
@@ -113,20 +143,19 @@ def main() -> None:
     pii_recall = {e: round(sum(v) / len(v), 4) for e, v in sorted(per_entity.items())}
     benign = [r["text"] for r in rows if r["label"] == 0]
     pii_false = sum(bool(pii.find(t)) for t in benign) / len(benign)
+    presidio_cmp = compare_presidio(cases, benign) if presidio.installed() else None
 
     words = ("the quarterly report shows revenue growth in all regions and the team plans to expand "
              "hiring next year while keeping costs under control ").split()
     prompt = " ".join(random.Random(0).choice(words) for _ in range(750))  # about 1,000 tokens
     for _ in range(20):
         full.check_input([{"role": "user", "content": prompt}])
-    times = []
-    for _ in range(300):
-        t = time.perf_counter()
-        full.check_input([{"role": "user", "content": prompt}])
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    latency = {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * len(times))], 3),
-               "prompt_chars": len(prompt)}
+    latency = {**timed(full, prompt), "prompt_chars": len(prompt)}
+    if presidio_cmp is not None:
+        with_presidio = policy.model_copy(deep=True)
+        with_presidio.input_rails = [r.model_copy(update={"presidio": "required"}) if r.rail == "pii" else r
+                                     for r in with_presidio.input_rails]
+        presidio_cmp["latency_with_presidio"] = timed(Guard(with_presidio, registry), prompt)
     best = injection["rules_and_classifier"]
     goals = {
         "injection_recall": {"value": best["recall"], "goal": ">= 0.9", "met": best["recall"] >= 0.9},
@@ -136,7 +165,7 @@ def main() -> None:
         "overhead_p50_ms": {"value": latency["p50_ms"], "goal": "<= 5", "met": latency["p50_ms"] <= 5},
     }
     payload = {"injection": injection, "pii_recall": pii_recall, "pii_false_positive_share_on_benign": pii_false,
-               "latency_1000_token_prompt": latency, "goals": goals,
+               "latency_1000_token_prompt": latency, "presidio": presidio_cmp, "goals": goals,
                "note": "held-out = templates never seen in training; public corpora are harder"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "guardrails.json").write_text(json.dumps(payload, indent=2))
@@ -149,6 +178,16 @@ def main() -> None:
            f"Non-LLM input rails on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
            f"p99 {latency['p99_ms']} ms", "", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     md += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
+    if presidio_cmp is not None:
+        md += ["", "## Presidio (offline pattern recognisers) on the same PII cases", "",
+               "| entity | ours | Presidio alone | ours + Presidio (`presidio: auto`) |", "| --- | --- | --- | --- |"]
+        md += [f"| {e} | {pii_recall[e]} | {presidio_cmp['alone'][e]} | {presidio_cmp['merged'][e]} |"
+               for e in sorted(pii_recall)]
+        lat = presidio_cmp["latency_with_presidio"]
+        md += ["", f"PII findings on benign prompts: ours {pii_false:.1%}, Presidio alone "
+               f"{presidio_cmp['alone_benign_share']:.1%}, merged {presidio_cmp['merged_benign_share']:.1%}.",
+               f"Input rails with Presidio on the same prompt: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+               f"(without: {latency['p50_ms']} ms), which is why the default policy has `presidio: off`."]
     (RESULTS / "guardrails.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

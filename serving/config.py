@@ -32,6 +32,9 @@ class EngineConfig(StrictModel):
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
     startup_timeout_s: float = Field(600, gt=0, description="Readiness wait before giving up.")
     restart_on_crash: bool = Field(True, description="Restart the process when it dies.")
+    compact_json: bool = Field(
+        True, description="Structured outputs (response_format json_schema) without free whitespace (guidance "
+        "backend): a small model otherwise can spend its whole token budget on whitespace inside the JSON.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM server arguments.")
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ it with multi-LoRA on and the CPU environment from config::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -94,6 +95,8 @@ class Engine:
                "--host", c.host, "--port", str(self.port), "--max-model-len", str(c.max_model_len),
                "--dtype", c.dtype, "--max-num-seqs", str(c.max_num_seqs),
                "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+        if c.compact_json:
+            cmd += ["--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True})]
         if c.enable_lora:
             cmd += ["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
             if self.adapters:

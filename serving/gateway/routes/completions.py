@@ -174,8 +174,9 @@ async def _reask(state: GatewayState, route: ModelRoute, body: dict, verdict, an
     try:
         resp, _ = await state.router.send(route.group, "/v1/chat/completions", json.dumps(again).encode())
         if resp.status_code >= 400:
-            await resp.aread()
+            detail = (await resp.aread())[:300]
             await resp.aclose()
+            log.warning("json_schema re-ask refused by the engine (%d): %s", resp.status_code, detail)
             return None
         data = json.loads(await resp.aread())
         await resp.aclose()
@@ -184,7 +185,10 @@ async def _reask(state: GatewayState, route: ModelRoute, body: dict, verdict, an
         return None
     text = (data.get("choices") or [{}])[0].get("message", {}).get("content") or ""
     tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-    return text, await _call(state.hook, "check_output", text, model=route.public, key=rec.key_id), tokens
+    verdict = await _call(state.hook, "check_output", text, model=route.public, key=rec.key_id)
+    if not verdict.allowed:
+        log.info("the re-asked answer fails too (%s): %r", verdict.reason, text[:200])
+    return text, verdict, tokens
 
 
 def _upstream_error(resp) -> APIError:
