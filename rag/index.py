@@ -7,8 +7,9 @@ row-normalised float32 matrix; sparse: a CSR matrix; filterable payload fields: 
 postings) and answers the same queries with Qdrant's semantics: cosine for dense, dot product with
 ``ln((n - df + 0.5) / (df + 0.5) + 1)`` IDF for sparse (points without a shared term are not hits),
 reciprocal rank fusion ``1 / (rank + 2)`` of the per-branch candidates for hybrid, ``score >
-threshold`` for the score threshold, match-any for list filters. The store builds it lazily from
-the collection and drops it on every write; a Qdrant server (``store.url``) never uses it.
+threshold`` for the score threshold, match-any for list filters. The store builds it from the
+collection on the first query and passes every later upsert and delete on to it; a Qdrant server
+(``store.url``) never uses it.
 
 Example::
 
@@ -19,6 +20,8 @@ Example::
 from __future__ import annotations
 
 import math
+import threading
+import uuid
 from typing import Any
 
 import numpy as np
@@ -37,42 +40,138 @@ def _field(payload: dict[str, Any], key: str) -> Any:
 
 
 class VectorIndex:
-    """Dense, sparse and hybrid top-k over a fixed set of points (rebuild to change it)."""
+    """Dense, sparse and hybrid top-k that follows upserts and deletes.
 
-    def __init__(self, ids: list[Any], dense: np.ndarray, sparse: Any, vocab: np.ndarray,
-                 payloads: list[dict[str, Any]]) -> None:
-        self.ids = ids
-        self.dense = dense
-        self.sparse = sparse  # scipy.sparse.csc_matrix, points x vocabulary (column j: term vocab[j])
-        self.vocab = vocab
-        self.payloads = payloads
+    Writes are queued and applied in one step before the next query, so a bulk ingest into a large
+    collection costs one append, not one per batch. Replaced and deleted points leave dead rows,
+    compacted away when they pass a quarter of the index.
+    """
+
+    def __init__(self) -> None:
+        from scipy.sparse import csr_matrix
+
+        self.ids: list[Any] = []
+        self.row_of: dict[Any, int] = {}
+        self.dense = np.zeros((0, 0), dtype=np.float32)
+        self.sparse = csr_matrix((0, 1), dtype=np.float32)  # points x terms
+        self.term_col: dict[int, int] = {}  # term ids are 31-bit hashes: each gets a column
+        self.payloads: list[dict[str, Any]] = []
+        self.alive = np.zeros(0, dtype=bool)
+        self._ops: list[tuple[str, Any]] = []
+        self._csc: Any = None
+        self._df: np.ndarray | None = None
         self._postings: dict[str, dict[Any, np.ndarray]] = {}
-        # document frequency per term over the live points (Qdrant's IDF corpus)
-        self._df = np.diff(sparse.indptr)
+        self._lock = threading.RLock()  # queries and writes may come from several threads
 
     @classmethod
     def build(cls, ids: list[Any], dense: list[list[float]] | np.ndarray,
               sparse: list[tuple[list[int], list[float]]], payloads: list[dict[str, Any]]) -> VectorIndex:
         """An index over the points ``ids[i]`` with vectors ``dense[i]``, ``sparse[i]`` and payload ``payloads[i]``."""
-        from scipy.sparse import csr_matrix
-
-        n = len(ids)
-        mat = np.asarray(dense, dtype=np.float32).reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
-        if n:
-            norms = np.linalg.norm(mat, axis=1, keepdims=True)
-            mat = mat / np.where(norms == 0, 1, norms)
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        for i, (idx, _) in enumerate(sparse):
-            indptr[i + 1] = indptr[i] + len(idx)
-        terms = np.fromiter((j for idx, _ in sparse for j in idx), dtype=np.int64, count=int(indptr[-1]))
-        values = np.fromiter((v for _, vals in sparse for v in vals), dtype=np.float32, count=int(indptr[-1]))
-        vocab = np.unique(terms)  # term ids are 31-bit hashes: columns are their ranks
-        csr = csr_matrix((values, np.searchsorted(vocab, terms), indptr), shape=(n, max(len(vocab), 1)))
-        csr.sum_duplicates()
-        return cls(list(ids), mat, csr.tocsc(), vocab, payloads)
+        index = cls()
+        index.upsert(ids, dense, sparse, payloads)
+        index.refresh()
+        return index
 
     def __len__(self) -> int:
-        return len(self.ids)
+        self.refresh()
+        return int(self.alive.sum())
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, ids: list[Any], dense: list[list[float]] | np.ndarray,
+               sparse: list[tuple[list[int], list[float]]], payloads: list[dict[str, Any]]) -> None:
+        """Add or replace points (applied before the next query)."""
+        with self._lock:
+            self._ops.append(("upsert", ([_key(i) for i in ids], dense, sparse, payloads)))
+
+    def delete(self, ids: list[Any]) -> None:
+        """Remove points (unknown ids are ignored)."""
+        with self._lock:
+            self._ops.append(("delete", [_key(i) for i in ids]))
+
+    def refresh(self) -> None:
+        """Apply queued writes: consecutive upserts become one append."""
+        with self._lock:
+            if self._ops:
+                self._apply()
+
+    def _apply(self) -> None:
+        ops, self._ops = self._ops, []
+        batch: list[tuple] = []
+        for kind, arg in [*ops, ("end", None)]:
+            if kind == "upsert":
+                batch.append(arg)
+                continue
+            if batch:
+                self._append(batch)
+                batch = []
+            if kind == "delete":
+                for pid in arg:
+                    row = self.row_of.pop(pid, None)
+                    if row is not None:
+                        self.alive[row] = False
+        self._csc, self._df, self._postings = None, None, {}
+        dead = len(self.alive) - int(self.alive.sum())
+        if dead and dead > len(self.alive) // 4:
+            self._compact()
+
+    def _append(self, batches: list[tuple]) -> None:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse import vstack as sparse_vstack
+
+        last: dict[Any, tuple] = {}  # one row per id: the last write wins
+        for ids, dense, sparse, payloads in batches:
+            for pid, d, sv, pl in zip(ids, dense, sparse, payloads, strict=True):
+                last.pop(pid, None)
+                last[pid] = (d, sv, pl)
+        if not last:
+            return
+        for pid in last:
+            row = self.row_of.get(pid)
+            if row is not None:
+                self.alive[row] = False
+        rows = list(last.values())
+        mat = np.asarray([r[0] for r in rows], dtype=np.float32)
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        mat = mat / np.where(norms == 0, 1, norms)
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        cols: list[int] = []
+        vals: list[float] = []
+        for i, (_, (terms, values), _) in enumerate(rows):
+            for t, v in zip(terms, values, strict=True):
+                cols.append(self.term_col.setdefault(int(t), len(self.term_col)))
+                vals.append(v)
+            indptr[i + 1] = len(cols)
+        width = max(len(self.term_col), 1)
+        block = csr_matrix((np.asarray(vals, dtype=np.float32), np.asarray(cols, dtype=np.int64), indptr),
+                           shape=(len(rows), width))
+        block.sum_duplicates()
+        old = self.sparse
+        old.resize((old.shape[0], width))
+        start = len(self.ids)
+        self.dense = mat if not start else np.vstack([self.dense, mat])
+        self.sparse = sparse_vstack([old, block], format="csr")
+        self.ids.extend(last)
+        self.payloads.extend(r[2] for r in rows)
+        self.alive = np.concatenate([self.alive, np.ones(len(rows), dtype=bool)])
+        self.row_of.update({pid: start + i for i, pid in enumerate(last)})
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self.alive)
+        self.ids = [self.ids[i] for i in keep]
+        self.payloads = [self.payloads[i] for i in keep]
+        self.dense = self.dense[keep]
+        self.sparse = self.sparse[keep]
+        self.alive = np.ones(len(keep), dtype=bool)
+        self.row_of = {pid: i for i, pid in enumerate(self.ids)}
+
+    def _columns(self) -> tuple[Any, np.ndarray]:
+        """The sparse matrix by column over live points, and each term's document frequency."""
+        if self._csc is None:
+            live = self.sparse if self.alive.all() else self.sparse.multiply(self.alive[:, None]).tocsr()
+            live.eliminate_zeros()
+            self._csc = live.tocsc()
+            self._df = np.diff(self._csc.indptr)
+        return self._csc, self._df
 
     # ----------------------------------------------------------------- filters
     def _rows_matching(self, key: str, wanted: list[Any]) -> np.ndarray:
@@ -88,11 +187,11 @@ class VectorIndex:
         hits = [postings[v] for v in wanted if _hashable(v) and v in postings]
         return np.unique(np.concatenate(hits)) if hits else np.zeros(0, dtype=np.int64)
 
-    def mask(self, filters: dict[str, Any] | None) -> np.ndarray | None:
-        """Boolean rows that pass every filter (a list value matches any of its items); None: no filter."""
+    def mask(self, filters: dict[str, Any] | None) -> np.ndarray:
+        """Boolean live rows that pass every filter (a list value matches any of its items)."""
+        mask = self.alive.copy()
         if not filters:
-            return None
-        mask = np.ones(len(self.ids), dtype=bool)
+            return mask
         for key, value in filters.items():
             wanted = list(value) if isinstance(value, list | tuple | set) else [value]
             keep = np.zeros(len(self.ids), dtype=bool)
@@ -112,7 +211,7 @@ class VectorIndex:
         order = np.argsort(-sub, kind="stable")
         return [(int(rows[i]), float(sub[i])) for i in order]
 
-    def dense_search(self, query: list[float], limit: int, mask: np.ndarray | None,
+    def dense_search(self, query: list[float], limit: int, mask: np.ndarray,
                      score_threshold: float | None = None) -> list[tuple[int, float]]:
         """``(row, cosine)`` best first."""
         if not len(self.ids):
@@ -120,36 +219,41 @@ class VectorIndex:
         q = np.asarray(query, dtype=np.float32)
         q = q / (np.linalg.norm(q) or 1.0)
         scores = self.dense @ q
-        valid = np.ones(len(scores), dtype=bool) if mask is None else mask.copy()
+        valid = mask.copy()
         if score_threshold is not None:
             valid &= scores > score_threshold
         return self._top(scores, valid, limit)
 
     def sparse_search(self, query: tuple[list[int], list[float]], limit: int,
-                      mask: np.ndarray | None) -> list[tuple[int, float]]:
+                      mask: np.ndarray) -> list[tuple[int, float]]:
         """``(row, BM25 dot product with IDF)`` best first; only points sharing a query term."""
         indices, values = query
         if not len(self.ids) or not len(indices):
             return []
-        n = len(self.ids)
+        csc, df_all = self._columns()
+        n = int(self.alive.sum())
         weights: dict[int, float] = {}
         for term, v in zip(indices, values, strict=True):
-            col = int(np.searchsorted(self.vocab, term))
-            if col < len(self.vocab) and self.vocab[col] == term:  # unknown terms score nothing
-                df = int(self._df[col])
+            col = self.term_col.get(int(term))
+            if col is not None and df_all[col]:  # unknown terms score nothing
+                df = int(df_all[col])
                 weights[col] = weights.get(col, 0.0) + v * math.log((n - df + 0.5) / (df + 0.5) + 1)
         if not weights:
             return []
-        cols = self.sparse[:, list(weights)]
+        cols = csc[:, list(weights)]
         scores = np.asarray(cols @ np.fromiter(weights.values(), dtype=np.float32)).ravel()
         overlap = cols.getnnz(axis=1) > 0
-        valid = overlap if mask is None else overlap & mask
-        return self._top(scores, valid, limit)
+        return self._top(scores, overlap & mask, limit)
 
     def search(self, *, dense: list[float] | None, sparse: tuple[list[int], list[float]] | None, mode: str,
                limit: int, filters: dict[str, Any] | None = None, candidates: int = 50,
                score_threshold: float | None = None) -> list[tuple[Any, float]]:
         """``(point id, score)`` best first, as Qdrant's query API answers the same query."""
+        with self._lock:
+            self.refresh()
+            return self._search(dense, sparse, mode, limit, filters, candidates, score_threshold)
+
+    def _search(self, dense, sparse, mode, limit, filters, candidates, score_threshold) -> list[tuple[Any, float]]:
         mask = self.mask(filters)
         if mode == "dense":
             found = self.dense_search(dense or [], limit, mask, score_threshold)
@@ -165,6 +269,16 @@ class VectorIndex:
                     fused[row] = fused.get(row, 0.0) + 1.0 / (rank + RRF_K)
             found = sorted(fused.items(), key=lambda x: -x[1])[:limit]
         return [(self.ids[row], score) for row, score in found]
+
+
+def _key(pid: Any) -> Any:
+    """Point ids as Qdrant returns them: ints, or UUID strings in canonical form."""
+    if isinstance(pid, str):
+        try:
+            return str(uuid.UUID(pid))
+        except ValueError:
+            return pid
+    return pid
 
 
 def _hashable(v: Any) -> bool:

@@ -31,7 +31,7 @@ DENSE, SPARSE = "dense", "bm25"
 PAYLOAD_INDEXES = {"source": "keyword", "tenant": "keyword", "file_sha256": "keyword", "tags": "keyword"}
 _LOCAL_CLIENTS: dict[str, Any] = {}  # one client per local folder: Qdrant local mode locks its folder
 _LOCK = threading.Lock()
-# in-process mirrors of embedded collections: client -> {collection: index}; every write drops its entry
+# in-process mirrors of embedded collections: client -> {collection: index}, kept in step with writes
 _INDEXES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 _INDEX_LOCK = threading.Lock()
 
@@ -110,13 +110,25 @@ class Store:
         self.collection = collection or cfg.collection
         self.client = _client(cfg)
 
-    def _changed(self) -> None:
+    def _changed(self, upserted: list[dict[str, Any]] | None = None, deleted: list[Any] | None = None) -> None:
+        """Pass a write on to the in-process mirror; any other change (create, drop) discards it."""
         with _INDEX_LOCK:
-            _INDEXES.get(self.client, {}).pop(self.collection, None)
+            per_client = _INDEXES.get(self.client, {})
+            index = per_client.get(self.collection)
+            if index is None:
+                return
+            if upserted is not None:
+                index.upsert([p["id"] for p in upserted], [p["dense"] for p in upserted],
+                             [p["sparse"] for p in upserted],
+                             [{k: v for k, v in p["payload"].items() if k != "text"} for p in upserted])
+            elif deleted is not None:
+                index.delete(deleted)
+            else:
+                per_client.pop(self.collection, None)
 
     def local_index(self) -> Any:
-        """The in-process mirror used for embedded-mode queries (built on first use after a write), or None
-        with a server URL or ``local_index: false``."""
+        """The in-process mirror used for embedded-mode queries (built from the collection on first use,
+        then kept in step with this process's writes), or None with a server URL or ``local_index: false``."""
         if self.cfg.url or not self.cfg.local_index:
             return None
         with _INDEX_LOCK:
@@ -209,14 +221,14 @@ class Store:
                 for p in points[i:i + self.cfg.batch_size]
             ]
             self.client.upsert(self.collection, points=batch, wait=True)
-            self._changed()
+            self._changed(upserted=points[i:i + self.cfg.batch_size])
 
     def delete_ids(self, ids: list[str]) -> None:
         from qdrant_client import models as m
 
         for i in range(0, len(ids), 1000):
             self.client.delete(self.collection, points_selector=m.PointIdsList(points=ids[i:i + 1000]), wait=True)
-            self._changed()
+            self._changed(deleted=ids[i:i + 1000])
 
     def payloads(self, fields: list[str]) -> dict[str, dict[str, Any]]:
         """``{point id: payload subset}`` for every point (scrolls; no vectors)."""
