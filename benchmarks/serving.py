@@ -72,6 +72,44 @@ def bench(base_url: str, model: str, tokenizer: str, concurrency: int, args, out
     return json.loads((out_dir / name).read_text())
 
 
+def paired_ttft(urls: dict[str, str], pairs: int) -> dict:
+    """The gateway's own share of TTFT, measured without load: the same short streamed request sent to
+    vLLM and through the gateway back to back (order alternating), ``pairs`` times; the median of the
+    per-pair differences cancels the drift that swamps a comparison of two separate sweeps."""
+    import random
+    import statistics
+
+    def ttft(client: httpx.Client, base: str, prompt: str) -> float:
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
+                "temperature": 0, "stream": True}
+        t = time.perf_counter()
+        with client.stream("POST", base + "/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {KEY}"}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"content":"' in line.replace(" ", "") \
+                        and '"content":""' not in line.replace(" ", ""):
+                    return (time.perf_counter() - t) * 1000
+        raise RuntimeError(f"no content streamed from {base}")
+
+    rng = random.Random(0)
+    words = "gateway engine adapter registry tenant drift report cache token alias version".split()
+    diffs, direct, via = [], [], []
+    with httpx.Client(timeout=60) as client:
+        for i in range(pairs + 5):
+            prompt = " ".join(rng.choice(words) for _ in range(rng.randint(8, 40)))
+            order = ["vllm", "gateway"] if i % 2 else ["gateway", "vllm"]
+            got = {t: ttft(client, urls[t], prompt) for t in order}
+            if i >= 5:  # warm-up pairs are not recorded
+                direct.append(got["vllm"])
+                via.append(got["gateway"])
+                diffs.append(got["gateway"] - got["vllm"])
+    diffs.sort()
+    return {"pairs": pairs, "vllm_ttft_p50_ms": round(statistics.median(direct), 2),
+            "gateway_ttft_p50_ms": round(statistics.median(via), 2),
+            "extra_ttft_p50_ms": round(statistics.median(diffs), 2),
+            "extra_ttft_p90_ms": round(diffs[int(0.9 * (len(diffs) - 1))], 2)}
+
+
 def summary(r: dict) -> dict:
     return {
         "requests_per_s": round(r["request_throughput"], 3),
@@ -96,16 +134,17 @@ def main() -> None:
     p.add_argument("--rate-per-slot", type=float, default=1.0, help="Poisson rate = this x concurrency")
     p.add_argument("--naive-levels", default="1,32", help="concurrency levels for the naive server")
     p.add_argument("--cb-levels", default="1,32", help="levels for transformers' continuous batching ('' skips)")
+    p.add_argument("--ttft-pairs", type=int, default=200, help="paired unloaded TTFT requests (0 skips)")
     p.add_argument("--no-abba", dest="abba", action="store_false", help="one run per target and level")
     p.add_argument("--name", default="serving", help="results file name (benchmarks/results/NAME.json/.md)")
     p.add_argument("--quick", action="store_true", help="concurrency 1,8 and few prompts")
     a = p.parse_args()
     if a.quick:
         a.concurrency, a.prompts_per_slot, a.min_prompts, a.output_len = "1,8", 1, 4, 32
-        a.naive_levels, a.cb_levels, a.abba = "1", "8", False
+        a.naive_levels, a.cb_levels, a.abba, a.ttft_pairs = "1", "8", False, 20
     levels = [int(c) for c in a.concurrency.split(",")]
     out = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    results: dict[str, dict[int, dict]] = {"gateway": {}, "vllm": {}, "naive": {}, "transformers_cb": {}}
+    results: dict[str, dict] = {"gateway": {}, "vllm": {}, "naive": {}, "transformers_cb": {}}
 
     gw_port, engine_port = free_port(), free_port()
     env = dict(os.environ, LLMOPS_API_KEYS=f"bench:{KEY}", HF_HUB_OFFLINE="1")
@@ -129,6 +168,9 @@ def main() -> None:
                 runs[target].append(summary(bench(urls[target], "smollm2", a.model_dir, c, a, out, f"{target}-{i}")))
             for target, rs in runs.items():
                 results[target][c] = {k: round(sum(r[k] for r in rs) / len(rs), 3) for k in rs[0]}
+        if a.ttft_pairs:
+            print(f"  paired TTFT, {a.ttft_pairs} pairs", flush=True)
+            results["paired_ttft"] = paired_ttft(urls, a.ttft_pairs)
     finally:
         server.terminate()
         server.wait(60)
@@ -163,6 +205,10 @@ def write(results: dict, a, levels: list[int]) -> None:
             results["transformers_cb"][cb_ref]["output_tok_per_s"], 1e-9)
         goals[f"vllm_vs_transformers_cb_output_tok_s_at_c{cb_ref}"] = {"value": round(ratio, 2), "goal": ">= 3",
                                                                       "met": ratio >= 3}
+    paired = results.get("paired_ttft")
+    if paired:
+        goals["gateway_extra_ttft_p50_ms_paired"] = {"value": paired["extra_ttft_p50_ms"], "goal": "<= 5",
+                                                     "met": paired["extra_ttft_p50_ms"] <= 5}
     for c in levels:
         g, v = results["gateway"].get(c), results["vllm"].get(c)
         if g and v:
@@ -183,8 +229,16 @@ def write(results: dict, a, levels: list[int]) -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for target in ("gateway", "vllm", "naive", "transformers_cb"):
         for c, r in sorted(results[target].items()):
+            if not isinstance(r, dict):
+                continue
             lines.append(f"| {target} | {c} | {r['requests_per_s']} | {r['output_tok_per_s']} | {r['ttft_p50_ms']} | "
                          f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} |")
+    if paired:
+        lines += ["", f"Paired unloaded TTFT ({paired['pairs']} short streamed requests, each sent to vLLM and "
+                  "through the gateway back to back, order alternating): vLLM p50 "
+                  f"{paired['vllm_ttft_p50_ms']} ms, gateway p50 {paired['gateway_ttft_p50_ms']} ms; the gateway's "
+                  f"extra TTFT per pair: median {paired['extra_ttft_p50_ms']} ms, "
+                  f"p90 {paired['extra_ttft_p90_ms']} ms."]
     lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
     (RESULTS / f"{a.name}.md").write_text("\n".join(lines) + "\n")

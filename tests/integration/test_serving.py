@@ -372,6 +372,16 @@ def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
     assert mine.guardrails.iloc[0][0]["rail"] == "json_schema"
     assert 'llmops_guardrail_verdicts_total{action="reask",rail="json_schema",stage="output"}' in httpx.get(
         gateway["base"] + "/metrics").text
+    # a stream is never cut for a partial JSON value; the whole answer is judged at the end and the
+    # finding recorded (what was streamed cannot be unsent)
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=12, temperature=0, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed and all(c.model == "tiny" for c in chunks)
+    time.sleep(1)
+    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    last = log[(log.key_id == "json") & log.stream.astype(bool)].guardrails.iloc[-1]
+    assert last[0]["rail"] == "json_schema" and last[0]["after_stream"] is True
     # other keys have the rail off: their free text passes untouched
     plain = OpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Is it up?"}], max_tokens=30, temperature=0)

@@ -220,7 +220,7 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
             if payload.strip() == "[DONE]":
                 if not passthrough and not flushed:
                     flushed = True
-                    tail = _flush(checker, rec.id, route.public, chat)
+                    tail = await _flush(state, checker, rec, route.public, chat)
                     if tail:
                         yield tail
                 yield "data: [DONE]\n\n"
@@ -238,7 +238,7 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
                 rec.completion_tokens = event["usage"].get("completion_tokens")
                 if not choices and not passthrough and not flushed:
                     flushed = True  # held-back text goes out before the closing usage chunk
-                    tail = _flush(checker, rec.id, route.public, chat)
+                    tail = await _flush(state, checker, rec, route.public, chat)
                     if tail:
                         yield tail
                 if not choices and not wants_usage:
@@ -273,13 +273,24 @@ async def _relay(state: GatewayState, resp, route: ModelRoute, rec: RequestRecor
         finish_request(state, rec, t0, prompt_text)
 
 
-def _flush(checker, rid: str, model: str, chat: bool) -> str | None:
-    """The text a stream checker still holds, as one final chunk (None when nothing is held)."""
-    tail, _ = checker.finish()
+async def _flush(state: GatewayState, checker, rec: RequestRecord, model: str, chat: bool) -> str | None:
+    """The text a stream checker still holds, as one final chunk (None when nothing is held).
+
+    The whole-answer rails (json_schema, the LLM self-check) judge the answer here; what they find
+    cannot be unsent, so it is recorded in the request log and the metrics."""
+    if getattr(state.hook, "blocking_io", False):
+        from starlette.concurrency import run_in_threadpool
+
+        tail, final = await run_in_threadpool(checker.finish)
+    else:
+        tail, final = checker.finish()
+    if final is not None and final.action != "allow":
+        rec.guardrails.append({**_verdict_record("output", final), "after_stream": True})
+        state.metrics.guardrail.labels("output", final.rail or "", final.action).inc()
     if not tail:
         return None
     choice = {"index": 0, "delta": {"content": tail}} if chat else {"index": 0, "text": tail}
-    return _event({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "model": model,
+    return _event({"id": rec.id, "object": "chat.completion.chunk" if chat else "text_completion", "model": model,
                    "choices": [choice]})
 
 

@@ -299,3 +299,52 @@ def test_pii_merge_keeps_our_validated_spans():
     a = pii.Match("CREDIT_CARD", 10, 29, 0.9)
     merged = pii.merge([a], [pii.Match("PHONE", 12, 20, 0.4), pii.Match("US_PASSPORT", 40, 49, 0.6)])
     assert merged == [a, pii.Match("US_PASSPORT", 40, 49, 0.6)]
+
+
+STREAM_SECRETS = [
+    ("Pay with 4111 1111 1111 1111 before Friday, thanks.", "4111", "[CREDIT_CARD]"),
+    ("Call me on +1 415 555 0100 after lunch.", "555", "[PHONE]"),
+    ("The account is GB82 WEST 1234 5698 7654 32 at the bank.", "5698", "[IBAN]"),
+    ("Set password: hunter2Secret99x in the file.", "hunter2", "[API_KEY]"),
+    ("Use sk-proj-abcdEFGH1234ijklMNOP5678 for the call.", "abcd", "[API_KEY]"),
+    ("Write to jane.doe@example.com today.", "jane", "[EMAIL]"),
+]
+
+
+@pytest.mark.parametrize("text,secret,label", STREAM_SECRETS)
+def test_stream_never_releases_a_secret_however_it_is_split(text, secret, label):
+    import random
+
+    g = Guard(PolicyConfig.model_validate({"output_rails": [{"rail": "pii", "action": "redact"}]}))
+    expected = g.check_output(text).text
+    assert label in expected and secret not in expected
+    rng = random.Random(hash(text) % 1000)
+    for _ in range(40):
+        checker, released, i = g.stream_checker(), "", 0
+        while i < len(text):
+            n = rng.randint(1, 6)
+            out, verdict = checker.feed(text[i:i + n])
+            assert verdict is None and secret not in released + out
+            released += out
+            i += n
+        tail, final = checker.finish()
+        assert released + tail == expected and final.allowed
+
+
+def test_stream_holds_back_about_one_word_of_prose():
+    g = Guard(PolicyConfig.model_validate({"output_rails": [{"rail": "pii", "action": "redact"},
+                                                            {"rail": "toxicity"}]}))
+    checker = g.stream_checker()
+    assert checker.feed("Hello")[0] == ""  # the first word may still grow
+    assert checker.feed(" there")[0] == "Hello "
+    assert checker.feed(", the gateway")[0] == "there, the "
+    assert checker.feed(" listens on port 8100 by default.")[0] == "gateway listens on port 8100 by "
+
+
+def test_stream_sees_a_banned_phrase_across_the_release_boundary():
+    g = Guard(PolicyConfig.model_validate({"output_rails": [{"rail": "topics", "banned": ["competitor pricing"]}]}))
+    checker = g.stream_checker()
+    released = checker.feed("We never discuss competitor")[0]
+    assert released == "We never discuss "
+    out, verdict = checker.feed(" pricing details.")
+    assert out == "" and verdict is not None and verdict.rail == "topics"
