@@ -160,3 +160,29 @@ def test_guardrails_in_ask_block_injections_and_redact_pii_before_retrieval(make
     ans = pipe.ask("My email is jane.doe@example.com: how do I rotate an API key?")  # empty index: no model call
     assert ans.guardrails[0]["action"] == "redact" and "jane.doe@example.com" not in ans.question
     assert "[EMAIL]" in ans.question and ans.no_answer
+
+
+def test_cross_encoder_rerank_reorders_the_first_stage_by_its_scores(make_pipeline, kb, embedding_model_dir,
+                                                                     tmp_path):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    # no trained cross-encoder ships offline: a MiniLM encoder with a fresh (seeded) scoring head
+    # exercises the whole path; its ranking is its own, which is what the test checks
+    torch.manual_seed(0)
+    CrossEncoder(str(embedding_model_dir), num_labels=1, device="cpu").save(str(tmp_path / "ce"))
+    error_code_corpus(kb)
+    plain = make_pipeline(retrieval={"top_k": 4, "candidates": 20})
+    plain.ingest([kb])
+    q = "restart the billing worker after error"
+    first = plain.retrieve(q, top_k=10)
+    reranked = make_pipeline(retrieval={"top_k": 4, "candidates": 20,
+                                        "rerank": {"model": str(tmp_path / "ce"), "candidates": 10}})
+    reranked.store = plain.store
+    hits = reranked.retrieve(q)
+    scorer = CrossEncoder(str(tmp_path / "ce"), device="cpu")
+    expected = sorted(((h.id, float(s)) for h, s in zip(first, scorer.predict([(q, h.text) for h in first]),
+                                                       strict=True)), key=lambda x: -x[1])[:4]
+    assert [h.id for h in hits] == [i for i, _ in expected]
+    assert [round(h.score, 4) for h in hits] == [round(s, 4) for _, s in expected]
+    assert [h.id for h in hits] != [h.id for h in first[:4]]  # the order did change
