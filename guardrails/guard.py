@@ -128,7 +128,7 @@ class Guard:
         return None
 
     def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamGuard:
-        """A checker for streamed answers that holds back only ``stream_holdback_chars``."""
+        """A checker for streamed answers that holds back only what could still grow into a finding."""
         return StreamGuard(self, model, key)
 
     # -------------------------------------------------------------- internals

@@ -91,8 +91,8 @@ class PolicyConfig(StrictModel):
     output_rails: list[RailConfig] = Field(default_factory=list, description="Rails on answers, in order.")
     refusal_text: str = Field("I can't help with that request.", description="Answer shown when blocked.")
     stream_holdback_chars: int = Field(
-        64, ge=8, description="Streamed text held back so a secret split across chunks is still caught."
-    )
+        64, ge=8, description="Streams: released text each check looks back on (a phrase or secret split across "
+        "chunks), and the most a run of digit groups may hold back (one unbroken word is held whole).")
     on_rail_error: Literal["allow", "block"] = Field(
         "allow", description="If a rail itself fails: let the text through (flagged) or block it."
     )
