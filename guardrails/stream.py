@@ -5,10 +5,14 @@ Each ``feed`` checks the held text together with the last ``stream_holdback_char
 already released (so a banned phrase or a secret split across chunks is seen whole), redacts what
 the pii rail finds, and releases everything except the tail that could still become a finding:
 the last word (an e-mail, key or token may continue), any run of digit-like groups before it (a
-card, phone or IBAN written in groups), a secret's name before its value (``password: ``), an open
-PEM header, and never the inside of a match. That tail is capped at ``stream_holdback_chars``
-unless it is one unbroken word, so ordinary prose waits about one word. A blocking finding stops
-the stream; ``finish`` checks and releases the rest, the whole-answer rails included.
+card, phone or IBAN written in groups, such as ``+44 (0)20 7946``), a secret's name before its
+value (``password: ``), an open PEM header, and never the inside of a match. That tail is capped
+at ``stream_holdback_chars`` unless it is one unbroken word, so ordinary prose waits about one
+word. A finding that began in text already released is redacted from where the held text starts
+(one only visible after normalisation, such as digits split by zero-width characters, holds the
+text back instead, and its end is dropped).
+A blocking finding stops the stream; ``finish`` checks and releases the rest, the whole-answer
+rails included, and drops the rest when they block.
 """
 
 from __future__ import annotations
@@ -18,26 +22,28 @@ import re
 from guardrails.rails import pii
 from guardrails.verdict import Verdict
 
-_GROUP = re.compile(r"[+(]?[0-9A-Z]{1,6}[)\-.,:]?")  # a group of a card, phone, IBAN or SSN
+# a group of a card, phone, IBAN or SSN: digits, capitals and the separators people put inside them
+_GROUP = re.compile(r"[0-9A-Z+()\-./]{1,14}[,:]?")
 _SECRET_NAME = re.compile(r"(?i)(?:api[_-]?key|secret|token|password|passwd|access[_-]?key)\s*[:=]?\s*$")
+_WORD = re.compile(r"\S+")
 
 
 def _growing_tail(text: str, cap: int) -> int:
     """Where the part of ``text`` that may still grow into a finding starts."""
-    if not text or text[-1].isspace() and not text.strip():
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    if not words:
         return len(text)
-    # the last word, unless the text ends with whitespace (then it is complete)
-    start = len(text) if text[-1].isspace() else max(text.rfind(" "), text.rfind("\n"), text.rfind("\t")) + 1
-    pos = start
-    while True:  # digit-like groups before it: "GB82 WEST 1234 5" or "4111 1111 1" may go on
-        prev_end = len(text[:pos].rstrip())
-        prev_start = max(text.rfind(" ", 0, prev_end), text.rfind("\n", 0, prev_end), text.rfind("\t", 0, prev_end)) + 1
-        word = text[prev_start:prev_end]
-        if not word or not _GROUP.fullmatch(word) or len(text) - prev_start > cap:
+    # the last word may go on, unless whitespace already follows it
+    i = len(words) - 1 if words[-1][1] == len(text) else len(words)
+    start = words[i][0] if i < len(words) else len(text)
+    j = i
+    while j > 0:  # digit-like groups before it: "GB82 WEST 1234 5" or "4111 1111 1" may go on
+        s, e = words[j - 1]
+        if not _GROUP.fullmatch(text[s:e]) or len(text) - s > cap:
             break
-        pos = prev_start
-    if pos < start and any(ch.isdigit() for ch in text[pos:]):
-        start = pos
+        j -= 1
+    if j < i and any(ch.isdigit() for ch in text[words[j][0]:]):
+        start = words[j][0]
     name = _SECRET_NAME.search(text[:start])
     if name and len(text) - name.start() <= cap:
         start = name.start()
@@ -61,6 +67,10 @@ class StreamGuard:
         if self.stopped is not None:
             return "", self.stopped
         self.held += text
+        return self._release(final=False)
+
+    def _release(self, final: bool) -> tuple[str, Verdict | None]:
+        """Check context + held; release what is safe (everything when ``final``), redacted."""
         context = self.released[-self.holdback:]
         verdict = self.guard.check_output(context + self.held, model=self.model, key=self.key, partial=True)
         if not verdict.allowed:
@@ -68,32 +78,42 @@ class StreamGuard:
             self.held = ""
             return "", verdict
         found = [f for f in verdict.findings if f.rail == "pii"] if verdict.action == "redact" else []
+        withhold = False
         if any(f.span is None for f in found):
-            # found only in the normalised text (zero-width characters, fullwidth digits): the guard
-            # redacted a normalised copy, which is what goes out
-            redacted = verdict.text or ""
-            self.held = redacted[len(context):] if redacted.startswith(context) else self.held
+            # found only in the normalised text (zero-width characters, fullwidth digits): redact a
+            # normalised copy of what is held, keeping its outer whitespace; if the held text alone
+            # shows nothing, the finding reaches into released text: hold everything back
+            alone = self.guard.check_output(self.held, model=self.model, key=self.key, partial=True)
+            if alone.action == "redact" and alone.text is not None:
+                lead = self.held[:len(self.held) - len(self.held.lstrip())]
+                trail = self.held[len(self.held.rstrip()):] if self.held.strip() else ""
+                self.held = lead + alone.text + trail
+            elif final:  # the end of a hidden finding that began in released text: not released
+                self.held = ""
+            else:
+                withhold = True
             found = []
         offset = len(context)
-        spans = [pii.Match(f.label, f.span[0] - offset, f.span[1] - offset, f.score or 0.0)
-                 for f in found if f.span[1] > offset]  # findings in released text cannot be unsent
-        cut = _growing_tail(self.held, self.holdback)
+        spans = [pii.Match(f.label, max(0, f.span[0] - offset), f.span[1] - offset, f.score or 0.0)
+                 for f in found if f.span[1] > offset]  # a finding that began in released text: its rest
+        cut = 0 if withhold else len(self.held) if final else _growing_tail(self.held, self.holdback)
         for m in spans:  # a finding that reaches into the growing tail may still get longer: hold it whole
-            if m.end >= cut > m.start or (m.start < cut and m.end == len(self.held)):
-                cut = max(0, m.start)
-        out = pii.redact(self.held[:cut], [m for m in spans if 0 <= m.start and m.end <= cut])
+            if not final and (m.end >= cut > m.start or (m.start < cut and m.end == len(self.held))):
+                cut = m.start
+        out = pii.redact(self.held[:cut], [m for m in spans if m.end <= cut])
         self.held = self.held[cut:]
         self.released += out
         return out, None
 
     def finish(self, context: list[str] | None = None) -> tuple[str, Verdict]:
-        """Release what is held, checking the whole answer one last time."""
+        """Release what is held, checking the whole answer one last time (nothing more is released
+        when that check blocks)."""
         if self.stopped is not None:
             return "", self.stopped
-        tail_verdict = self.guard.check_output(self.held, model=self.model, key=self.key, partial=True)
-        if not tail_verdict.allowed:
-            return "", tail_verdict
-        tail = tail_verdict.text if tail_verdict.text is not None else self.held
-        final = self.guard.check_output(self.released + tail, context=context, model=self.model, key=self.key)
-        self.held = ""
+        tail, blocked = self._release(final=True)
+        if blocked is not None:
+            return "", blocked
+        final = self.guard.check_output(self.released, context=context, model=self.model, key=self.key)
+        if not final.allowed:
+            return "", final
         return tail, final

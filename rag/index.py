@@ -182,9 +182,10 @@ class VectorIndex:
                 value = _field(payload, key)
                 for v in value if isinstance(value, list) else [value]:
                     if v is not None and not isinstance(v, dict | list):
-                        lists.setdefault(v, []).append(row)
+                        lists.setdefault(_posting_key(v), []).append(row)
             postings = self._postings[key] = {v: np.asarray(rows, dtype=np.int64) for v, rows in lists.items()}
-        hits = [postings[v] for v in wanted if _hashable(v) and v in postings]
+        keys = [_posting_key(v) for v in wanted if _hashable(v)]
+        hits = [postings[k] for k in keys if k in postings]
         return np.unique(np.concatenate(hits)) if hits else np.zeros(0, dtype=np.int64)
 
     def mask(self, filters: dict[str, Any] | None) -> np.ndarray:
@@ -225,7 +226,7 @@ class VectorIndex:
         return self._top(scores, valid, limit)
 
     def sparse_search(self, query: tuple[list[int], list[float]], limit: int,
-                      mask: np.ndarray) -> list[tuple[int, float]]:
+                      mask: np.ndarray, score_threshold: float | None = None) -> list[tuple[int, float]]:
         """``(row, BM25 dot product with IDF)`` best first; only points sharing a query term."""
         indices, values = query
         if not len(self.ids) or not len(indices):
@@ -242,8 +243,10 @@ class VectorIndex:
             return []
         cols = csc[:, list(weights)]
         scores = np.asarray(cols @ np.fromiter(weights.values(), dtype=np.float32)).ravel()
-        overlap = cols.getnnz(axis=1) > 0
-        return self._top(scores, overlap & mask, limit)
+        valid = (cols.getnnz(axis=1) > 0) & mask
+        if score_threshold is not None:
+            valid &= scores > score_threshold
+        return self._top(scores, valid, limit)
 
     def search(self, *, dense: list[float] | None, sparse: tuple[list[int], list[float]] | None, mode: str,
                limit: int, filters: dict[str, Any] | None = None, candidates: int = 50,
@@ -258,7 +261,7 @@ class VectorIndex:
         if mode == "dense":
             found = self.dense_search(dense or [], limit, mask, score_threshold)
         elif mode == "sparse":
-            found = self.sparse_search(sparse, limit, mask) if sparse else []
+            found = self.sparse_search(sparse, limit, mask, score_threshold) if sparse else []
         else:
             branches = [self.dense_search(dense or [], candidates, mask)]
             if sparse and sparse[0]:
@@ -279,6 +282,11 @@ def _key(pid: Any) -> Any:
         except ValueError:
             return pid
     return pid
+
+
+def _posting_key(v: Any) -> Any:
+    """True and 1 are equal in Python but not in Qdrant's match."""
+    return ("bool", v) if isinstance(v, bool) else v
 
 
 def _hashable(v: Any) -> bool:

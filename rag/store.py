@@ -261,8 +261,9 @@ class Store:
                 return []
             full = {p.id: dict(p.payload or {}) for p in self.client.retrieve(
                 self.collection, [pid for pid, _ in found], with_payload=True, with_vectors=False)}
-            return [Hit(str(pid), score, str(full.get(pid, {}).get("text", "")), full.get(pid, {}))
-                    for pid, score in found]
+            # a point deleted between the search and this read is left out, not returned empty
+            return [Hit(str(pid), score, str(full[pid].get("text", "")), full[pid]) for pid, score in found
+                    if pid in full]
 
         flt = _filter(filters)
         sv = m.SparseVector(indices=sparse[0], values=sparse[1]) if sparse else None

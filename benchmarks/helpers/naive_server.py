@@ -112,8 +112,11 @@ def build_app(model_dir: str, name: str, mode: str = "generate", kv_tokens: int 
     async def cb_events(prompt: list[int], max_new: int, ignore_eos: bool, rid: str, chat: bool):
         queue: asyncio.Queue = asyncio.Queue()
         manager.register_result_handler(rid, queue.put_nowait)  # before the request can produce anything
-        manager.add_request(prompt, request_id=rid, max_new_tokens=max_new, streaming=True,
-                            eos_token_id=-1 if ignore_eos else None)
+        if manager.add_request(prompt, request_id=rid, max_new_tokens=max_new, streaming=True,
+                               eos_token_id=-1 if ignore_eos else None) is None:
+            yield "data: " + json.dumps({"error": {"message": "the batching manager refused the request",
+                                                   "type": "server_error"}}) + "\n\n"
+            return
         text, n = "", 0
         try:
             while True:

@@ -62,6 +62,10 @@ def analyzer() -> Any:
 def find(text: str, wanted: set[str] | None, min_score: float) -> list[tuple[str, int, int, float]]:
     """``(entity, start, end, score)`` for Presidio's findings with at least ``min_score``."""
     names = {v: k for k, v in RENAME.items()}
-    entities = [names.get(e, e) for e in wanted] if wanted else [*RENAME, *EXTRA]
+    known = set(RENAME) | set(EXTRA)
+    # our own names (API_KEY) mean nothing to Presidio, which raises when it knows none of them
+    entities = [n for n in (names.get(e, e) for e in wanted) if n in known] if wanted else [*RENAME, *EXTRA]
+    if not entities:
+        return []
     results = analyzer().analyze(text, language="en", entities=entities, score_threshold=min_score)
     return [(RENAME.get(r.entity_type, r.entity_type), r.start, r.end, float(r.score)) for r in results]

@@ -372,10 +372,15 @@ def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
     assert mine.guardrails.iloc[0][0]["rail"] == "json_schema"
     assert 'llmops_guardrail_verdicts_total{action="reask",rail="json_schema",stage="output"}' in httpx.get(
         gateway["base"] + "/metrics").text
-    # a stream is never cut for a partial JSON value; the whole answer is judged at the end and the
-    # finding recorded (what was streamed cannot be unsent)
-    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
-                                                 max_tokens=12, temperature=0, stream=True))
+    # a stream is never cut for a partial JSON value; the whole answer is judged at the end: the
+    # held tail is not sent, the stream ends with a content_blocked error, and the finding is logged
+    import openai
+
+    chunks = []
+    with pytest.raises(openai.APIError, match="stopped by the guardrail 'json_schema'"):
+        for c in client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=12, temperature=0, stream=True):
+            chunks.append(c)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed and all(c.model == "tiny" for c in chunks)
     time.sleep(1)

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -171,18 +172,20 @@ async def _reask(state: GatewayState, route: ModelRoute, body: dict, verdict, an
     state.metrics.guardrail.labels("output", "json_schema", "reask").inc()
     again = {**body, **request, "model": route.upstream, "n": 1, "stream": False}
     again.pop("stream_options", None)
+    resp = None
     try:
         resp, _ = await state.router.send(route.group, "/v1/chat/completions", json.dumps(again).encode())
+        raw = await resp.aread()
         if resp.status_code >= 400:
-            detail = (await resp.aread())[:300]
-            await resp.aclose()
-            log.warning("json_schema re-ask refused by the engine (%d): %s", resp.status_code, detail)
+            log.warning("json_schema re-ask refused by the engine (%d): %s", resp.status_code, raw[:300])
             return None
-        data = json.loads(await resp.aread())
-        await resp.aclose()
-    except (APIError, ValueError) as e:
+        data = json.loads(raw)
+    except (APIError, ValueError, httpx.HTTPError) as e:
         log.warning("json_schema re-ask failed: %s", e)
         return None
+    finally:
+        if resp is not None:
+            await resp.aclose()
     text = (data.get("choices") or [{}])[0].get("message", {}).get("content") or ""
     tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
     verdict = await _call(state.hook, "check_output", text, model=route.public, key=rec.key_id)
@@ -287,6 +290,9 @@ async def _flush(state: GatewayState, checker, rec: RequestRecord, model: str, c
     if final is not None and final.action != "allow":
         rec.guardrails.append({**_verdict_record("output", final), "after_stream": True})
         state.metrics.guardrail.labels("output", final.rail or "", final.action).inc()
+        if not final.allowed:  # the held tail is not sent; the client learns why the answer stops
+            return _event({"error": {"message": f"The answer was stopped by the guardrail '{final.rail}'.",
+                                     "type": "invalid_request_error", "code": "content_blocked", "param": None}})
     if not tail:
         return None
     choice = {"index": 0, "delta": {"content": tail}} if chat else {"index": 0, "text": tail}

@@ -348,3 +348,33 @@ def test_stream_sees_a_banned_phrase_across_the_release_boundary():
     assert released == "We never discuss "
     out, verdict = checker.feed(" pricing details.")
     assert out == "" and verdict is not None and verdict.rail == "topics"
+
+
+@pytest.mark.parametrize("chunks,secret", [
+    (["Here it is:\n", "4111  1111  1111  1111 done", " and more text"], "1111"),  # double spaces, newline
+    (["Hi.\n", "card 4111\u200b1111\u200b1111\u200b1111 thanks", " bye"], "1111"),  # zero-width joiners
+    (["Call 555-123 ", "4567 now. Bye then", " ok"], "4567"),  # a phone begun in released text
+    (["Call +44 (0)20 ", "7946 0958 today.", " Bye now", " ok"], "7946"),
+    (["Card 4111-1111 ", "1111-1111 ok", " thanks"], "1111-1111 ok"),
+])
+def test_stream_review_cases_never_leak(chunks, secret):
+    g = Guard(PolicyConfig.model_validate({"output_rails": [{"rail": "pii", "action": "redact"}]}))
+    checker, released = g.stream_checker(), ""
+    for c in chunks:
+        out, verdict = checker.feed(c)
+        assert verdict is None
+        released += out
+    tail, _ = checker.finish()
+    released += tail
+    assert secret not in released, released
+    assert released.endswith(chunks[-1].strip())  # text after the finding still arrives
+
+
+def test_stream_whole_answer_block_drops_the_held_tail():
+    g = Guard(PolicyConfig.model_validate({"output_rails": [
+        {"rail": "json_schema", "schema": {"type": "object"}}]}))
+    checker = g.stream_checker()
+    released = checker.feed("not json at all, and the last word is secret")[0]
+    tail, final = checker.finish()
+    assert not final.allowed and final.rail == "json_schema" and tail == ""
+    assert "secret" not in released

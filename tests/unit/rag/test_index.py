@@ -37,7 +37,8 @@ def stores(tmp_path, corpus):
     rng = random.Random(3)
     mirror.upsert([{"id": i, "dense": vecs[i], "sparse": bm25_vector(t), "payload": {
         "text": t, "tenant": f"t{i % 3}", "tags": rng.sample(["a", "b", "c", "d"], rng.randint(0, 2)),
-        "source": f"doc{i // 10}.md", "meta": {"lang": rng.choice(["en", "de"])}, "chunk_index": i % 10}}
+        "source": f"doc{i // 10}.md", "meta": {"lang": rng.choice(["en", "de"])}, "chunk_index": i % 10,
+        "flag": [True, 1, False][i % 3]}}
         for i, t in enumerate(texts)])
     return qdrant, mirror
 
@@ -63,7 +64,8 @@ def tied_branches(store, args):
     return False
 
 
-FILTERS = [None, {"tenant": "t1"}, {"tags": ["a", "c"]}, {"tenant": "t2", "tags": "b"}, {"meta.lang": "de"},
+FILTERS = [None, {"tenant": "t1"}, {"flag": True}, {"flag": 1}, {"tags": ["a", "c"]}, {"tenant": "t2", "tags": "b"},
+           {"meta.lang": "de"},
            {"source": ["doc3.md", "doc7.md", "doc29.md"]}, {"chunk_index": 4}, {"tenant": "nobody"}]
 
 
@@ -95,6 +97,14 @@ def test_index_score_threshold_matches_qdrant(stores, corpus):
         expected = qdrant.query(**args)
         same_answer(expected, mirror.query(**args))
         kept += len(expected)
+    sparse_kept = 0
+    for q in queries:  # Qdrant applies the threshold to BM25 scores too
+        args = {"dense": None, "sparse": bm25_vector(q, query=True), "mode": "sparse", "limit": 50,
+                "score_threshold": 3.0}
+        expected = qdrant.query(**args)
+        same_answer(expected, mirror.query(**args))
+        sparse_kept += len(expected)
+    assert sparse_kept > 0
     assert 0 < kept < 50 * len(queries)  # the threshold cut some hits, not all
 
 
