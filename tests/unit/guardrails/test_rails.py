@@ -136,16 +136,20 @@ def test_topics_and_length():
     assert g.check_input(user("hello")).allowed
 
 
-def test_streaming_catches_a_secret_split_across_chunks(guard):
-    checker = guard.stream_checker()
-    chunks = ["Sure! The key is sk-proj-abcd", "EFGH1234ijkl", "MNOP5678qrst and ", "that is all. " * 8]
-    released = ""
+def stream_all(guard, chunks):
+    """Feed ``chunks`` (none may block) -> (everything released, the final verdict)."""
+    checker, released = guard.stream_checker(), ""
     for c in chunks:
         out, verdict = checker.feed(c)
         assert verdict is None
         released += out
     tail, final = checker.finish()
-    released += tail
+    return released + tail, final
+
+
+def test_streaming_catches_a_secret_split_across_chunks(guard):
+    chunks = ["Sure! The key is sk-proj-abcd", "EFGH1234ijkl", "MNOP5678qrst and ", "that is all. " * 8]
+    released, _ = stream_all(guard, chunks)
     assert "[API_KEY]" in released and "sk-proj" not in released and "abcd" not in released
     assert released.startswith("Sure! The key is ") and released.endswith("that is all. ")
     # only the hold-back tail waits: most of a long safe answer is released before the end
@@ -359,13 +363,7 @@ def test_stream_sees_a_banned_phrase_across_the_release_boundary():
 ])
 def test_stream_review_cases_never_leak(chunks, secret):
     g = Guard(PolicyConfig.model_validate({"output_rails": [{"rail": "pii", "action": "redact"}]}))
-    checker, released = g.stream_checker(), ""
-    for c in chunks:
-        out, verdict = checker.feed(c)
-        assert verdict is None
-        released += out
-    tail, _ = checker.finish()
-    released += tail
+    released, _ = stream_all(g, chunks)
     assert secret not in released, released
     assert released.endswith(chunks[-1].strip())  # text after the finding still arrives
 
