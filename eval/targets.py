@@ -71,6 +71,7 @@ class Endpoint:
     model: str
     api_key: str
     registry_ref: str | None = None  # name/version when the eval serves a registry version
+    rag_api_key: str | None = None  # a key with the gateway policy's "rag" id (the eval's own server)
 
 
 @dataclass
@@ -115,11 +116,15 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
     cfg = copy.deepcopy(raw)
     port = _free_port()
     key = "sk-eval-" + secrets.token_hex(12)
+    rag_key = "sk-eval-rag-" + secrets.token_hex(12)
     import hashlib
 
     cfg.update(port=port, host="127.0.0.1", rollout_poll_s=0)
-    cfg["auth"] = {"enabled": True, "keys": [{"id": "eval", "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                                              "rpm": 100000, "tpm": 100000000}]}
+    # the RAG suite gets the id "rag", as RAGPipeline does in the serving config: the pipeline
+    # checks the question, the gateway's policy then skips the injection rail over retrieved text
+    cfg["auth"] = {"enabled": True, "keys": [
+        {"id": kid, "sha256": hashlib.sha256(k.encode()).hexdigest(), "rpm": 100000, "tpm": 100000000}
+        for kid, k in (("eval", key), ("rag", rag_key))]}
     cfg["request_log"] = {"enabled": True, "path": str(out_dir / "requests.sqlite")}
     engine = cfg["engines"][0]
     engine["port"] = 0
@@ -160,7 +165,7 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
             if time.monotonic() > deadline:
                 raise TargetError(f"Serving {ref} was not ready after {startup_timeout_s:.0f} s; see {log_path}.")
             time.sleep(1.0)
-        yield Endpoint(f"{base}/v1", model, key, registry_ref=version.ref)
+        yield Endpoint(f"{base}/v1", model, key, registry_ref=version.ref, rag_api_key=rag_key)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -241,11 +246,13 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
     """Ask through RAGPipeline (retrieval + answer) on the endpoint; contexts are the retrieved chunks."""
     from rag.pipeline import GenerationError, RAGPipeline
 
-    os.environ["LLMOPS_EVAL_KEY"] = ep.api_key
+    os.environ["LLMOPS_EVAL_KEY"] = ep.rag_api_key or ep.api_key
     overrides = [f"generation.base_url={ep.base_url}", f"generation.model={ep.model}",
                  f"generation.max_tokens={s.max_tokens}", f"generation.timeout_s={s.timeout_s}",
                  "generation.api_key_env=LLMOPS_EVAL_KEY",
-                 "guardrails.enabled=false"]  # the gateway guards the requests already
+                 # with the "rag" key the pipeline checks each question (the gateway then skips the
+                 # injection rail); with any other key the gateway guards the requests already
+                 f"guardrails.enabled={'true' if ep.rag_api_key else 'false'}"]
     pipe = RAGPipeline.from_config(rag_config, overrides)
     if ingest:
         pipe.ingest(ingest)
@@ -258,6 +265,9 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
                 sample.error_code = "content_blocked"
             else:
                 sample.error = str(e)[:300]
+            return
+        if ans.blocked:  # the pipeline's own rails (with the "rag" key) refused it
+            sample.error_code = "content_blocked"
             return
         sample.output = ans.text
         sample.contexts = [c.text for c in ans.contexts]
