@@ -153,13 +153,15 @@ async def _handle(request: Request, chat: bool) -> Response:
             finish_request(state, rec, t0, prompt_text)
 
 
-async def _call(hook, method: str, *args, **kwargs):
-    """A guard call; in a worker thread when the policy makes network calls (the LLM self-check)."""
+async def _call(hook, method: str, *args, target=None, **kwargs):
+    """A guard call (``target``'s method, default the hook's); in a worker thread when the policy
+    makes network calls (the LLM self-check)."""
+    fn = getattr(target if target is not None else hook, method)
     if getattr(hook, "blocking_io", False):
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(getattr(hook, method), *args, **kwargs)
-    return getattr(hook, method)(*args, **kwargs)
+        return await run_in_threadpool(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 async def _reask(state: GatewayState, route: ModelRoute, body: dict, verdict, answer: str, rec: RequestRecord):
@@ -281,12 +283,7 @@ async def _flush(state: GatewayState, checker, rec: RequestRecord, model: str, c
 
     The whole-answer rails (json_schema, the LLM self-check) judge the answer here; what they find
     cannot be unsent, so it is recorded in the request log and the metrics."""
-    if getattr(state.hook, "blocking_io", False):
-        from starlette.concurrency import run_in_threadpool
-
-        tail, final = await run_in_threadpool(checker.finish)
-    else:
-        tail, final = checker.finish()
+    tail, final = await _call(state.hook, "finish", target=checker)
     if final is not None and final.action != "allow":
         rec.guardrails.append({**_verdict_record("output", final), "after_stream": True})
         state.metrics.guardrail.labels("output", final.rail or "", final.action).inc()
