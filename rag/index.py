@@ -11,6 +11,12 @@ threshold`` for the score threshold, match-any for list filters. The store build
 collection on the first query and passes every later upsert and delete on to it; a Qdrant server
 (``store.url``) never uses it.
 
+Scores agree with Qdrant's to about 1e-6 (float32 here, float64 point by point in Qdrant's local
+mode; BLAS kernels also differ between instruction sets). Points with equal or near-equal scores
+may come back in another order than Qdrant's, and at a cut-off (``limit``, or a hybrid branch's
+``candidates``) a different one of them may be kept; in a hybrid query that changes the fused RRF
+scores, which follow ranks.
+
 Example::
 
     index = VectorIndex.build(ids, dense_rows, sparse_rows, payloads)

@@ -43,13 +43,19 @@ def stores(tmp_path, corpus):
     return qdrant, mirror
 
 
+# Qdrant's local mode scores in float64 point by point, the index in float32 with one matrix product
+# (and BLAS kernels differ between instruction sets): the same score may differ in the 7th digit.
+TOL = 1e-5
+
+
 def same_answer(expected, got):
-    """Same scores in the same order; the same ids except where equal scores tie at the cut-off."""
-    assert [round(h.score, 4) for h in got] == [round(h.score, 4) for h in expected]
+    """Same scores (within TOL) in the same order; the same ids except where scores tie at the cut-off."""
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=TOL)
     if not expected:
         return
-    edge = round(expected[-1].score, 4)
-    assert {h.id for h in got if round(h.score, 4) != edge} == {h.id for h in expected if round(h.score, 4) != edge}
+    edge = expected[-1].score
+    assert ({h.id for h in got if abs(h.score - edge) > TOL}
+            == {h.id for h in expected if abs(h.score - edge) > TOL})
     by_id = {h.id: h for h in expected}
     for h in got:
         if h.id in by_id:
@@ -57,9 +63,13 @@ def same_answer(expected, got):
 
 
 def tied_branches(store, args):
+    """True when a branch of a hybrid query has two scores within TOL among its candidates or across
+    its cut-off (the first point left out): such points rank in any order, in Qdrant as in the index,
+    and RRF scores follow ranks. Found on an AVX2-only CPU: two equal BM25 scores at ranks 20 and 21
+    with candidates=20, where Qdrant kept one point and the index the other."""
     for mode in ("dense", "sparse"):
-        scores = [round(h.score, 5) for h in store.query(**{**args, "mode": mode, "limit": args["candidates"]})]
-        if len(set(scores)) < len(scores):
+        scores = [h.score for h in store.query(**{**args, "mode": mode, "limit": args["candidates"] + 1})]
+        if any(a - b <= TOL for a, b in zip(scores, scores[1:], strict=False)):
             return True
     return False
 
@@ -83,7 +93,8 @@ def test_index_matches_qdrant_query_api(stores, corpus, mode):
             expected = qdrant.query(**args)
             same_answer(expected, mirror.query(**args))
             compared += bool(expected)
-    assert compared > (60 if mode == "hybrid" else 150)  # most queries do return hits: the comparison is not vacuous
+    # most queries do return hits, and ties skip few hybrid ones: the comparison is not vacuous
+    assert compared > (60 if mode == "hybrid" else 150), compared
     assert mirror.local_index() is not None and qdrant.local_index() is None
 
 
@@ -134,14 +145,19 @@ def test_index_follows_writes(stores, corpus):
                     "payload": {"text": texts[i] + " extra", "tenant": "t1"}} for i in range(30)])
     assert mirror.local_index() is index
     assert len(index) == len(texts) - len(set(gone)) + 30
-    for mode in ("dense", "sparse", "hybrid"):
+    compared = dict.fromkeys(("dense", "sparse", "hybrid"), 0)
+    for mode in compared:
         for flt in (None, {"tenant": "t9"}, {"tenant": "t1"}, {"tags": "z"}):
-            for query, qv in list(zip(queries, qvecs, strict=True))[:12]:
+            for query, qv in zip(queries, qvecs, strict=True):
                 args = {"dense": qv, "sparse": bm25_vector(query, query=True), "mode": mode, "limit": 7,
                         "filters": flt, "candidates": 20}
                 if mode == "hybrid" and tied_branches(qdrant, args):
                     continue
-                same_answer(qdrant.query(**args), mirror.query(**args))
+                expected = qdrant.query(**args)
+                same_answer(expected, mirror.query(**args))
+                compared[mode] += bool(expected)
+    # the after-write comparison is not vacuous: ties may skip a hybrid query, not most of them
+    assert compared["dense"] > 100 and compared["sparse"] > 80 and compared["hybrid"] > 20, compared
     assert len(index.alive) <= len(index) * 4 // 3 + 1  # replaced and deleted rows were compacted away
     mirror.drop()
     assert not mirror.exists()
