@@ -202,6 +202,15 @@ def main() -> None:
     write(results, a, levels)
 
 
+def machine() -> dict:
+    """CPU model, the flags that decide kernels and dtype, cores, and the dtype the engine and baselines used."""
+    from llmops.hardware import cpu_summary, resolve_dtype
+
+    choice = resolve_dtype("auto")
+    return {**cpu_summary(), "dtype": choice.dtype, "dtype_reason": choice.reason,
+            "lora": "on (configs/serving/default.yaml)"}
+
+
 def write(results: dict, a, levels: list[int]) -> None:
     goals = {}
     ref = 32 if 32 in results["naive"] else max(results["naive"], default=None)
@@ -233,10 +242,10 @@ def write(results: dict, a, levels: list[int]) -> None:
     payload = {"workload": {"input_len": a.input_len, "output_len": a.output_len, "range_ratio": a.range_ratio,
                             "arrivals": f"Poisson, {a.rate_per_slot} x concurrency req/s",
                             "client": "vllm bench serve (openai-chat, streaming)"},
-               "results": results, "goals": goals, "machine": f"{os.cpu_count()} CPUs"}
+               "results": results, "goals": goals, "machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.name}.json").write_text(json.dumps(payload, indent=2))
-    lines = ["# Serving benchmark", "", f"Workload: {payload['workload']}", "",
+    lines = ["# Serving benchmark", "", f"Workload: {payload['workload']}", "", f"Machine: {payload['machine']}", "",
              "| target | concurrency | req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for target in ("gateway", "vllm", "naive", "transformers_cb"):

@@ -110,23 +110,14 @@ class FinetuneResult:
     run_id: str | None = None
 
 
-def cpu_supports_bf16() -> bool:
-    """True on x86 CPUs with AVX512-BF16 or AMX, where bf16 matmuls are fast."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def choose_precision(setting: str, cuda: bool) -> str:
-    """The precision to train in; raises for fp16 without CUDA."""
-    if setting == "auto":
-        if cuda:
-            import torch
+    """The precision to train in (``auto``: :func:`llmops.hardware.resolve_dtype`); raises for fp16 without CUDA."""
+    from llmops.hardware import resolve_dtype
 
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
+    if setting == "auto":
+        choice = resolve_dtype("auto", cuda=cuda)
+        log.info("precision auto -> %s (%s)", choice.dtype, choice.reason)
+        return {"bfloat16": "bf16", "float16": "fp16"}.get(choice.dtype, "fp32")
     if setting == "fp16" and not cuda:
         raise FinetuneError("precision fp16 needs a CUDA GPU; use bf16 or fp32 (or auto) on CPU.")
     return setting
@@ -380,7 +371,11 @@ def _fmt(x: float | None) -> str:
 
 
 def _flat_params(cfg: FinetuneConfig, precision: str, trainable: int, stats: dict) -> dict[str, Any]:
-    params = {"base_model": cfg.base_model, "precision": precision, "trainable_params": trainable}
+    from llmops.hardware import cpu_summary
+
+    cpu = cpu_summary()
+    params = {"base_model": cfg.base_model, "precision": precision, "trainable_params": trainable,
+              "hardware.cpu_model": cpu["model"], "hardware.cpu_flags": ",".join(cpu["flags"]) or "none"}
     for section in ("data", "lora", "training"):
         for k, v in getattr(cfg, section).model_dump().items():
             params[f"{section}.{k}"] = v

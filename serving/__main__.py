@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops serve") -> int:
     server = Server(cfg)
     server.start()
     print(f"gateway: http://{cfg.host}:{cfg.port}/v1  models: {', '.join(server.state.models)}")
+    for e in server.engines:
+        print(f"engine {e.cfg.name}: {e.cfg.served_name} in {e.dtype.dtype} ({e.dtype.reason})")
     server.serve_forever()
     return 0
 

@@ -21,7 +21,10 @@ class EngineConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Interface the engine listens on.")
     port: int = Field(8100, ge=0, le=65535, description="Engine port (internal; 0 = pick a free one).")
     max_model_len: int = Field(2048, ge=128, description="Context length (prompt + completion).")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights dtype.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights and compute dtype. auto: bfloat16 on GPUs with bf16 and on CPUs with "
+        "AVX512-BF16/AMX, float32 on other CPUs (emulated bf16 is ~5x slower there); the choice is logged and "
+        "shown in /v1/models.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together (continuous batching).")
     kv_cache_gb: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB).")
     cpu_threads_bind: str | None = Field(

@@ -29,6 +29,7 @@ from typing import Literal
 import httpx
 
 from llmops.errors import LLMOpsError
+from llmops.hardware import resolve_dtype
 from serving.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Engine:
         self.log_path = Path(log_dir) / f"{cfg.name}.log"
         self.port = cfg.port
         self.adapters: dict[str, str] = {}  # served adapter name -> local path (desired state)
+        self.dtype = resolve_dtype(cfg.dtype)
         self._state: State = "stopped"
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
@@ -93,7 +95,7 @@ class Engine:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", self.model_path, "--served-model-name", c.served_name,
                "--host", c.host, "--port", str(self.port), "--max-model-len", str(c.max_model_len),
-               "--dtype", c.dtype, "--max-num-seqs", str(c.max_num_seqs),
+               "--dtype", self.dtype.dtype, "--max-num-seqs", str(c.max_num_seqs),
                "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
         if c.compact_json:
             cmd += ["--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True})]
@@ -128,7 +130,8 @@ class Engine:
                 )
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             logf = self.log_path.open("ab")
-            log.info("starting engine %s on %s (%s)", self.cfg.name, self.url, self.model_path)
+            log.info("starting engine %s on %s (%s, dtype %s: %s)", self.cfg.name, self.url, self.model_path,
+                     self.dtype.dtype, self.dtype.reason)
             self._proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
                                           env=self.env(), start_new_session=True,
                                           preexec_fn=_die_with_parent)

@@ -27,7 +27,10 @@ def build_app(model_dir: str, name: str, mode: str = "generate", kv_tokens: int 
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    from llmops.hardware import resolve_dtype
+
+    # the same dtype choice as the vLLM engine (dtype: auto), so the baseline is not handicapped
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, resolve_dtype("auto").dtype)).eval()
     lock = threading.Lock()
     manager = None
 

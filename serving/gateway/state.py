@@ -29,6 +29,7 @@ class ModelRoute:
     max_model_len: int
     registry_version: str | None = None
     created: int = 0
+    dtype: dict[str, str] | None = None  # {"dtype", "reason"} the engines resolved (base models)
 
 
 class GatewayState:
@@ -51,9 +52,10 @@ class GatewayState:
         self.models: dict[str, ModelRoute] = {}
         now = int(time.time())
         for e in engines:
+            choice = getattr(e, "dtype", None)
             self.models.setdefault(e.cfg.served_name, ModelRoute(
                 e.cfg.served_name, "base", e.cfg.served_name, e.cfg.served_name, e.cfg.max_model_len,
-                created=now))
+                created=now, dtype={"dtype": choice.dtype, "reason": choice.reason} if choice else None))
         self.tokenizers = {name: _load_tokenizer(path) for name, path in model_paths.items()}
         self.embedder = None
         if cfg.embeddings.enabled:

@@ -15,6 +15,8 @@ def _card(r: ModelRoute) -> dict:
             "kind": r.kind, "max_model_len": r.max_model_len}
     if r.kind == "adapter":
         card.update(parent=r.group, root=r.group, registry_version=r.registry_version)
+    if r.dtype:
+        card["dtype"] = r.dtype
     return card
 
 
