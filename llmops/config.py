@@ -25,27 +25,6 @@ from llmops.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
 
-# configs/<folder>/*.yaml -> the model that validates it ("module:Class").
-# Tests load every YAML in configs/ through this table, so a new folder must be added here.
-SCHEMAS: dict[str, str] = {
-    "assets": "llmops.assets:AssetsConfig",
-    "registry": "llmops.registry:RegistryConfig",
-    "finetune": "finetune.train:FinetuneConfig",
-    "rag": "rag.pipeline:RAGConfig",
-    "eval": "eval.run:EvalConfig",
-    "classic": "classic_ml.train:ClassicTrainConfig",  # text.yaml: see FILE_SCHEMAS
-    "drift": "llmops.monitoring.job:DriftJobConfig",
-    "serving": "serving.config:ServingConfig",
-    "guardrails": "guardrails.policy:PolicyConfig",
-}
-
-
-# Files whose schema differs from their folder's.
-FILE_SCHEMAS: dict[str, str] = {
-    "classic/text.yaml": "classic_ml.text:TextClassifierConfig",
-}
-
-
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, defaults are validated too."""
 
@@ -132,24 +111,47 @@ def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The BaseModel classes inside an annotation (X | None, list[X], dict[str, X], unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out += _models_in(arg)
+    origin = getattr(annotation, "__origin__", None)  # Annotated[X, ...] keeps X in __origin__
+    if origin is not None and not getattr(annotation, "__args__", None):
+        out += _models_in(origin)
+    return out
+
+
+def _is_tag(model: type[BaseModel], part: str) -> bool:
+    """Whether ``part`` is the tag of ``model`` in a discriminated union (a field typed Literal[part])."""
+    return any(getattr(f.annotation, "__args__", None) == (part,) for f in model.model_fields.values())
+
+
+def _walk(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[list[int | str], list[type[BaseModel]]]:
+    """``loc`` without discriminated-union tags (pydantic puts the tag, e.g. ``pii``, into the path),
+    and the models that the path ends in."""
+    current, clean = [model], []
+    for part in loc:
+        if isinstance(part, int):
+            clean.append(part)
+            continue
+        tagged = [m for m in current if _is_tag(m, part)]
+        if len(current) > 1 and tagged:
+            current = tagged
+            continue
+        clean.append(part)
+        current = [sub for m in current if part in m.model_fields
+                   for sub in _models_in(m.model_fields[part].annotation)]
+    return clean, current
+
+
 def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
     """The field names allowed at the parent of ``loc`` (for 'unknown key' messages)."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
-            field = current.model_fields.get(part)
-            if field is None:
-                return []
-            current = field.annotation
-            # unwrap X | None, list[X], dict[str, X] to the first BaseModel inside
-            for arg in getattr(current, "__args__", ()) or ():
-                if isinstance(arg, type) and issubclass(arg, BaseModel):
-                    current = arg
-                    break
-        elif isinstance(part, int):
-            continue
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
+    _, parents = _walk(model, loc[:-1])
+    if len(parents) == 1:
+        return sorted(f.alias or name for name, f in parents[0].model_fields.items())
     return []
 
 
@@ -160,12 +162,12 @@ def format_validation_error(
     root = _yaml_lines(text) if text else None
     lines = [f"{source}: {err.error_count()} problem(s) in the configuration:"]
     for e in err.errors():
-        loc = [p for p in e["loc"]]
+        loc, _ = _walk(model, e["loc"])
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(root, loc) if root is not None else None
         where = f"line {line}, " if line else ""
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc)
+            allowed = _allowed_keys(model, e["loc"])
             msg = "unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -186,7 +188,7 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
     Raises:
         ConfigError: the file is missing, unreadable, not YAML or not a mapping.
     """
-    p = Path(path)
+    p = resolve_config_path(path)
     if not p.is_file():
         raise ConfigError(f"Config file {p} does not exist. Pass an existing file (see configs/).")
     try:
@@ -241,15 +243,20 @@ def config_hash(cfg: BaseModel) -> str:
 
 
 def schema_for(folder: str, filename: str | None = None) -> type[BaseModel]:
-    """The config model for ``configs/<folder>/`` (or for one file there with its own schema).
+    """The config model for ``configs/<folder>/`` (or one file there): see :func:`llmops.plugins.config_schema`."""
+    from llmops.plugins import config_schema
 
-    Raises:
-        ConfigError: no schema is registered for that folder.
-    """
-    import importlib
+    return config_schema(folder, filename)
 
-    target = FILE_SCHEMAS.get(f"{folder}/{filename}") or SCHEMAS.get(folder)
-    if target is None:
-        raise ConfigError(f"No config schema for configs/{folder}/ (known: {', '.join(SCHEMAS)}).")
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # configs/ of the repo, or of the wheel
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` as given when it exists; else a relative ``configs/...`` path is taken from the shipped
+    configs (package data), so the defaults work from any directory and in an installed wheel."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute() or not p.parts or p.parts[0] != "configs":
+        return p
+    shipped = SHIPPED_CONFIGS.joinpath(*p.parts[1:])
+    return shipped if shipped.is_file() else p

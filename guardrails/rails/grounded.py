@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
+
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.verdict import Finding
 
 _WORD = re.compile(r"[a-z0-9]+")
 STOP = set("a an the of to in on at for and or but is are was were be been it this that these those with as by "
@@ -43,3 +48,23 @@ def groundedness(answer: str, context: list[str],
         best = max(len(toks & c) / len(toks) for c in ctx)
         supported += best >= 0.5
     return supported / len(claims)
+
+
+class GroundednessConfig(BaseRailConfig):
+    """Answers must be supported by the retrieved chunks (checked when the caller passes them)."""
+
+    rail: Literal["groundedness"] = Field(description="This rail.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Minimum share of supported sentences.")
+
+
+class GroundednessRail(Rail):
+    name: ClassVar[str] = "groundedness"
+    stages: ClassVar[frozenset[str]] = frozenset({"output"})
+    cfg: GroundednessConfig
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        if ctx.context is None:
+            return RailResult(False)
+        score = groundedness(text, ctx.context, ctx.embed)
+        return RailResult(score < self.cfg.threshold, [Finding(self.name, "ungrounded", None, round(score, 3))], None,
+                          f"only {score:.0%} of the answer is supported by the retrieved context")

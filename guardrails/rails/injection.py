@@ -8,7 +8,16 @@ safety-bypass requests). The classifier (TF-IDF + logistic regression, trained b
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.verdict import Finding
+
+log = logging.getLogger(__name__)
 
 _O = r"(?:all|any|every|your|my|these|those|previous|prior|above|earlier|preceding|initial|original|system|safety)"
 _RULES: list[tuple[str, str]] = [
@@ -82,3 +91,82 @@ def rule_hits(variants: list[str]) -> list[tuple[str, tuple[int, int] | None]]:
                 hits.append((family, (m.start(), m.end()) if i == 0 else None))
                 break
     return hits
+
+
+class InjectionConfig(BaseRailConfig):
+    """Prompt injection and jailbreaks: rules on every normalised variant, plus a registered classifier."""
+
+    rail: Literal["injection"] = Field(description="This rail.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Classifier probability from which it fires.")
+    classifier: str | None = Field(
+        None, description="Registry ref of the text classifier (e.g. injection-classifier@champion).")
+    classifier_required: bool = Field(
+        False, description="Fail loading when the classifier cannot be resolved (else rules only).")
+    classifier_min_words: int = Field(
+        4, ge=1, description="Prompts with fewer words are judged by the rules only (a TF-IDF classifier has "
+        "no signal on 'Hello!' and scored it above 0.8).")
+
+
+class InjectionRail(Rail):
+    name: ClassVar[str] = "injection"
+    stages: ClassVar[frozenset[str]] = frozenset({"input"})
+    cfg: InjectionConfig
+
+    def __init__(self, cfg: InjectionConfig, registry: Any = None) -> None:
+        super().__init__(cfg)
+        self.classifier = load_classifier(cfg, registry) if cfg.classifier else None
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        forms = ctx.forms
+        fs = [Finding(self.name, f"rule:{family}", span, 1.0) for family, span in rule_hits(forms)]
+        if self.classifier is not None and len(forms[0].split()) >= self.cfg.classifier_min_words:
+            # head and tail of long prompts: where injections sit, and it bounds the cost
+            probe = forms[0] if len(forms[0]) <= 800 else forms[0][:400] + " " + forms[0][-400:]
+            p = self.classifier(probe)
+            if p >= self.cfg.threshold:
+                fs.append(Finding(self.name, "classifier", None, round(p, 4)))
+        return RailResult(bool(fs), fs, None, "prompt injection or jailbreak attempt")
+
+
+def load_classifier(cfg: InjectionConfig, registry: Any = None) -> Any:
+    """text -> probability from the registered classifier, or None (rules only) when it cannot be
+    loaded and it is not required.
+
+    Raises:
+        RegistryError: ``classifier_required`` and the classifier cannot be resolved.
+    """
+    try:
+        from llmops.registry import Registry, load_sklearn_model
+
+        registry = registry or Registry()
+        model, _ = load_sklearn_model(registry.resolve(cfg.classifier).local_path)
+        return fast_scorer(model)
+    except Exception as e:
+        if cfg.classifier_required:
+            raise
+        log.warning("injection classifier %s unavailable (%s); using rules only. Train it with "
+                    "`llmops classic train-text`.", cfg.classifier, e)
+        return None
+
+
+def fast_scorer(model: Any):
+    """text -> probability. For the TF-IDF + logistic-regression pipeline of classic_ml.text this
+    skips sklearn's per-call machinery (a few ms per call); anything else goes through predict_proba."""
+    import numpy as np
+    import pandas as pd
+    from scipy.sparse import hstack
+
+    try:
+        union = model.named_steps["features"].transformers_[0][1]
+        vectorizers = [v for _, v in union.transformer_list]
+        lr = model.named_steps["model"]
+        coef, bias = lr.coef_.ravel(), float(lr.intercept_[0])
+
+        def score(text: str) -> float:
+            x = hstack([v.transform([text]) for v in vectorizers]).tocsr()
+            return float(1 / (1 + np.exp(-(x @ coef + bias)[0])))
+
+        score("probe")  # fail here, not in a request, if the shape is not the expected one
+        return score
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return lambda text: float(model.predict_proba(pd.DataFrame({"text": [text]}))[0, 1])

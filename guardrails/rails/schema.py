@@ -8,7 +8,12 @@ to it the second time.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.verdict import Finding
 
 
 def strip_fence(text: str) -> str:
@@ -42,3 +47,28 @@ def reask_request(messages: list[dict], answer: str, error: str, schema: dict[st
         "messages": [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": fix}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
     }
+
+
+class JsonSchemaConfig(BaseRailConfig):
+    """Answers must be JSON that matches a schema (whole answers only)."""
+
+    rail: Literal["json_schema"] = Field(description="This rail.")
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema.")
+    reask: bool = Field(True, description="Re-ask the model once with the error (gateway chat completions).")
+
+
+class JsonSchemaRail(Rail):
+    name: ClassVar[str] = "json_schema"
+    stages: ClassVar[frozenset[str]] = frozenset({"output"})
+    whole_answer: ClassVar[bool] = True
+    cfg: JsonSchemaConfig
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        error = schema_error(text, self.cfg.schema_)
+        return RailResult(error is not None, [Finding(self.name, "invalid_json")], None,
+                          f"answer does not match the schema: {error}")
+
+    def reask(self, messages: list[dict], answer: str) -> dict[str, Any] | None:
+        """The request fields of the one re-ask, or None (re-asking off, or the answer is valid)."""
+        error = schema_error(answer, self.cfg.schema_) if self.cfg.reask else None
+        return reask_request(messages, answer, error, self.cfg.schema_) if error else None

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.verdict import Finding
+from llmops.config import StrictModel
 
 CATEGORIES = ["none", "prompt_injection", "jailbreak", "secret_extraction", "harmful_request", "harmful_content",
               "data_leak"]
@@ -82,3 +88,34 @@ def self_check(text: str, stage: str, *, base_url: str, model: str, api_key_env:
         raise ValueError(f"the self-check model {model!r} replied outside the schema: {content[:200]!r}") from e
     # a model that says "unsafe" with category "none" (or the reverse) is read by its boolean
     return data
+
+
+class JudgeConfig(StrictModel):
+    """The served model the self_check rail asks (any OpenAI-compatible endpoint with structured output)."""
+
+    base_url: str = Field(description="Endpoint, e.g. http://127.0.0.1:8000/v1 (the engine behind the gateway).")
+    model: str = Field(description="Model name at that endpoint.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the endpoint's API key.")
+    timeout_s: float = Field(10, gt=0, description="Per-check timeout; a timeout counts as a rail error.")
+    max_chars: int = Field(4000, ge=200, description="Longer text is judged by its head and tail.")
+
+
+class SelfCheckConfig(BaseRailConfig):
+    """A served model judges the prompt or the whole answer (one model call per check)."""
+
+    rail: Literal["self_check"] = Field(description="This rail.")
+    judge: JudgeConfig = Field(description="The model that judges (base_url and model of a served model).")
+
+
+class SelfCheckRail(Rail):
+    name: ClassVar[str] = "self_check"
+    whole_answer: ClassVar[bool] = True
+    blocking_io: ClassVar[bool] = True
+    cfg: SelfCheckConfig
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        j = self.cfg.judge
+        res = self_check(ctx.forms[0] if ctx.stage == "input" else text, ctx.stage, base_url=j.base_url,
+                         model=j.model, api_key_env=j.api_key_env, timeout_s=j.timeout_s, max_chars=j.max_chars)
+        return RailResult(bool(res["unsafe"]), [Finding(self.name, f"judge:{res['category']}", None, 1.0)], None,
+                          f"the self-check model judged it unsafe ({res['category']}: {res['reason'][:120]})")

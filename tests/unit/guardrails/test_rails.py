@@ -195,8 +195,17 @@ def test_policy_errors(tmp_path):
     bad.write_text("input_rails:\n  - rail: toxicity\n")
     with pytest.raises(ConfigError, match="wrong stage"):
         Guard.from_config(bad)
-    bad.write_text("input_rails:\n  - rail: injection\n    action: redact\n")
-    with pytest.raises(ConfigError, match="redact applies to the pii rail only"):
+    bad.write_text("input_rails:\n  - rail: length\n    max_chars: 10\n  - rail: injection\n    action: redact\n")
+    with pytest.raises(ConfigError, match=r"line 5, input_rails\.1\.action: Input should be 'block' or 'warn'"):
+        Guard.from_config(bad)
+    # one config model per rail: a pii key on a topics rail is an unknown key, with its line and the keys
+    # that rail does take
+    bad.write_text("input_rails:\n  - rail: topics\n    banned: [x]\n    entities: [EMAIL]\n")
+    with pytest.raises(ConfigError) as e:
+        Guard.from_config(bad)
+    assert "line 4, input_rails.0.entities: unknown key; allowed keys here: action, banned, rail" in str(e.value)
+    bad.write_text("input_rails:\n  - rail: lenght\n")
+    with pytest.raises(ConfigError, match=r"line 2, input_rails\.0.*'length'"):
         Guard.from_config(bad)
 
 
@@ -267,7 +276,7 @@ def test_streamed_json_is_judged_whole_not_per_chunk():
 def test_self_check_needs_a_judge_and_fails_by_policy():
     from serving.engine import free_port
 
-    with pytest.raises(ValueError, match="needs a judge"):
+    with pytest.raises(ValueError, match=r"self_check\.judge\s+Field required"):
         PolicyConfig.model_validate({"input_rails": [{"rail": "self_check"}]})
     judge = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "m", "timeout_s": 2}  # nothing listens
     for on_error, allowed in (("allow", True), ("block", False)):

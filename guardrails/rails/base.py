@@ -1,0 +1,68 @@
+"""What every rail shares: its config's common fields, what a check gets and what it returns.
+
+A rail is a class with a ``name``, the ``stages`` it may run in, a ``Config`` (a pydantic model
+whose ``rail`` field is ``Literal[name]``, one member of the policy's discriminated union) and
+``check``; :mod:`guardrails.rails` lists them by name::
+
+    rail = RAILS["length"](LengthConfig(rail="length", max_chars=10))
+    rail.check("x" * 20, CheckContext.of("x" * 20, stage="input")).fired   # True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from guardrails.verdict import Finding
+from llmops.config import StrictModel
+from llmops.textnorm import variants
+
+
+class BaseRailConfig(StrictModel):
+    """Fields every rail has."""
+
+    action: Literal["block", "warn"] = Field("block", description="What a finding does.")
+
+
+@dataclass
+class CheckContext:
+    """What a check may look at besides the text: its normalised variants (computed once per text),
+    the stage, the retrieved chunks (groundedness) and an embedder (groundedness, optional)."""
+
+    forms: list[str]
+    stage: Literal["input", "output"]
+    context: list[str] | None = None
+    embed: Callable[[list[str]], Any] | None = None
+
+    @classmethod
+    def of(cls, text: str, stage: Literal["input", "output"], context: list[str] | None = None,
+           embed: Callable[[list[str]], Any] | None = None) -> CheckContext:
+        return cls(variants(text), stage, context, embed)
+
+
+@dataclass
+class RailResult:
+    """``fired``: the rail found something; ``text``: the redacted text (pii with action redact)."""
+
+    fired: bool
+    findings: list[Finding] = field(default_factory=list)
+    text: str | None = None
+    reason: str | None = None
+
+
+class Rail:
+    """Base of every rail: keeps the config; subclasses set the class fields and ``check``."""
+
+    name: ClassVar[str]
+    stages: ClassVar[frozenset[str]] = frozenset({"input", "output"})
+    whole_answer: ClassVar[bool] = False  # judges a whole answer only (skipped on pieces of a stream)
+    blocking_io: ClassVar[bool] = False  # makes a network call (callers on an event loop use a thread)
+
+    def __init__(self, cfg: Any, registry: Any = None) -> None:
+        self.cfg = cfg
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        raise NotImplementedError
