@@ -50,7 +50,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 demo: setup assets
-	$(BIN)/python -m llmops.demo
+	$(BIN)/python examples/demo.py
 
 finetune: setup assets
 	$(BIN)/llmops finetune train --config $(or $(CONFIG),configs/finetune/default.yaml) $(ARGS)

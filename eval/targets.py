@@ -32,6 +32,7 @@ from pydantic import Field
 from eval.datasets import EvalRow
 from llmops.config import StrictModel
 from llmops.errors import LLMOpsError
+from llmops.process import NotReadyError, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
     Raises:
         TargetError: unknown reference or the server did not become ready (its log is named).
     """
-    import httpx
 
+    from llmops.config import read_yaml
     from llmops.registry import Registry, parse_ref
 
     registry = registry or Registry()
     version = registry.resolve(ref)
-    raw = yaml.safe_load(Path(serving_config).read_text())
+    raw, _ = read_yaml(serving_config)
     cfg = copy.deepcopy(raw)
     port = _free_port()
     key = "sk-eval-" + secrets.token_hex(12)
@@ -152,19 +153,10 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
     base = f"http://127.0.0.1:{port}"
     log.info("serving %s (%s) for the eval on %s; log %s", ref, version.ref, base, log_path)
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise TargetError(f"Serving {ref} failed (exit {proc.returncode}); see {log_path}:\n"
-                                  + log_path.read_text()[-1500:])
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TargetError(f"Serving {ref} was not ready after {startup_timeout_s:.0f} s; see {log_path}.")
-            time.sleep(1.0)
+        try:
+            wait_ready(proc, f"{base}/ready", startup_timeout_s, log_path)
+        except NotReadyError as e:
+            raise TargetError(f"Serving {ref} for the eval failed: {e}") from e
         yield Endpoint(f"{base}/v1", model, key, registry_ref=version.ref, rag_api_key=rag_key)
     finally:
         if proc.poll() is None:
@@ -178,11 +170,9 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
 def messages_for(row: EvalRow) -> list[dict[str, str]]:
     """The chat messages for a row: numbered given contexts in the RAG prompt format, else the question."""
     if row.contexts:
-        from rag.pipeline import build_messages
-        from rag.store import Hit
+        from llmops.contracts import context_messages
 
-        hits = [Hit(str(i), 1.0, c, {}) for i, c in enumerate(row.contexts)]
-        return build_messages(row.question, hits, max_chars=20000)
+        return context_messages(row.question, row.contexts, max_chars=20000)
     return [{"role": "user", "content": row.question}]
 
 

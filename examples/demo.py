@@ -16,8 +16,8 @@
 Every stage runs an ``llmops`` command in a subprocess, exactly as a user would. A second run
 reuses what is prepared (models, the evaluated baseline, the index) and still works::
 
-    python -m llmops.demo            # make demo
-    LLMOPS_DEMO_QUICK=1 python -m llmops.demo   # tiny limits (the integration test)
+    python examples/demo.py            # make demo (from the repository root)
+    LLMOPS_DEMO_QUICK=1 python examples/demo.py   # tiny limits (the integration test)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from llmops.errors import LLMOpsError
+from llmops.process import NotReadyError, wait_ready
 
 SERVE_LOG = Path("data/demo-serve.log")
 PORT = int(os.environ.get("LLMOPS_DEMO_PORT", "8000"))
@@ -111,23 +112,12 @@ def stage_serve(n: int, registry) -> None:
     print(f"   $ llmops serve --config configs/serving/default.yaml {' '.join(overrides)}\n   (log {SERVE_LOG})")
     with SERVE_LOG.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    import httpx
-
-    start = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            raise StageError(f"Stage {n} (serve) failed (exit {proc.returncode}); see {SERVE_LOG}:\n"
-                             + SERVE_LOG.read_text()[-1500:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - start > 900:
-            raise StageError(f"Stage {n} (serve): not ready after 900 s; see {SERVE_LOG}. `make stop` and retry.")
-        time.sleep(1)
+    try:
+        waited = wait_ready(proc, f"http://127.0.0.1:{PORT}/ready", 900, SERVE_LOG)
+    except NotReadyError as e:
+        raise StageError(f"Stage {n} (serve) failed: {e}. `make stop` and retry.") from e
     models = sorted(served_models())
-    print(f"   ready in {time.monotonic() - start:.0f} s: http://127.0.0.1:{PORT}/v1  models: {models}")
+    print(f"   ready in {waited:.0f} s: http://127.0.0.1:{PORT}/v1  models: {models}")
 
 
 def served_models() -> dict[str, str | None]:

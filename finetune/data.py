@@ -11,7 +11,8 @@ Formats (detected from the columns, or set with ``data.format``):
 Example::
 
     from finetune.data import DataConfig, load_rows, tokenize_rows
-    rows, digest = load_rows(DataConfig(path="examples/finetune/context_qa.jsonl"))
+    rows, fmt, digest = load_rows(DataConfig(path="examples/finetune/context_qa.jsonl"))
+    tokenized = tokenize_rows(tokenizer, rows, fmt, max_length=1024)
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops rag") -> int:
     if args.action == "ask":
         ans = rag.ask(args.question, tenant=args.tenant, top_k=args.top_k)
         for v in ans.guardrails:
-            if v["action"] != "allow":
-                print(f"  guardrails {v['stage']}: {v['action']} by {v['rail']} ({v['reason']})")
+            if v.action != "allow":
+                print(f"  guardrails {v.stage}: {v.action} by {v.rail} ({v.reason})")
         if ans.question != args.question:
             print(f"  the model saw: {ans.question}")
         print(ans.text)

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import Field
 
 from llmops.config import StrictModel
+from llmops.contracts import NO_ANSWER, GuardHook, RegistryAPI, VerdictRecord, context_messages
 from llmops.errors import LLMOpsError
 from rag.embed import Embedder, EmbeddingConfig, make_embedder
 from rag.ingest import ChunkingConfig, IngestReport, ingest
@@ -37,9 +38,6 @@ from rag.store import Hit, Store, StoreConfig
 
 log = logging.getLogger(__name__)
 
-NO_ANSWER = "I don't know based on the provided context."
-SYSTEM_PROMPT = ("Answer the question using only the numbered context passages. Cite the passages you use as [n]. "
-                 f"If the context does not contain the answer, say \"{NO_ANSWER}\"")
 _CITE = re.compile(r"\[(\d{1,3})\]")
 
 
@@ -109,23 +107,13 @@ class Answer:
     usage: dict[str, int] = field(default_factory=dict)
     latency_ms: float = 0.0
     blocked: bool = False
-    guardrails: list[dict[str, Any]] = field(default_factory=list)
+    guardrails: list[VerdictRecord] = field(default_factory=list)
     invalid_citations: list[int] = field(default_factory=list)
 
 
 def build_messages(question: str, hits: list[Hit], max_chars: int = 6000) -> list[dict[str, str]]:
-    """The chat messages for ``question`` over numbered ``hits`` (the fine-tuning data's format)."""
-    parts, used = [], 0
-    for i, h in enumerate(hits, 1):
-        text = " ".join(h.text.split())
-        room = max_chars - used
-        if room <= 50:
-            break
-        text = text[:room]
-        used += len(text)
-        parts.append(f"[{i}] {text}")
-    user = "Context:\n" + "\n".join(parts) + f"\n\nQuestion: {question.strip()}"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    """The chat messages for ``question`` over numbered ``hits`` (:func:`llmops.contracts.context_messages`)."""
+    return context_messages(question, [h.text for h in hits], max_chars)
 
 
 def parse_citations(text: str, contexts: list[Citation]) -> tuple[list[Citation], list[int]]:
@@ -151,7 +139,8 @@ def is_no_answer(text: str) -> bool:
 class RAGPipeline:
     """Ingest documents into Qdrant, retrieve chunks and answer questions with citations."""
 
-    def __init__(self, cfg: RAGConfig, *, embedder: Embedder | None = None, registry: Any = None) -> None:
+    def __init__(self, cfg: RAGConfig, *, embedder: Embedder | None = None,
+                 registry: RegistryAPI | None = None) -> None:
         self.cfg = cfg
         self.store = Store(cfg.store)
         self._embedder = embedder
@@ -262,25 +251,25 @@ class RAGPipeline:
         return await asyncio.to_thread(self.retrieve, query, **kwargs)
 
     # -------------------------------------------------------------------- ask
-    def _guardrails(self) -> Any:
+    def _guardrails(self) -> GuardHook | None:
         if self._guard is None and self.cfg.guardrails.enabled:
-            from guardrails.guard import Guard
+            from llmops.plugins import load_guard
 
-            self._guard = Guard.from_config(self.cfg.guardrails.config)
+            self._guard = load_guard(self.cfg.guardrails.config, self._registry)
         return self._guard
 
     def _prepare(self, question: str, filters: dict[str, Any] | None, tenant: str | None,
-                 top_k: int | None) -> tuple[Answer | None, str, list[Citation], list[dict[str, Any]]]:
-        verdicts: list[dict[str, Any]] = []
+                 top_k: int | None) -> tuple[Answer | None, str, list[Citation], list[VerdictRecord]]:
+        verdicts: list[VerdictRecord] = []
         guard = self._guardrails()
         if guard is not None:
             v = guard.check_input([{"role": "user", "content": question}])
-            verdicts.append({"stage": "input", "action": v.action, "rail": v.rail, "reason": v.reason})
+            verdicts.append(VerdictRecord.of("input", v))
             if not v.allowed:
-                return Answer(question, guard.policy.refusal_text,
-                              [], [], True, blocked=True, guardrails=verdicts), question, [], verdicts
+                refused = Answer(question, v.text or NO_ANSWER, [], [], True, blocked=True, guardrails=verdicts)
+                return refused, question, [], verdicts
             if v.action == "redact":  # retrieval and the model see the redacted question only
-                redacted = getattr(v, "messages", None)
+                redacted = v.messages
                 question = (redacted[-1]["content"] if redacted else v.text) or question
         hits = self.retrieve(question, filters=filters, tenant=tenant, top_k=top_k)
         contexts = [Citation(i, h.source, h.id, h.score, h.text) for i, h in enumerate(hits, 1)]
@@ -288,12 +277,12 @@ class RAGPipeline:
             return Answer(question, NO_ANSWER, [], [], True, guardrails=verdicts), question, contexts, verdicts
         return None, question, contexts, verdicts
 
-    def _finish(self, question: str, text: str, contexts: list[Citation], verdicts: list[dict[str, Any]],
+    def _finish(self, question: str, text: str, contexts: list[Citation], verdicts: list[VerdictRecord],
                 model: str | None, usage: dict[str, int], t0: float) -> Answer:
         guard = self._guardrails()
         if guard is not None:
             v = guard.check_output(text, context=[c.text for c in contexts])
-            verdicts.append({"stage": "output", "action": v.action, "rail": v.rail, "reason": v.reason})
+            verdicts.append(VerdictRecord.of("output", v))
             if not v.allowed:
                 return Answer(question, v.text or NO_ANSWER, [], contexts, True, model, usage,
                               (time.perf_counter() - t0) * 1000, blocked=True, guardrails=verdicts)
@@ -301,6 +290,11 @@ class RAGPipeline:
         cited, invalid = parse_citations(text, contexts)
         return Answer(question, text.strip(), cited, contexts, is_no_answer(text), model, usage,
                       (time.perf_counter() - t0) * 1000, guardrails=verdicts, invalid_citations=invalid)
+
+    def _generation_error(self, e: Exception) -> GenerationError:
+        g = self.cfg.generation
+        return GenerationError(f"The answering endpoint {g.base_url} (model {g.model!r}) failed: {e}. Check that "
+                               "it runs (make serve) and that generation.base_url and generation.model name it.")
 
     def _request(self, question: str, contexts: list[Citation]) -> dict[str, Any]:
         g = self.cfg.generation
@@ -328,8 +322,7 @@ class RAGPipeline:
         try:
             res = self._client.chat.completions.create(**self._request(question, contexts))
         except Exception as e:  # noqa: BLE001 - openai raises many types; say which endpoint failed
-            raise GenerationError(f"The answering endpoint {self.cfg.generation.base_url} "
-                                  f"(model {self.cfg.generation.model!r}) failed: {e}") from e
+            raise self._generation_error(e) from e
         usage = res.usage.model_dump(include={"prompt_tokens", "completion_tokens"}) if res.usage else {}
         return self._finish(question, res.choices[0].message.content or "", contexts, verdicts, res.model,
                             usage, t0)
@@ -350,8 +343,8 @@ class RAGPipeline:
             self._aclient = AsyncOpenAI(base_url=g.base_url, api_key=g.key(), timeout=g.timeout_s, max_retries=1)
         try:
             res = await self._aclient.chat.completions.create(**self._request(question, contexts))
-        except Exception as e:  # noqa: BLE001
-            raise GenerationError(f"The answering endpoint {self.cfg.generation.base_url} failed: {e}") from e
+        except Exception as e:  # noqa: BLE001 - openai raises many types; say which endpoint failed
+            raise self._generation_error(e) from e
         usage = res.usage.model_dump(include={"prompt_tokens", "completion_tokens"}) if res.usage else {}
         return self._finish(question, res.choices[0].message.content or "", contexts, verdicts, res.model,
                             usage, t0)

@@ -1,1 +1,1 @@
-"""vLLM engines behind the OpenAI-compatible gateway (planned in issue #4)."""
+"""vLLM engines behind the OpenAI-compatible gateway: ``llmops serve`` (serving.__main__)."""

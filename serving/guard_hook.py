@@ -1,33 +1,14 @@
-"""The gateway's guardrail hook: input rails, output rails, and a streaming checker.
-
-Until the guardrails module lands (issue #6) the hook is a pass-through that allows everything;
-with ``guardrails.enabled`` the gateway loads ``guardrails.guard.Guard`` from the policy file.
+"""The gateway's guard: the policy's :class:`guardrails.guard.Guard` when ``guardrails.enabled``,
+else a pass-through. Both implement :class:`llmops.contracts.GuardHook`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 from guardrails.verdict import Verdict
+from llmops.contracts import GuardHook, StreamChecker, VerdictLike
 from serving.config import GuardrailsHookConfig
-
-
-class StreamChecker(Protocol):
-    def feed(self, text: str) -> tuple[str, Verdict | None]:
-        """Take a chunk; return the text safe to release now and a blocking verdict, if any."""
-
-    def finish(self) -> tuple[str, Verdict]:
-        """Release what was held back at the end of the stream, with the final verdict."""
-
-
-class GuardHook(Protocol):
-    """``model`` (public model name) and ``key`` (API key id) select per-model / per-key policies."""
-
-    def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None) -> Verdict: ...
-
-    def check_output(self, text: str, model: str | None = None, key: str | None = None) -> Verdict: ...
-
-    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker: ...
 
 
 class _PassThroughStream:
@@ -39,18 +20,24 @@ class _PassThroughStream:
 
 
 class PassThrough:
-    """Allows everything and holds nothing back."""
+    """Allows everything and holds nothing back (streams are relayed untouched)."""
 
+    blocking_io = False
     passthrough = True
 
     def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None) -> Verdict:
         return Verdict.allow()
 
-    def check_output(self, text: str, model: str | None = None, key: str | None = None) -> Verdict:
+    def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
+                     key: str | None = None) -> Verdict:
         return Verdict.allow(text)
 
     def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker:
         return _PassThroughStream()
+
+    def reask(self, verdict: VerdictLike, messages: list[dict], answer: str, model: str | None = None,
+              key: str | None = None) -> dict[str, Any] | None:
+        return None
 
 
 def load_hook(cfg: GuardrailsHookConfig) -> GuardHook:
@@ -61,6 +48,6 @@ def load_hook(cfg: GuardrailsHookConfig) -> GuardHook:
     """
     if not cfg.enabled:
         return PassThrough()
-    from guardrails.guard import Guard
+    from llmops.plugins import load_guard
 
-    return Guard.from_config(cfg.config)
+    return load_guard(cfg.config)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmops.contracts import CONTEXT_SYSTEM_PROMPT, NO_ANSWER
+
 OUT = Path(__file__).with_name("context_qa.jsonl")
-SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use as [n]. "
-          "If the context does not contain the answer, say \"I don't know based on the provided context.\"")
-UNKNOWN = "I don't know based on the provided context."
+SYSTEM, UNKNOWN = CONTEXT_SYSTEM_PROMPT, NO_ANSWER  # the prompt the RAG pipeline sends (llmops.contracts)
 N_ROWS, TEST_SHARE, UNANSWERABLE_SHARE, MULTI_SHARE = 480, 0.15, 0.12, 0.15
 TEST_PER_KIND, MAX_USER_CHARS = 3, 700
 

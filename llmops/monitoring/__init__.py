@@ -1,1 +1,1 @@
-"""Drift engine and reports (issue #8)."""
+"""The drift engine (tabular data, LLM request logs, eval scores) and its reports: ``llmops drift``."""

@@ -1,9 +1,10 @@
 """LLM traffic signals for the drift engine, read from the gateway's request log.
 
-The request log is an SQLite table ``requests`` (written by the serving gateway; its columns are
-the contract). From it come per-request signals: prompt and completion tokens, latency, TTFT,
-status class, model, and the guardrail action per rail; plus prompt-embedding drift by a domain
-classifier (can a model tell reference prompts from current ones?)::
+The request log is the SQLite table of :mod:`llmops.contracts` (``RequestRecord``; the gateway
+writes it, :func:`llmops.contracts.read_request_log` reads it). From it come per-request
+signals: prompt and completion tokens, latency, TTFT, status class, model, and the guardrail
+action per rail; plus prompt-embedding drift by a domain classifier (can a model tell reference
+prompts from current ones?)::
 
     from llmops.monitoring.llm import request_log_drift
     result = request_log_drift("data/requestlog/requests.sqlite", split_ts=time.time() - 86400)
@@ -12,32 +13,28 @@ classifier (can a model tell reference prompts from current ones?)::
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from llmops.contracts import RequestLogError, read_request_log
 from llmops.monitoring.engine import ColumnResult, DriftConfig, DriftResult, detect_drift
 from llmops.monitoring.io import DriftInputError
 
 SIGNALS = ["prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "status_class", "model", "endpoint"]
 
 
-def read_request_log(path: str | Path) -> pd.DataFrame:
+def request_signals(path: str | Path) -> pd.DataFrame:
     """Signals per request, with ``ts`` and (when logged) ``prompt_embedding``.
 
     Raises:
         DriftInputError: no such file or no ``requests`` table.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DriftInputError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
     try:
-        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
-            raw = pd.read_sql_query("SELECT * FROM requests ORDER BY ts", db)
-    except (sqlite3.Error, pd.errors.DatabaseError) as e:
-        raise DriftInputError(f"{p} is not a request log (no readable 'requests' table): {e}") from e
+        raw = read_request_log(path)
+    except RequestLogError as e:
+        raise DriftInputError(str(e)) from e
     df = pd.DataFrame({
         "ts": raw["ts"].astype(float),
         "prompt_tokens": pd.to_numeric(raw["prompt_tokens"], errors="coerce"),
@@ -49,15 +46,13 @@ def read_request_log(path: str | Path) -> pd.DataFrame:
         "endpoint": raw["endpoint"].astype(str),
     })
     rails: dict[str, list[str]] = {}
-    for i, g in enumerate(raw["guardrails"].fillna("[]")):
-        for v in json.loads(g or "[]"):
-            rails.setdefault(f"guardrail_{v.get('stage', 'input')}_{v.get('rail')}", ["allow"] * len(raw))[i] = (
-                v.get("action", "allow"))
+    for i, records in enumerate(raw["guardrails"]):
+        for v in records:
+            rails.setdefault(f"guardrail_{v.stage}_{v.rail}", ["allow"] * len(raw))[i] = v.action
     for name, values in rails.items():
         df[name] = values
-    if "prompt_embedding" in raw:
-        df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
-                                  for b in raw["prompt_embedding"]]
+    if raw["prompt_embedding"].notna().any():
+        df["prompt_embedding"] = list(raw["prompt_embedding"])
     return df
 
 
@@ -90,7 +85,7 @@ def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None
     Raises:
         DriftInputError: unreadable log.
     """
-    df = read_request_log(path)
+    df = request_signals(path)
     ref, cur = df[df.ts < split_ts], df[df.ts >= split_ts]
     columns = [c for c in df.columns if c in SIGNALS or c.startswith("guardrail_")]
     base = cfg or DriftConfig()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from serving.gateway.requestlog import RequestRecord
+from llmops.contracts import RequestRecord
 from serving.gateway.state import GatewayState
 
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llmops.contracts import content_text
 from serving.config import ServingConfig
 from serving.gateway.auth import KeyStore
 from serving.gateway.errors import APIError
@@ -143,7 +144,7 @@ class GatewayState:
                 ids = ids["input_ids"]
             return len(ids)
         except Exception:  # noqa: BLE001 - templates reject odd roles; estimate instead
-            return sum(len(tok.encode(_text(m.get("content")), add_special_tokens=False)) + 4
+            return sum(len(tok.encode(content_text(m.get("content")), add_special_tokens=False)) + 4
                        for m in messages)
 
     def count_text(self, group: str, prompt: str) -> int:
@@ -177,14 +178,6 @@ class GatewayState:
             self._embed_pool.shutdown(wait=True)
         if self.requestlog:
             self.requestlog.close()
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def _load_tokenizer(path: str):

@@ -28,7 +28,7 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(LLMOPS_DEMO_QUICK="1", LLMOPS_DEMO_PORT=str(port))
     try:
-        out = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path, env=env,
+        out = subprocess.run([sys.executable, "examples/demo.py"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=1800)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         for n in range(1, 9):
@@ -45,7 +45,7 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         import httpx
 
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-        again = subprocess.run([sys.executable, "-m", "llmops.demo"], cwd=tmp_path,
+        again = subprocess.run([sys.executable, "examples/demo.py"], cwd=tmp_path,
                                env=dict(env, LLMOPS_DEMO_STAGES="1,2,8"), capture_output=True, text=True,
                                timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

@@ -17,11 +17,11 @@ import time
 import httpx
 import pytest
 
+from llmops.contracts import read_request_log
 from llmops.registry import Lineage
 from serving.config import ServingConfig
 from serving.engine import free_port
 from serving.gateway.auth import hash_key
-from serving.gateway.requestlog import read_requests
 from serving.server import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -296,7 +296,7 @@ def test_request_log_and_metrics(gateway, client):
     client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True).close()
     list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
     time.sleep(1.0)  # the writer thread commits in the background
-    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    log = read_request_log(gateway["tmp"] / "requests.sqlite")
     ok = log[(log.status == 200) & (log.endpoint == "chat")]
     assert len(ok) >= 5 and (ok.prompt_tokens > 0).all() and (ok.latency_ms > 0).all()
     streamed = ok[ok.stream == 1]
@@ -351,8 +351,8 @@ def test_guardrails_block_and_redact_in_the_gateway(gateway, client):
     assert 'llmops_guardrail_verdicts_total{action="block",rail="injection",stage="input"}' in metrics
     assert 'llmops_guardrail_verdicts_total{action="redact",rail="pii",stage="input"}' in metrics
     time.sleep(1)
-    log = read_requests(gateway["tmp"] / "requests.sqlite")
-    assert any(g and g[0]["rail"] == "injection" for g in log.guardrails)
+    log = read_request_log(gateway["tmp"] / "requests.sqlite")
+    assert any(g and g[0].rail == "injection" for g in log.guardrails)
 
 
 def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
@@ -366,10 +366,10 @@ def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
     answer = r.choices[0].message.content
     assert json.loads(answer).keys() == {"ok"}
     time.sleep(1)
-    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    log = read_request_log(gateway["tmp"] / "requests.sqlite")
     mine = log[log.key_id == "json"]
-    assert len(mine) == 1 and mine.guardrails.iloc[0][0]["reask"] is True
-    assert mine.guardrails.iloc[0][0]["rail"] == "json_schema"
+    assert len(mine) == 1 and mine.guardrails.iloc[0][0].reask is True
+    assert mine.guardrails.iloc[0][0].rail == "json_schema"
     assert 'llmops_guardrail_verdicts_total{action="reask",rail="json_schema",stage="output"}' in httpx.get(
         gateway["base"] + "/metrics").text
     # a stream is never cut for a partial JSON value; the whole answer is judged at the end: the
@@ -384,9 +384,9 @@ def test_json_schema_rail_reasks_once_with_the_schema_enforced(gateway):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed and all(c.model == "tiny" for c in chunks)
     time.sleep(1)
-    log = read_requests(gateway["tmp"] / "requests.sqlite")
+    log = read_request_log(gateway["tmp"] / "requests.sqlite")
     last = log[(log.key_id == "json") & log.stream.astype(bool)].guardrails.iloc[-1]
-    assert last[0]["rail"] == "json_schema" and last[0]["after_stream"] is True
+    assert last[0].rail == "json_schema" and last[0].after_stream is True
     # other keys have the rail off: their free text passes untouched
     plain = OpenAI(base_url=gateway["base"] + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Is it up?"}], max_tokens=30, temperature=0)

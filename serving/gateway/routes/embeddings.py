@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from llmops.contracts import RequestRecord
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError, bad_request
-from serving.gateway.requestlog import RequestRecord
 from serving.gateway.state import GatewayState
 from serving.gateway.validate import read_json
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llmops.contracts import RequestRecord, VerdictRecord
+from llmops.monitoring.engine import DriftConfig
 from llmops.monitoring.io import DriftInputError
-from llmops.monitoring.llm import embedding_drift, read_request_log, request_log_drift
-from serving.gateway.requestlog import RequestLog, RequestRecord
+from llmops.monitoring.llm import embedding_drift, request_log_drift, request_signals
+from serving.gateway.requestlog import RequestLog  # the gateway's writer: what monitoring reads is what it wrote
 
 COOKING = ["How long do I boil an egg?", "Best way to roast vegetables?", "How to make bread dough rise?",
            "What spices go with lamb?", "How do I caramelize onions?", "Tips for a crispy pizza crust?",
@@ -37,19 +39,21 @@ def write_log(path, embedder, shifted: bool, n: int = 80):
             id=str(i), ts=1000.0 + i, endpoint="chat", key_id="k", model="smollm2", status=200,
             prompt_tokens=int(rng.normal(120 if (later and shifted) else 40, 8)),
             completion_tokens=int(rng.normal(60, 10)), latency_ms=float(rng.normal(500, 50)),
-            guardrails=[{"stage": "input", "rail": "injection", "action": "block"}] if blocked else [],
+            guardrails=[VerdictRecord("input", "block", "injection", ("rule:override",))] if blocked else [],
             prompt_embedding=emb.tobytes()))
     log.close()
 
 
 def test_request_log_drift_detects_topic_length_and_guardrail_shift(tmp_path, embedder):
     write_log(tmp_path / "log.sqlite", embedder, shifted=True)
-    result = request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0)
+    result = request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0, cfg=DriftConfig(drift_share=0.3))
     by = {c.column: c for c in result.columns}
-    assert by["prompt_tokens"].drifted and not by["completion_tokens"].drifted
-    assert by["guardrail_input_injection"].drifted
-    assert by["prompt_embedding"].drifted and by["prompt_embedding"].statistic > 0.9
-    assert result.dataset_drift is not None
+    assert {c.column for c in result.columns if c.drifted} == {
+        "prompt_tokens", "guardrail_input_injection", "prompt_embedding"}
+    assert by["prompt_embedding"].statistic > 0.9
+    # 3 of the 9 signals moved: past a 30% share that is dataset drift, short of the default half it is not
+    assert result.n_columns == 9 and result.dataset_drift is True
+    assert request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0).dataset_drift is False
 
 
 def test_request_log_quiet_without_shift(tmp_path, embedder):
@@ -69,10 +73,10 @@ def test_embedding_drift_on_random_vectors():
 
 def test_bad_request_log(tmp_path):
     with pytest.raises(DriftInputError, match="does not exist"):
-        read_request_log(tmp_path / "none.sqlite")
+        request_signals(tmp_path / "none.sqlite")
     (tmp_path / "x.sqlite").write_bytes(b"not a database at all")
     with pytest.raises(DriftInputError, match="not a request log"):
-        read_request_log(tmp_path / "x.sqlite")
+        request_signals(tmp_path / "x.sqlite")
 
 
 def _eval_report(path, f1s, latencies):

@@ -6,11 +6,12 @@ import time
 
 import pytest
 
+from llmops.contracts import RequestRecord, VerdictRecord, read_request_log
 from serving.config import AuthConfig, ServingConfig
 from serving.gateway.auth import KeyStore, hash_key
 from serving.gateway.errors import APIError
 from serving.gateway.limits import RateLimiter
-from serving.gateway.requestlog import RequestLog, RequestRecord, read_requests
+from serving.gateway.requestlog import RequestLog
 
 
 def test_keys_are_hashed_and_checked(monkeypatch):
@@ -51,14 +52,24 @@ def test_request_log_round_trip(tmp_path):
     emb = np.arange(4, dtype=np.float32)
     log.write(RequestRecord(id="1", ts=time.time(), endpoint="chat", key_id="k", model="m", status=200,
                             prompt_tokens=5, completion_tokens=7, latency_ms=12.5, ttft_ms=3.0,
-                            guardrails=[{"stage": "input", "rail": "pii", "action": "redact"}],
+                            guardrails=[VerdictRecord("input", "redact", "pii", ("EMAIL",), latency_ms=0.2)],
                             prompt_embedding=emb.tobytes()))
     log.write(RequestRecord(id="2", ts=time.time(), endpoint="chat", status=429, error_code="rate_limit_exceeded"))
     log.close()
-    df = read_requests(tmp_path / "r.sqlite")
+    df = read_request_log(tmp_path / "r.sqlite")
     assert list(df.id) == ["1", "2"] and list(df.status) == [200, 429]
-    assert df.guardrails[0][0]["rail"] == "pii" and np.array_equal(df.prompt_embedding[0], emb)
+    assert df.guardrails[0] == [VerdictRecord("input", "redact", "pii", ("EMAIL",), latency_ms=0.2)]
+    assert df.guardrails[1] == [] and np.array_equal(df.prompt_embedding[0], emb)
     assert df.prompt_embedding[1] is None
+    assert read_request_log(tmp_path / "r.sqlite", since=time.time() + 60).empty
+
+
+def test_verdict_records_read_what_older_and_newer_writers_wrote():
+    assert VerdictRecord.from_dict({"stage": "output", "action": "block", "rail": "toxicity", "reason": "x",
+                                    "a_field_from_a_newer_writer": 1}) == VerdictRecord("output", "block", "toxicity",
+                                                                                        reason="x")
+    rec = VerdictRecord("output", "warn", "json_schema", ("invalid_json",), reask=True)
+    assert VerdictRecord.from_dict(rec.to_dict()) == rec
 
 
 def test_serving_config_cross_checks():
@@ -74,11 +85,13 @@ def test_serving_config_cross_checks():
 
 
 def test_hash_key_cli(capsys):
+    import hashlib
+
     from serving.__main__ import main
 
     assert main(["hash-key", "sk-llmops-demo"]) == 0
     digest = capsys.readouterr().out.strip()
-    assert digest == hash_key("sk-llmops-demo")
+    assert digest == hashlib.sha256(b"sk-llmops-demo").hexdigest()
     from pathlib import Path
 
     assert digest in Path("configs/serving/default.yaml").read_text()

@@ -1,0 +1,298 @@
+"""The shapes that cross package boundaries, declared once: every feature package depends on these,
+not on another package's internals.
+
+- :class:`RegistryAPI`: what jobs use of the registry (``llmops.registry.Registry`` implements it).
+- :class:`VerdictLike`, :class:`StreamChecker`, :class:`GuardHook`: what the gateway and the RAG
+  pipeline use of a guard (``guardrails.guard.Guard`` implements them; so does a test's fake).
+- :class:`VerdictRecord`: one guardrail decision as it is logged, the same for gateway and RAG.
+- :class:`RequestRecord` + :data:`REQUEST_LOG_SCHEMA` + :func:`read_request_log`: the request log
+  the gateway writes and monitoring reads (one schema, one reader).
+
+Example::
+
+    from llmops.contracts import VerdictRecord, read_request_log
+    rec = VerdictRecord.of("input", verdict)          # from any VerdictLike
+    df = read_request_log("data/requestlog/requests.sqlite")
+    df["guardrails"][0]                               # [VerdictRecord(stage="input", ...), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from llmops.registry import AliasMove, Lineage, ModelVersion
+
+Stage = Literal["input", "output"]
+Action = Literal["allow", "warn", "redact", "block"]
+
+
+# ---------------------------------------------------------------------------------------- registry
+@runtime_checkable
+class RegistryAPI(Protocol):
+    """The registry as jobs use it: versions with lineage, aliases with an audit trail, runs."""
+
+    def register(self, name: str, path: str | Path, kind: str, lineage: Lineage | None = None, *,
+                 aliases: tuple[str, ...] | list[str] = (), tags: dict[str, str] | None = None,
+                 description: str | None = None, run_id: str | None = None,
+                 params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+                 reason: str = "registered") -> ModelVersion: ...
+
+    def resolve(self, ref: str) -> ModelVersion: ...
+
+    def get_version(self, name: str, version: int, with_path: bool = False) -> ModelVersion: ...
+
+    def versions(self, name: str) -> list[ModelVersion]: ...
+
+    def alias_version(self, name: str, alias: str) -> int | None: ...
+
+    def set_alias(self, name: str, alias: str, version: int, *, reason: str,
+                  actor: str | None = None) -> AliasMove: ...
+
+    def log_run(self, run_name: str, *, model_ref: str | None = None, params: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None, artifacts: Sequence[str | Path] = (),
+                tags: dict[str, str] | None = None) -> str: ...
+
+    def start_run(self, run_name: str, *, tags: dict[str, str] | None = None,
+                  params: dict[str, Any] | None = None) -> str: ...
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_dataset(self, run_id: str, name: str, sha256: str, source: str, *, rows: int,
+                    context: str = "training") -> None: ...
+
+    def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None: ...
+
+    def runs_for(self, name: str, version: int | None = None) -> list[Any]: ...
+
+
+# -------------------------------------------------------------------------------------- guardrails
+class FindingLike(Protocol):
+    rail: str
+    label: str
+
+
+class VerdictLike(Protocol):
+    """A guard's answer. ``text``: the text to use (redacted, or the refusal when blocked);
+    ``messages``: the redacted message list of an input check that redacted."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def action(self) -> Action: ...
+    @property
+    def rail(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def findings(self) -> Sequence[FindingLike]: ...
+    @property
+    def latency_ms(self) -> float: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def messages(self) -> Sequence[dict] | None: ...
+
+
+class StreamChecker(Protocol):
+    """One streamed answer (one choice) checked as it arrives."""
+
+    def feed(self, text: str) -> tuple[str, VerdictLike | None]:
+        """Take a chunk; return the text safe to release now and a blocking verdict, if any."""
+        ...
+
+    def finish(self) -> tuple[str, VerdictLike]:
+        """Release what was held back at the end of the stream, with the whole-answer verdict."""
+        ...
+
+
+class GuardHook(Protocol):
+    """What the gateway and the RAG pipeline call. ``model`` (public model name) and ``key`` (API key
+    id) select per-model / per-key policies.
+
+    ``blocking_io``: some check makes a network call (run it off the event loop);
+    ``passthrough``: the hook never changes anything (streams can be relayed untouched)."""
+
+    blocking_io: bool
+    passthrough: bool
+
+    def check_input(self, messages: list[dict], model: str | None = None,
+                    key: str | None = None) -> VerdictLike: ...
+
+    def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
+                     key: str | None = None) -> VerdictLike: ...
+
+    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker: ...
+
+    def reask(self, verdict: VerdictLike, messages: list[dict], answer: str, model: str | None = None,
+              key: str | None = None) -> dict[str, Any] | None:
+        """For an answer that failed a rail which can be fixed by asking again: the request fields
+        (``messages``, ``response_format``) of one more try; None when there is nothing to re-ask."""
+        ...
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One guardrail decision as logged (request log, RAG answers, metrics labels).
+
+    ``reask``: the answer was asked for again; ``after_stream``: found at the end of a stream,
+    after the text had been sent."""
+
+    stage: Stage
+    action: str
+    rail: str | None
+    findings: tuple[str, ...] = ()
+    reason: str | None = None
+    latency_ms: float | None = None
+    reask: bool = False
+    after_stream: bool = False
+
+    @classmethod
+    def of(cls, stage: Stage, verdict: VerdictLike, **flags: bool) -> VerdictRecord:
+        return cls(stage, verdict.action, verdict.rail, tuple(f.label for f in verdict.findings),
+                   verdict.reason, round(verdict.latency_ms, 3), **flags)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["findings"] = list(self.findings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VerdictRecord:
+        """Read a logged record; unknown keys (a newer writer) are ignored, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["findings"] = tuple(kw.get("findings") or ())
+        kw.setdefault("stage", "input")
+        kw.setdefault("action", "allow")
+        kw.setdefault("rail", None)
+        return cls(**kw)
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message ``content``: the string, or the ``text`` parts of a list joined
+    by spaces (images and other parts carry no text); "" for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+# -------------------------------------------------------------------------------- the RAG prompt
+# One prompt format for answering from numbered passages: the RAG pipeline sends it, the context-QA
+# fine-tuning set is written in it (examples/finetune/build_context_qa.py) and eval's qa suite asks in it.
+NO_ANSWER = "I don't know based on the provided context."
+CONTEXT_SYSTEM_PROMPT = ("Answer the question using only the numbered context passages. Cite the passages you use "
+                         f"as [n]. If the context does not contain the answer, say \"{NO_ANSWER}\"")
+
+
+def context_messages(question: str, passages: Sequence[str], max_chars: int = 6000) -> list[dict[str, str]]:
+    """The chat messages for ``question`` over numbered ``passages`` (whitespace folded; passages are cut
+    to fit ``max_chars`` in all, and dropped once fewer than 50 characters are left)."""
+    parts, used = [], 0
+    for i, passage in enumerate(passages, 1):
+        text = " ".join(passage.split())
+        room = max_chars - used
+        if room <= 50:
+            break
+        text = text[:room]
+        used += len(text)
+        parts.append(f"[{i}] {text}")
+    user = "Context:\n" + "\n".join(parts) + f"\n\nQuestion: {question.strip()}"
+    return [{"role": "system", "content": CONTEXT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+# ------------------------------------------------------------------------------------- request log
+REQUEST_LOG_TABLE = "requests"
+REQUEST_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    key_id TEXT,
+    model TEXT,
+    registry_version TEXT,
+    status INTEGER NOT NULL,
+    error_code TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_ms REAL,
+    ttft_ms REAL,
+    guardrails TEXT,
+    prompt_embedding BLOB
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+"""
+
+
+@dataclass
+class RequestRecord:
+    """One request as the gateway logs it (a row of the ``requests`` table)."""
+
+    id: str
+    ts: float
+    endpoint: str
+    key_id: str | None = None
+    model: str | None = None
+    registry_version: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    stream: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    guardrails: list[VerdictRecord] = field(default_factory=list)
+    prompt_embedding: bytes | None = None
+
+    @staticmethod
+    def columns() -> list[str]:
+        return [f.name for f in fields(RequestRecord)]
+
+    def row(self) -> tuple:
+        """The values in :meth:`columns` order, as SQLite stores them."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["guardrails"] = json.dumps([g.to_dict() for g in self.guardrails])
+        d["stream"] = int(self.stream)
+        return tuple(d[c] for c in self.columns())
+
+
+class RequestLogError(ValueError):
+    """The file is missing or is not a request log."""
+
+
+def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFrame:
+    """The request log as a DataFrame, one row per request in time order, optionally from ``since``.
+
+    Columns are :class:`RequestRecord`'s; ``guardrails`` holds lists of :class:`VerdictRecord`,
+    ``prompt_embedding`` float32 arrays (or None), ``stream`` booleans.
+
+    Raises:
+        RequestLogError: no such file, or no readable ``requests`` table in it.
+    """
+    import numpy as np
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise RequestLogError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
+    q = f"SELECT * FROM {REQUEST_LOG_TABLE}" + (" WHERE ts >= ?" if since is not None else "") + " ORDER BY ts"
+    try:
+        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
+            df = pd.read_sql_query(q, db, params=(since,) if since is not None else None)
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:
+        raise RequestLogError(f"{p} is not a request log (no readable '{REQUEST_LOG_TABLE}' table): {e}") from e
+    df["guardrails"] = [[VerdictRecord.from_dict(v) for v in json.loads(g or "[]")] for g in df["guardrails"]]
+    df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
+                              for b in df["prompt_embedding"]]
+    df["stream"] = df["stream"].astype(bool)
+    return df

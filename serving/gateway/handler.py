@@ -1,0 +1,369 @@
+"""One chat or text completion through the gateway, step by step (the routes only call :meth:`handle`).
+
+The steps, in order: authenticate -> parse -> check the context length -> admit (rate and token
+limits) -> input rails (block, or forward the redacted messages) -> forward to an engine (with
+fallbacks) -> answer: output rails on the JSON (one schema re-ask), or relay the stream through one
+stream checker -> account (metrics + request log, always, with the real status).
+
+Non-streaming answers come back as the engine's JSON (model name rewritten for adapters); streams
+are relayed event by event. A client that disconnects closes the upstream stream, which makes vLLM
+abort the generation::
+
+    handler = CompletionHandler(state, chat=True)
+    response = await handler.handle(request)       # a JSONResponse or a StreamingResponse
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text
+from serving.gateway.accounting import finish_request
+from serving.gateway.errors import APIError
+from serving.gateway.state import GatewayState, ModelRoute
+from serving.gateway.validate import chat_messages, common, completion_prompts, read_json
+
+log = logging.getLogger(__name__)
+
+
+class CompletionHandler:
+    """The state of one ``/v1/chat/completions`` (``chat=True``) or ``/v1/completions`` request."""
+
+    def __init__(self, state: GatewayState, chat: bool) -> None:
+        self.state = state
+        self.chat = chat
+        self.hook = state.hook
+        self.t0 = time.perf_counter()
+        self.rec = RequestRecord(id=uuid.uuid4().hex, ts=time.time(), endpoint="chat" if chat else "completions")
+        self.key: Any = None
+        self.body: dict[str, Any] = {}
+        self.route: ModelRoute | None = None
+        self.messages: list[dict] = []
+        self.prompt_tokens: list[int] = []
+        self.max_tokens = 0
+        self.n = 1
+        self.prompt_text: str | None = None
+        self.wants_usage = False
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.chat else "/v1/completions"
+
+    # ------------------------------------------------------------------------------- the steps
+    async def handle(self, request: Request) -> Response:
+        """Run every step; an APIError at any step becomes its OpenAI-shaped JSON response."""
+        streaming = False
+        try:
+            self.authenticate(request)
+            await self.parse(request)
+            self.check_context()
+            self.admit()
+            await self.guard_input()
+            resp = await self.forward()
+            if self.rec.stream:
+                streaming = True  # the relay accounts for the request when the stream ends
+                return StreamingResponse(self.relay(resp), media_type="text/event-stream",
+                                         headers={"cache-control": "no-cache", "x-request-id": self.rec.id})
+            return await self.answer(resp)
+        except APIError as e:
+            self.rec.status, self.rec.error_code = e.status, e.code
+            return e.response()
+        finally:
+            if not streaming:
+                finish_request(self.state, self.rec, self.t0, self.prompt_text)
+
+    def authenticate(self, request: Request) -> None:
+        self.key = self.state.keys.authenticate(request.headers.get("authorization"))
+        self.rec.key_id = self.key.id if self.key else None
+
+    async def parse(self, request: Request) -> None:
+        """Body, model route, token budget and prompt tokens (400s name the field)."""
+        state = self.state
+        self.body = await read_json(request, state.cfg.limits.max_body_bytes)
+        self.route = state.route(self.body.get("model"), ("base", "adapter"))
+        self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
+        self.max_tokens = common(self.body, state.cfg.limits)
+        self.n = int(self.body.get("n") or 1)
+        if self.chat:
+            self.messages = chat_messages(self.body)
+            self.prompt_tokens = [state.count_chat(self.route.group, self.messages)]
+        else:
+            prompts = completion_prompts(self.body)
+            self.prompt_tokens = [len(p) if isinstance(p, list) else state.count_text(self.route.group, p)
+                                  for p in prompts]
+            self.messages = [{"role": "user", "content": p} for p in prompts if isinstance(p, str)]
+        self.rec.prompt_tokens = sum(self.prompt_tokens)
+        self.prompt_text = last_user_text(self.messages)
+
+    def check_context(self) -> None:
+        longest = max(self.prompt_tokens)
+        limit = self.route.max_model_len
+        if longest + self.max_tokens > limit:
+            raise APIError(
+                400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{longest + self.max_tokens} tokens ({longest} in the prompt, {self.max_tokens} for the "
+                "completion). Please reduce the prompt or max_tokens.",
+                code="context_length_exceeded", param="messages" if self.chat else "prompt")
+
+    def admit(self) -> None:
+        """Rate and token limits of the key (429 with Retry-After)."""
+        if self.key is None:
+            return
+        limits = self.state.cfg.limits
+        budget = self.rec.prompt_tokens + self.max_tokens * self.n * len(self.prompt_tokens)
+        self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
+                                 self.key.tpm or limits.default_tpm)
+
+    async def guard_input(self) -> None:
+        """Input rails: a block is a 400 ``content_blocked``; a redaction replaces what is forwarded."""
+        verdict = await guard_call(self.hook, self.hook.check_input, self.messages, model=self.route.public,
+                                   key=self.rec.key_id)
+        if verdict.action != "allow":
+            self.record("input", verdict)
+        if not verdict.allowed:
+            raise APIError(400, f"The request was blocked by the guardrail '{verdict.rail}': "
+                           f"{verdict.reason or 'policy violation'}.", "invalid_request_error", "content_blocked")
+        redacted = verdict.messages
+        if verdict.action == "redact" and redacted is not None:
+            if self.chat:
+                self.body["messages"] = list(redacted)
+            else:
+                self.body["prompt"] = [m["content"] for m in redacted]
+
+    async def forward(self) -> httpx.Response:
+        """Send to an engine of the model's group (fallback models in order); the engine's 4xx is
+        passed on, its 5xx becomes a 502."""
+        state, body = self.state, self.body
+        self.rec.stream = bool(body.get("stream"))
+        self.wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if self.rec.stream:  # usage always comes back to the gateway, for accounting
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        body["max_tokens"] = self.max_tokens
+        body.pop("max_completion_tokens", None)
+
+        def body_for(model: str) -> bytes:
+            return json.dumps({**body, "model": state.models[model].upstream}).encode()
+
+        resp, _engine, used = await state.router.send_with_fallbacks(
+            self.route.public, lambda m: state.models[m].group, self.path, body_for)
+        if used != self.route.public:
+            self.route = state.models[used]
+            self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
+        if resp.status_code >= 400:
+            await resp.aread()
+            await resp.aclose()
+            raise upstream_error(resp)
+        return resp
+
+    async def answer(self, resp: httpx.Response) -> JSONResponse:
+        """The engine's JSON with output rails applied per choice (and one schema re-ask for chat)."""
+        data = json.loads(await resp.aread())
+        await resp.aclose()
+        data["model"] = self.route.public
+        reask_tokens = 0
+        for choice in data.get("choices") or []:
+            text = choice.get("message", {}).get("content") if self.chat else choice.get("text")
+            if not text:
+                continue
+            out = await guard_call(self.hook, self.hook.check_output, text, model=self.route.public,
+                                   key=self.rec.key_id)
+            if self.chat and not out.allowed:
+                fixed = await self.reask(out, text)
+                if fixed is not None:
+                    text, out, used_tokens = fixed
+                    reask_tokens += used_tokens
+                    choice["message"]["content"] = text
+            if out.action != "allow":
+                self.record("output", out)
+                # a block carries the policy's refusal text (Verdict.text); never the raw answer
+                replacement = out.text or "[blocked by guardrails]"
+                if self.chat:
+                    choice["message"]["content"] = replacement
+                else:
+                    choice["text"] = replacement
+        usage = data.get("usage") or {}
+        self.rec.prompt_tokens = usage.get("prompt_tokens", self.rec.prompt_tokens)
+        self.rec.completion_tokens = (usage.get("completion_tokens") or 0) + reask_tokens
+        return JSONResponse(data, headers={"x-request-id": self.rec.id})
+
+    async def reask(self, verdict: VerdictLike, answer: str) -> tuple[str, VerdictLike, int] | None:
+        """The hook's one re-ask for a failed answer -> (new answer, its verdict, its completion
+        tokens), or None when the hook has nothing to re-ask or the engine fails."""
+        route = self.route
+        request = self.hook.reask(verdict, self.body["messages"], answer, model=route.public, key=self.rec.key_id)
+        if request is None:
+            return None
+        self.record("output", verdict, reask=True)
+        again = {**self.body, **request, "model": route.upstream, "n": 1, "stream": False}
+        again.pop("stream_options", None)
+        resp = None
+        try:
+            resp, _ = await self.state.router.send(route.group, "/v1/chat/completions", json.dumps(again).encode())
+            raw = await resp.aread()
+            if resp.status_code >= 400:
+                log.warning("re-ask refused by the engine (%d): %s", resp.status_code, raw[:300])
+                return None
+            data = json.loads(raw)
+        except (APIError, ValueError, httpx.HTTPError) as e:
+            log.warning("re-ask failed: %s", e)
+            return None
+        finally:
+            if resp is not None:
+                await resp.aclose()
+        text = (data.get("choices") or [{}])[0].get("message", {}).get("content") or ""
+        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+        out = await guard_call(self.hook, self.hook.check_output, text, model=route.public, key=self.rec.key_id)
+        if not out.allowed:
+            log.info("the re-asked answer fails too (%s): %r", out.reason, text[:200])
+        return text, out, tokens
+
+    async def relay(self, resp: httpx.Response) -> AsyncIterator[str]:
+        """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails."""
+        state, rec, route = self.state, self.rec, self.route
+        checker = self.hook.stream_checker(model=route.public, key=rec.key_id)
+        passthrough = self.hook.passthrough
+        rename = route.upstream != route.public
+        flushed = False
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                payload = line[6:]
+                if payload.strip() == "[DONE]":
+                    if not passthrough and not flushed:
+                        flushed = True
+                        tail = await self.flush(checker)
+                        if tail:
+                            yield tail
+                    yield "data: [DONE]\n\n"
+                    break
+                if passthrough and not rename and rec.ttft_ms is not None and '"usage"' not in payload:
+                    yield line + "\n\n"  # hot path: nothing to learn from this event, relay it as is
+                    continue
+                event = json.loads(payload)
+                choices = event.get("choices") or []
+                if rec.ttft_ms is None and any(delta_text(c) for c in choices):
+                    rec.ttft_ms = (time.perf_counter() - self.t0) * 1000
+                    state.metrics.ttft.labels(route.public).observe(rec.ttft_ms / 1000)
+                if event.get("usage"):
+                    rec.prompt_tokens = event["usage"].get("prompt_tokens", rec.prompt_tokens)
+                    rec.completion_tokens = event["usage"].get("completion_tokens")
+                    if not choices and not passthrough and not flushed:
+                        flushed = True  # held-back text goes out before the closing usage chunk
+                        tail = await self.flush(checker)
+                        if tail:
+                            yield tail
+                    if not choices and not self.wants_usage:
+                        continue
+                if passthrough and not rename:
+                    yield line + "\n\n"
+                    continue
+                if rename:
+                    event["model"] = route.public
+                if not passthrough:
+                    for c in choices:
+                        text = delta_text(c)
+                        if not text:
+                            continue
+                        released, verdict = checker.feed(text)
+                        set_delta_text(c, released)
+                        if verdict is not None and not verdict.allowed:
+                            self.record("output", verdict)
+                            yield blocked_event(verdict.rail)
+                            yield "data: [DONE]\n\n"
+                            return
+                yield sse(event)
+        except Exception as e:  # noqa: BLE001 - a broken upstream ends the stream with an error event
+            log.warning("stream from the engine failed: %s", e)
+            rec.status, rec.error_code = 502, "engine_error"
+            yield sse({"error": {"message": f"The engine stream failed: {type(e).__name__}",
+                                 "type": "server_error", "code": "engine_error", "param": None}})
+        finally:
+            await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
+            finish_request(state, rec, self.t0, self.prompt_text)
+
+    async def flush(self, checker) -> str | None:
+        """The text a stream checker still holds, as one final chunk (None when nothing is held).
+
+        The whole-answer rails (json_schema, the LLM self-check) judge the answer here; what they find
+        cannot be unsent, so it is recorded in the request log and the metrics."""
+        tail, final = await guard_call(self.hook, checker.finish)
+        if final is not None and final.action != "allow":
+            self.record("output", final, after_stream=True)
+            if not final.allowed:  # the held tail is not sent; the client learns why the answer stops
+                return blocked_event(final.rail)
+        if not tail:
+            return None
+        choice = {"index": 0, "delta": {"content": tail}} if self.chat else {"index": 0, "text": tail}
+        return sse({"id": self.rec.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                    "model": self.route.public, "choices": [choice]})
+
+    # ------------------------------------------------------------------------------ accounting
+    def record(self, stage: str, verdict: VerdictLike, *, reask: bool = False, after_stream: bool = False) -> None:
+        """A guardrail decision into the request log and the metrics (a re-ask counts as action 'reask')."""
+        self.rec.guardrails.append(VerdictRecord.of(stage, verdict, reask=reask, after_stream=after_stream))
+        action = "reask" if reask else verdict.action
+        self.state.metrics.guardrail.labels(stage, verdict.rail or "", action).inc()
+
+
+async def guard_call(hook, fn, *args, **kwargs):
+    """Call a guard method; in a worker thread when the policy makes network calls (``blocking_io``)."""
+    if hook.blocking_io:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def upstream_error(resp: httpx.Response) -> APIError:
+    """The engine's own 4xx passed on; its 5xx becomes a 502 that says so."""
+    err: Any = None
+    try:
+        err = resp.json().get("error") or {}
+        message = err.get("message") if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        message = resp.text[:500]
+    if resp.status_code < 500:
+        code = err.get("code") if isinstance(err, dict) else None
+        return APIError(resp.status_code, message or "invalid request", "invalid_request_error",
+                        code if isinstance(code, str) else "invalid_request")
+    return APIError(502, f"The engine failed on this request: {message}", "server_error", "engine_error")
+
+
+def blocked_event(rail: str | None) -> str:
+    return sse({"error": {"message": f"The answer was stopped by the guardrail '{rail}'.",
+                          "type": "invalid_request_error", "code": "content_blocked", "param": None}})
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def delta_text(choice: dict) -> str:
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return delta.get("content") or ""
+    return choice.get("text") or ""
+
+
+def set_delta_text(choice: dict, text: str) -> None:
+    if isinstance(choice.get("delta"), dict):
+        choice["delta"]["content"] = text
+    else:
+        choice["text"] = text
+
+
+def last_user_text(messages: list[dict]) -> str | None:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return content_text(m.get("content"))
+    return None

@@ -1,0 +1,244 @@
+"""The completions handler step by step, with a fake guard and a fake engine (a real HTTP server on
+loopback that answers like vLLM and records what it was sent). The real vLLM and the real guard are
+covered by tests/integration/test_serving.py; here each step's behaviour is pinned down exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from llmops.contracts import VerdictRecord, read_request_log
+from serving.config import ServingConfig
+from serving.engine import free_port
+from serving.gateway.app import create_app
+from serving.gateway.state import GatewayState
+
+# ------------------------------------------------------------------------------------- fake engine
+ENGINE_SEEN: list[dict] = []
+ANSWERS: list[str] = []  # answers the fake engine gives, in order (then "plain answer")
+
+
+def _engine_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    @app.post("/v1/completions")
+    async def complete(request: Request):
+        body = await request.json()
+        ENGINE_SEEN.append(body)
+        if body.get("model") == "broken":
+            return PlainTextResponse("upstream says no", status_code=422)  # a 4xx without a JSON body
+        text = ANSWERS.pop(0) if ANSWERS else "plain answer"
+        chat = request.url.path.endswith("chat/completions")
+        if body.get("stream"):
+            async def events():
+                for piece in text.split(" "):
+                    delta = {"delta": {"content": piece + " "}} if chat else {"text": piece + " "}
+                    event = {"id": "x", "model": body["model"], "choices": [{"index": 0, **delta}]}
+                    yield f"data: {json.dumps(event)}\n\n"
+                usage = {"prompt_tokens": 11, "completion_tokens": len(text.split())}
+                yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+        return JSONResponse({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice],
+                             "usage": {"prompt_tokens": 11, "completion_tokens": 3}})
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def engine_url():
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_engine_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+# -------------------------------------------------------------------------------------- fake guard
+@dataclass(frozen=True)
+class V:
+    allowed: bool
+    action: str
+    rail: str | None
+    text: str | None = None
+    findings: tuple = ()
+    latency_ms: float = 0.5
+    reason: str | None = None
+    messages: tuple | None = None
+
+
+ALLOW = V(True, "allow", None)
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.seen = ""
+
+    def feed(self, text):
+        self.seen += text
+        if "STOP" in self.seen:
+            return "", V(False, "block", "fake_stream", reason="stop word")
+        return text.upper(), None
+
+    def finish(self):
+        return "", V(True, "warn", "fake_final") if "WARN" in self.seen else ALLOW
+
+
+@dataclass
+class FakeGuard:
+    """Blocks prompts with BLOCKME, redacts 'secret123', blocks answers with 'badword' (refusal 'NO'),
+    fails answers with 'notjson' on rail fake_schema (which it re-asks), upper-cases streamed text."""
+
+    blocking_io: bool = False
+    passthrough: bool = False
+    calls: list[tuple] = field(default_factory=list)
+
+    def check_input(self, messages, model=None, key=None):
+        self.calls.append(("input", model, key))
+        text = " ".join(str(m.get("content")) for m in messages)
+        if "BLOCKME" in text:
+            return V(False, "block", "fake_in", "NO", (SimpleNamespace(rail="fake_in", label="x"),), reason="bad")
+        if "secret123" in text:
+            red = tuple({**m, "content": str(m["content"]).replace("secret123", "[X]")} for m in messages)
+            return V(True, "redact", "fake_pii", messages=red)
+        return ALLOW
+
+    def check_output(self, text, context=None, model=None, key=None):
+        if "badword" in text:
+            return V(False, "block", "fake_out", "NO")
+        if "notjson" in text:
+            return V(False, "block", "fake_schema", "NO")
+        return V(True, "allow", None, text)
+
+    def stream_checker(self, model=None, key=None):
+        return FakeStream()
+
+    def reask(self, verdict, messages, answer, model=None, key=None):
+        if verdict.rail != "fake_schema":
+            return None
+        return {"messages": [*messages, {"role": "user", "content": "fix it"}]}
+
+
+# ------------------------------------------------------------------------------------------ gateway
+@pytest.fixture
+def gateway(engine_url, tmp_path):
+    ENGINE_SEEN.clear()
+    ANSWERS.clear()
+    port = int(engine_url.rsplit(":", 1)[1])
+    cfg = ServingConfig.model_validate({
+        "engines": [{"served_name": "m", "port": port, "max_model_len": 256}],
+        "embeddings": {"enabled": False}, "auth": {"enabled": False}, "limits": {"default_max_tokens": 32},
+        "request_log": {"path": str(tmp_path / "log.sqlite")},
+        "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}})
+    engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready")
+    state = GatewayState(cfg, [engine], {})
+    state.hook = FakeGuard()
+    app = create_app(state)
+    loop = asyncio.new_event_loop()  # one loop per test: the router's pooled client belongs to it
+
+    def call(path: str, body: dict, stream: bool = False):
+        async def go():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                r = await client.post(path, json=body)
+                return r.status_code, (r.text if stream else r.json())
+        return loop.run_until_complete(go())
+
+    def log():
+        state.requestlog.close()
+        state.requestlog = None
+        return read_request_log(tmp_path / "log.sqlite")
+
+    yield SimpleNamespace(call=call, state=state, log=log)
+    loop.run_until_complete(state.router.close())
+    loop.close()
+
+
+def chat(content: str, **kw) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": content}], **kw}
+
+
+def test_answer_is_forwarded_renamed_and_accounted(gateway):
+    status, data = gateway.call("/v1/chat/completions", chat("hello", max_tokens=7))
+    assert status == 200 and data["choices"][0]["message"]["content"] == "plain answer"
+    sent = ENGINE_SEEN[-1]
+    assert sent["model"] == "m" and sent["max_tokens"] == 7 and sent["messages"][0]["content"] == "hello"
+    assert gateway.state.hook.calls == [("input", "m", None)]
+    rec = gateway.log().iloc[0]
+    assert (rec.endpoint, rec.status, rec.model, rec.prompt_tokens, rec.completion_tokens) == ("chat", 200, "m", 11, 3)
+    assert rec.guardrails == []
+
+
+def test_blocked_input_never_reaches_the_engine(gateway):
+    status, data = gateway.call("/v1/chat/completions", chat("please BLOCKME now"))
+    assert status == 400 and data["error"]["code"] == "content_blocked" and "fake_in" in data["error"]["message"]
+    assert ENGINE_SEEN == []
+    rec = gateway.log().iloc[0]
+    assert rec.status == 400 and rec.error_code == "content_blocked"
+    assert rec.guardrails == [VerdictRecord("input", "block", "fake_in", ("x",), "bad", 0.5)]
+
+
+def test_redacted_messages_are_what_the_engine_gets(gateway):
+    assert gateway.call("/v1/chat/completions", chat("my key is secret123"))[0] == 200
+    assert ENGINE_SEEN[-1]["messages"][0]["content"] == "my key is [X]"
+    assert gateway.call("/v1/completions", {"model": "m", "prompt": "code secret123"})[0] == 200
+    assert ENGINE_SEEN[-1]["prompt"] == ["code [X]"]
+
+
+def test_blocked_answer_is_replaced_by_the_refusal(gateway):
+    ANSWERS.append("a badword here")
+    status, data = gateway.call("/v1/chat/completions", chat("hi"))
+    assert status == 200 and data["choices"][0]["message"]["content"] == "NO"
+    assert gateway.log().iloc[0].guardrails[0].rail == "fake_out"
+
+
+def test_reask_replaces_a_failed_answer_and_counts_its_tokens(gateway):
+    ANSWERS.extend(["notjson", "fixed answer"])
+    status, data = gateway.call("/v1/chat/completions", chat("give json"))
+    assert status == 200 and data["choices"][0]["message"]["content"] == "fixed answer"
+    assert ENGINE_SEEN[-1]["messages"][-1] == {"role": "user", "content": "fix it"} and not ENGINE_SEEN[-1]["stream"]
+    rec = gateway.log().iloc[0]
+    assert rec.completion_tokens == 6  # both calls
+    assert [(g.rail, g.reask) for g in rec.guardrails] == [("fake_schema", True)]
+
+
+def test_stream_goes_through_the_checker_and_stops_on_a_block(gateway):
+    ANSWERS.extend(["one two three", "fine then STOP more words"])
+    status, text = gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    pieces = "".join(c["delta"]["content"] for e in events for c in e.get("choices", []))
+    assert status == 200 and pieces == "ONE TWO THREE " and text.rstrip().endswith("data: [DONE]")
+    assert not any("usage" in e and e["usage"] for e in events)  # the client did not ask for usage
+    status, text = gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "content_blocked" and "STOP" not in text and "MORE" not in text
+    log = gateway.log()
+    assert list(log.stream) == [True, True] and log.iloc[0].completion_tokens == 3
+    assert [g.rail for g in log.iloc[1].guardrails] == ["fake_stream"]
+
+
+def test_engine_4xx_without_json_and_context_overflow_are_clean_errors(gateway):
+    status, data = gateway.call("/v1/chat/completions", chat("x " * 1000))
+    assert status == 400 and data["error"]["code"] == "context_length_exceeded"
+    gateway.state.models["broken"] = SimpleNamespace(**{**vars(gateway.state.models["m"]), "public": "broken",
+                                                        "upstream": "broken"})
+    status, data = gateway.call("/v1/chat/completions", {**chat("hi"), "model": "broken"})
+    assert status == 422 and data["error"]["message"] == "upstream says no"
+    assert list(gateway.log().status) == [400, 422]
