@@ -56,6 +56,9 @@ class GenerationConfig(StrictModel):
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_context_chars: int = Field(6000, ge=200, description="Context passages are cut to fit this budget.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="More request fields the endpoint understands, sent as they are (e.g. "
+        "vLLM's structured_outputs to constrain the answer's form).")
 
     def key(self) -> str:
         return os.environ.get(self.api_key_env) or self.api_key or "none"
@@ -299,8 +302,11 @@ class RAGPipeline:
     def _request(self, question: str, contexts: list[Citation]) -> dict[str, Any]:
         g = self.cfg.generation
         hits = [Hit(c.chunk_id, c.score, c.text, {"source": c.source}) for c in contexts]
-        return {"model": g.model, "messages": build_messages(question, hits, g.max_context_chars),
-                "max_tokens": g.max_tokens, "temperature": g.temperature}
+        request = {"model": g.model, "messages": build_messages(question, hits, g.max_context_chars),
+                   "max_tokens": g.max_tokens, "temperature": g.temperature}
+        if g.extra_body:
+            request["extra_body"] = dict(g.extra_body)
+        return request
 
     def ask(self, question: str, *, filters: dict[str, Any] | None = None, tenant: str | None = None,
             top_k: int | None = None) -> Answer:

@@ -50,3 +50,14 @@ def registry(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+
+
+# A test that uses one of these fixtures talks to a real MLflow store or Qdrant: it is an integration test
+# whatever folder it is in (the `integration` marker's definition), so `-m "not integration"` means it.
+INTEGRATION_FIXTURES = {"registry", "make_pipeline", "stores", "vllm_engine", "vllm_base"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -3,7 +3,7 @@
 All text metrics compare SQuAD-style normalised answers (lower case, no punctuation or articles).
 Citation markers like ``[2]`` are removed before comparing answers::
 
-    token_f1("The bridge is 412 metres long [1].", "It is 412 metres long.")  # 0.67
+    token_f1("The bridge is 412 metres long [1].", "It is 412 metres long.")  # 0.8
 """
 
 from __future__ import annotations

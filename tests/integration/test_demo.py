@@ -38,6 +38,20 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         assert (tmp_path / "reports/llm-drift/drift_report.html").is_file()
         evals = list((tmp_path / "reports/eval/demo").glob("*/eval_report.json"))
         assert len(evals) == 2  # base and challenger
+        # the printed decision is the gate's verdict on the challenger, and the registry agrees with it
+        from llmops.registry import Registry, RegistryConfig
+
+        reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+        challenger = reg.alias_version("smollm2-qa", "challenger")
+        reports = [json.loads(p.read_text()) for p in evals]
+        verdict = next(r["gate"]["passed"] for r in reports
+                       if r.get("model_ref") in ("smollm2-qa@challenger", f"smollm2-qa/{challenger}"))
+        if verdict:
+            assert f"decision: PROMOTED smollm2-qa/{challenger}" in out.stdout
+            assert reg.alias_version("smollm2-qa", "champion") == challenger
+        else:
+            assert "decision: NOT promoted" in out.stdout
+            assert reg.alias_version("smollm2-qa", "champion") is None
         assert "smollm2-qa/1" in out.stdout and "adapter" in out.stdout and "rag_index" in out.stdout
         assert "blocked by injection" in out.stdout or "block by injection" in out.stdout
         assert "[EMAIL]" in out.stdout  # the PII question was redacted before the model saw it

@@ -28,11 +28,19 @@ def rag(vllm_base, embedding_model_dir, repo_root, tmp_path_factory):
 
 
 def test_ask_cites_retrieved_chunks(rag):
-    ans = rag.ask("Which HTTP header carries the API key for the gateway?")
+    # the 135M model does not always cite on its own: vLLM's structured output (passed through
+    # generation.extra_body) holds it to "one sentence [n]", so the answer has citations to map back
+    rag.cfg.generation.extra_body = {"structured_outputs": {"regex": r"[A-Za-z0-9 ,'-]{10,120} \[[1-3]\]\."}}
+    try:
+        ans = rag.ask("Which HTTP header carries the API key for the gateway?")
+    finally:
+        rag.cfg.generation.extra_body = {}
     assert ans.contexts and len(ans.contexts) == 3 and ans.text and not ans.blocked
-    retrieved = {c.chunk_id for c in ans.contexts}
-    assert all(c.chunk_id in retrieved for c in ans.citations)
-    assert ans.invalid_citations == [] or all(n > len(ans.contexts) for n in ans.invalid_citations)
+    assert len(ans.citations) == 1 and ans.invalid_citations == []
+    number = int(ans.text.rsplit("[", 1)[1].split("]")[0])
+    cited = ans.citations[0]
+    # the citation is the retrieved chunk with that number: same id, source and text
+    assert cited is ans.contexts[number - 1] and cited.chunk_id and cited.source.endswith(".md")
     assert ans.usage["completion_tokens"] > 0 and ans.model == "smollm2"
 
 

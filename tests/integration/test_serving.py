@@ -29,11 +29,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KEY = "sk-test-key"
 LIMITED = "sk-limited-key"
 JSON_KEY = "sk-json-key"  # the only key whose answers must match a JSON schema
+LOG_KEY = "sk-log-key"  # used by the request-log test alone (its own rate limit)
 ANSWER_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
                  "additionalProperties": False}
 
 
-def make_adapter(base_dir, out, seed: int):
+def make_adapter(base_dir, out, seed: int, r: int = 8):
     """A LoRA adapter for the tiny model (random B so it changes outputs)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -41,7 +42,7 @@ def make_adapter(base_dir, out, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
@@ -63,7 +64,7 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "input_rails": [{"rail": "injection", "action": "block"}, {"rail": "pii", "action": "redact"}],
         "output_rails": [{"rail": "pii", "action": "redact", "entities": ["EMAIL", "API_KEY"]},
                          {"rail": "json_schema", "action": "block", "schema": ANSWER_SCHEMA}],
-        "per_key": {"test": {"disable": ["json_schema"]}, "limited": {"disable": ["json_schema"]}}}))
+        "per_key": {k: {"disable": ["json_schema"]} for k in ("test", "limited", "logged")}}))
     port = free_port()
     cfg = ServingConfig.model_validate({
         "guardrails": {"enabled": True, "config": str(policy)},
@@ -73,10 +74,11 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"}],
         "auth": {"keys": [{"id": "test", "sha256": hash_key(KEY)},
                           {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3},
-                          {"id": "json", "sha256": hash_key(JSON_KEY)}]},
+                          {"id": "json", "sha256": hash_key(JSON_KEY)},
+                          {"id": "logged", "sha256": hash_key(LOG_KEY), "rpm": 2}]},
         "limits": {"max_tokens_cap": 2000, "max_body_bytes": 20_000},
         "request_log": {"path": str(tmp / "requests.sqlite")},
-        "rollout_poll_s": 0,
+        "rollout_poll_s": 1,  # the rollout poller runs: alias moves are picked up by it, not by hand
         "models_dir": str(tiny_model_dir.parent),
     })
     server = Server(cfg, log_dir=tmp / "logs", registry=registry)
@@ -194,9 +196,28 @@ def test_models_list_shows_base_adapter_and_registry_version(client):
     assert cards["tiny-lora"].model_extra["parent"] == "tiny"
 
 
-def test_adapter_answers(client):
+def prompt_logprobs(gateway, model: str, messages) -> list[tuple[str, float]]:
+    """(token, logprob) of every prompt token as the engine scored it (vLLM's prompt_logprobs): what the
+    engine saw, and how the model behind ``model`` judged it."""
+    r = post(gateway, "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 1,
+                                               "prompt_logprobs": 0})
+    assert r.status_code == 200, r.text
+    out = []
+    for position in r.json()["prompt_logprobs"][1:]:  # the first token has no logprob
+        (entry,) = position.values()  # prompt_logprobs=0: the prompt token alone, no alternatives
+        out.append((entry["decoded_token"], entry["logprob"]))
+    return out
+
+
+def test_adapter_answers(gateway, client):
     r = client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=6, temperature=0)
     assert r.model == "tiny-lora" and r.choices[0].message.content
+    # the adapter ran: the same prompt tokens get other logprobs than from the base model, while the base
+    # model scores them identically twice
+    base, again, lora = (prompt_logprobs(gateway, m, MSG) for m in ("tiny", "tiny", "tiny-lora"))
+    assert [t for t, _ in base] == [t for t, _ in lora] and len(base) > 5
+    assert [lp for _, lp in base] == pytest.approx([lp for _, lp in again], abs=1e-4)
+    assert max(abs(a - b) for (_, a), (_, b) in zip(base, lora, strict=True)) > 1e-2
 
 
 def test_auth(gateway):
@@ -292,17 +313,26 @@ def test_client_disconnect_aborts_generation(gateway):
     assert 10 <= generated < 1000  # the engine stopped soon after the client left, not at 2000
 
 
-def test_request_log_and_metrics(gateway, client):
-    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True).close()
-    list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, stream=True))
+def test_request_log_and_metrics(gateway):
+    from openai import OpenAI
+
+    start = time.time()
+    client = OpenAI(base_url=gateway["base"] + "/v1", api_key=LOG_KEY, max_retries=0)
+    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
+    list(client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3, stream=True))
+    assert post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG}, key="sk-nope").status_code == 401
+    assert post(gateway, "/v1/chat/completions", {"model": "nope", "messages": MSG}, key=LOG_KEY).status_code == 404
+    assert post(gateway, "/v1/chat/completions", raw=b"x" * 30_000, key=LOG_KEY).status_code == 413
+    assert post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG}, key=LOG_KEY).status_code == 429
     time.sleep(1.0)  # the writer thread commits in the background
     log = read_request_log(gateway["tmp"] / "requests.sqlite")
-    ok = log[(log.status == 200) & (log.endpoint == "chat")]
-    assert len(ok) >= 5 and (ok.prompt_tokens > 0).all() and (ok.latency_ms > 0).all()
-    streamed = ok[ok.stream == 1]
-    assert streamed.ttft_ms.notna().any() and (streamed.completion_tokens.dropna() > 0).all()
-    assert {401, 404, 413, 429} <= set(log.status)
-    assert set(log[log.model == "tiny-lora"].registry_version) == {"1"}
+    mine = log[(log.ts >= start) & ((log.key_id == "logged") | log.key_id.isna())]
+    assert sorted(mine.status) == [200, 200, 401, 404, 413, 429]
+    ok = mine[mine.status == 200].set_index("model")
+    assert (ok.prompt_tokens > 0).all() and (ok.latency_ms > 0).all() and (ok.completion_tokens == 3).all()
+    assert not ok.loc["tiny"].stream and ok.loc["tiny-lora"].stream and ok.loc["tiny-lora"].ttft_ms > 0
+    assert ok.loc["tiny-lora"].registry_version == "1" and ok.loc["tiny"].registry_version is None
+    assert mine[mine.status == 429].error_code.tolist() == ["rate_limit_exceeded"]
     # the drift engine reads the log the gateway wrote
     from llmops.monitoring.llm import request_log_drift
 
@@ -311,28 +341,51 @@ def test_request_log_and_metrics(gateway, client):
     assert drift.status == "ok" and drift.reference_rows + drift.current_rows == len(log)
     assert {"prompt_tokens", "latency_ms", "status_class", "model"} <= {c.column for c in drift.columns}
     metrics = httpx.get(gateway["base"] + "/metrics").text
-    assert 'llmops_requests_total{endpoint="chat",key="test",model="tiny",status="200"}' in metrics
+    assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="200"}' in metrics
+    assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="429"}' in metrics
     assert "llmops_time_to_first_token_seconds_bucket" in metrics
-    assert 'llmops_tokens_total{direction="completion",key="test",model="tiny"}' in metrics
+    assert 'llmops_tokens_total{direction="completion",key="logged",model="tiny"}' in metrics
+
+
+def served_version(client) -> str:
+    return {m.id: m for m in client.models.list().data}["tiny-lora"].model_extra["registry_version"]
+
+
+def wait_for_version(client, want: str, timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if served_version(client) == want:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_adapter_hot_load_on_alias_move_and_rollback(gateway, client):
+    """The rollout poller (every second) follows the alias; a version the engine refuses is not served."""
     registry = gateway["registry"]
     v2 = registry.register("tiny-adapter", make_adapter(gateway["tiny"], gateway["tmp"] / "adapter-v2", 2),
                            kind="adapter", lineage=Lineage(base_model="tiny-llama"))
-    state = gateway["server"].state
-    assert state.sync_adapters() == []  # alias not moved yet: nothing changes
+    time.sleep(3)
+    assert served_version(client) == "1"  # a new version without an alias move changes nothing
     registry.set_alias("tiny-adapter", "champion", v2.version, reason="test rollout")
-    assert state.sync_adapters() == ["tiny-lora"]
-    cards = {m.id: m for m in client.models.list().data}
-    assert cards["tiny-lora"].model_extra["registry_version"] == "2"
+    assert wait_for_version(client, "2")
     r = client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=4)
     assert r.model == "tiny-lora"
     engine_models = httpx.get(gateway["server"].engines[0].url + "/v1/models").json()["data"]
     assert {m["id"] for m in engine_models} == {"tiny", "tiny-lora--v2"}  # v1 unloaded
+
+    # rank 32 > the engine's max_lora_rank 16: vLLM refuses it, and v2 keeps serving
+    v3 = registry.register("tiny-adapter", make_adapter(gateway["tiny"], gateway["tmp"] / "adapter-v3", 3, r=32),
+                           kind="adapter", lineage=Lineage(base_model="tiny-llama"))
+    registry.set_alias("tiny-adapter", "champion", v3.version, reason="a bad rollout")
+    time.sleep(4)  # several polls
+    assert served_version(client) == "2"
+    assert client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3).model == "tiny-lora"
+    engine_models = httpx.get(gateway["server"].engines[0].url + "/v1/models").json()["data"]
+    assert {m["id"] for m in engine_models} == {"tiny", "tiny-lora--v2"}
+
     registry.set_alias("tiny-adapter", "champion", 1, reason="rollback")
-    assert state.sync_adapters() == ["tiny-lora"]
-    assert {m.id: m for m in client.models.list().data}["tiny-lora"].model_extra["registry_version"] == "1"
+    assert wait_for_version(client, "1")
 
 
 def test_guardrails_block_and_redact_in_the_gateway(gateway, client):
@@ -347,6 +400,10 @@ def test_guardrails_block_and_redact_in_the_gateway(gateway, client):
     r = client.completions.create(model="tiny", prompt="Contact jane.doe@example.com about it", max_tokens=2,
                                   echo=True)
     assert "[EMAIL]" in r.choices[0].text and "jane.doe@example.com" not in r.choices[0].text
+    # and on chat: the prompt tokens the engine scored are those of the redacted message
+    seen = "".join(t for t, _ in prompt_logprobs(gateway, "tiny", [
+        {"role": "user", "content": "Contact jane.doe@example.com about it"}]))
+    assert "[EMAIL]" in seen and "jane.doe" not in seen and "example.com" not in seen
     metrics = httpx.get(gateway["base"] + "/metrics").text
     assert 'llmops_guardrail_verdicts_total{action="block",rail="injection",stage="input"}' in metrics
     assert 'llmops_guardrail_verdicts_total{action="redact",rail="pii",stage="input"}' in metrics

@@ -180,3 +180,37 @@ def test_export_merges_the_adapter_into_an_equivalent_full_model(repo_root, tiny
         assert torch.allclose(merged(x).logits, peft(x).logits, atol=1e-4)
     with pytest.raises(ExportError, match="already exists"):
         merge_adapter(str(res.adapter_dir), out)
+
+
+def test_selective_logits_loss_equals_the_standard_causal_lm_loss(tiny_model_dir):
+    """The default loss (logits only where labels are trained) is transformers' own shifted cross-entropy
+    over the same batch, with and without num_items_in_batch; an off-by-one in the shift would differ."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from finetune.data import IGNORE
+    from finetune.train import _trainer_class
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a LoRA that changes the logits, as after some training
+    input_ids = torch.randint(5, base.config.vocab_size, (2, 24))
+    labels = input_ids.clone()
+    labels[0, :10] = IGNORE  # the prompt part of each row is not trained
+    labels[1, :15] = IGNORE
+    labels[1, 20:] = IGNORE
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    compute_loss = _trainer_class().compute_loss
+    with torch.no_grad():
+        expected = model(**inputs).loss
+        ours = compute_loss(SimpleNamespace(selective_logits=True), model, dict(inputs))
+        trained = int((labels[:, 1:] != IGNORE).sum())
+        ours_sum = compute_loss(SimpleNamespace(selective_logits=True), model, dict(inputs),
+                                num_items_in_batch=torch.tensor(trained))
+    assert float(ours) == pytest.approx(float(expected), rel=1e-5)
+    assert float(ours_sum) == pytest.approx(float(expected), rel=1e-5)

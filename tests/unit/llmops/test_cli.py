@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,19 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, cwd=kw.pop("cwd", REPO), **kw)
 
 
-def test_top_level_help_lists_every_module_quickly():
-    start = time.monotonic()
-    out = run([*LLMOPS, "--help"])
-    elapsed = time.monotonic() - start
-    assert out.returncode == 0
+HEAVY = ("torch", "vllm", "mlflow", "qdrant_client", "ragas", "litellm", "transformers", "sklearn", "pandas")
+
+
+def test_top_level_help_lists_every_module_without_heavy_imports():
+    # `llmops --help` stays fast because no heavy library is imported for it (how long it takes on this
+    # machine is a benchmark figure, not a test)
+    probe = ("import sys; from llmops.cli import main; code = main(['--help']); "
+             f"print('HEAVY', sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    out = run([sys.executable, "-c", probe])
+    assert out.returncode == 0, out.stderr
     for name in ("finetune", "serve", "rag", "guardrails", "eval", "classic", "drift", "assets"):
         assert name in out.stdout
-    assert elapsed < 2.0, f"llmops --help took {elapsed:.2f}s"
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -63,6 +67,8 @@ def test_assets_verify_cli(base_model_dir):
     assert "smollm2-135m-instruct" in out.stdout
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_registry_cli_round_trip(tmp_path):
     env_cfg = tmp_path / "registry.yaml"
     env_cfg.write_text(f"# Used by: test\nroot: {tmp_path / 'mlruns'}\n")

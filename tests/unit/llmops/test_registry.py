@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llmops.errors import RegistryError
@@ -57,6 +59,7 @@ def test_register_alias_move_audit_resolve(registry, adapter_dir):
     assert [v.version for v in registry.versions("demo")] == [1, 2]
 
 
+@pytest.mark.integration
 def test_store_is_shared_across_instances(tmp_path, adapter_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = RegistryConfig(root=str(tmp_path / "store"))
@@ -83,6 +86,28 @@ def test_failure_leaves_nothing(registry, adapter_dir, monkeypatch):
     assert registry.versions("half") == []
     runs = registry.client.search_runs([registry._experiment_id])
     assert runs == []
+    # and no file of it is left in the artifact store
+    files = [p for p in (Path(registry.config.root) / "artifacts").rglob("*") if p.is_file()]
+    assert files == []
+
+
+def test_failed_audit_restores_the_previous_alias(registry, adapter_dir, monkeypatch):
+    registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
+    registry.register("m", adapter_dir, kind="adapter")
+    moves = len(registry.audit("m"))
+
+    def boom(*a, **k):
+        raise RuntimeError("audit store down")
+
+    monkeypatch.setattr(registry, "_audit", boom)
+    with pytest.raises(RegistryError, match="alias left unchanged"):
+        registry.set_alias("m", "champion", 2, reason="should not stick")
+    assert registry.alias_version("m", "champion") == 1  # moved back
+    with pytest.raises(RegistryError, match="alias left unchanged"):
+        registry.set_alias("m", "challenger", 2, reason="should not stick either")
+    assert registry.alias_version("m", "challenger") is None  # a new alias is removed again
+    monkeypatch.undo()
+    assert len(registry.audit("m")) == moves
 
 
 def test_failure_keeps_existing_versions(registry, adapter_dir, monkeypatch):

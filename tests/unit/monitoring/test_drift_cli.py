@@ -39,6 +39,7 @@ def files(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_exit_codes_and_report_files(files):
     out = files / "out"
     drifted = drift_cli("--reference", str(files / "ref.parquet"), "--current",
@@ -61,6 +62,7 @@ def test_exit_codes_and_report_files(files):
     assert json.loads((files / "out2" / "drift_report.json").read_text())["dataset_drift"] is False
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2(files):
     missing = drift_cli("--reference", str(files / "nope.csv"), "--current", str(files / "same.csv"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -79,6 +79,14 @@ def test_binned_versions_agree_with_exact_on_large_samples():
     assert stats.psi(*merged).statistic == pytest.approx(stats.psi_samples(a, b).statistic, rel=0.05)
 
 
+def test_psi_by_hand():
+    # shares 0.5/0.5 -> 0.25/0.75: (0.25-0.5)*ln(0.5) + (0.75-0.5)*ln(1.5) = 0.17329 + 0.10137
+    assert stats.psi(np.array([50.0, 50.0]), np.array([25.0, 75.0])).statistic == pytest.approx(0.27465, abs=1e-5)
+    assert stats.psi(np.array([10.0, 30.0]), np.array([1.0, 3.0])).statistic == pytest.approx(0.0)
+    # an empty bin is smoothed, not infinite
+    assert 0 < stats.psi(np.array([10.0, 0.0]), np.array([5.0, 5.0])).statistic < 20
+
+
 def test_histogram_bins_are_open_at_the_ends():
     edges = np.array([1.0, 2.0])
     assert stats.histogram(np.array([-5.0, 1.0, 1.5, 2.0, 9.0]), edges).tolist() == [1, 2, 2]

@@ -10,6 +10,8 @@ import pytest
 from rag.embed import bm25_vector
 from rag.store import Store, StoreConfig
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # real Qdrant local mode, ~20 s
+
 WORDS = ("cache queue scheduler gateway indexer mailer billing auth backup search replica shard tenant quota "
          "token adapter engine router policy drift report alias version lineage dataset restart deploy").split()
 
