@@ -98,7 +98,7 @@ mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port 5000
 
 clean:
-	rm -rf outputs reports .pytest_cache .ruff_cache
+	rm -rf outputs reports build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean

@@ -208,7 +208,7 @@ def machine() -> dict:
 
     choice = resolve_dtype("auto")
     return {**cpu_summary(), "dtype": choice.dtype, "dtype_reason": choice.reason,
-            "lora": "on (configs/serving/default.yaml)"}
+            "lora": "enable_lora auto: off (no adapters configured for the benchmark)"}
 
 
 def write(results: dict, a, levels: list[int]) -> None:

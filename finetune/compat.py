@@ -137,7 +137,8 @@ def serving_target(serving_config: str | Path | None, base_dir: str | Path) -> t
 
     cfg = load_config(serving_config, schema_for("serving"))  # the config contract, not serving internals
     engine = cfg.engines[0]
-    return Path(resolve_model(engine.model)), engine.max_lora_rank, engine.enable_lora
+    # "auto" turns LoRA on as soon as the serving config lists an adapter: this one would be
+    return Path(resolve_model(engine.model)), engine.max_lora_rank, engine.enable_lora is not False
 
 
 def ensure_servable(adapter_dir: str | Path, base_dir: str | Path, serving_config: str | Path | None) -> None:

@@ -30,7 +30,9 @@ class EngineConfig(StrictModel):
     cpu_threads_bind: str | None = Field(
         None, description="VLLM_CPU_OMP_THREADS_BIND (e.g. '0-1'); None: vLLM's default."
     )
-    enable_lora: bool = Field(True, description="Serve LoRA adapters (multi-LoRA).")
+    enable_lora: bool | Literal["auto"] = Field(
+        "auto", description="Serve LoRA adapters (multi-LoRA). auto: on when `adapters` lists one for this "
+        "engine's model, off otherwise (LoRA support costs the base model throughput).")
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
     startup_timeout_s: float = Field(600, gt=0, description="Readiness wait before giving up.")
@@ -155,6 +157,19 @@ class ServingConfig(StrictModel):
             raise ValueError("engines must use distinct ports")
         if self.port in ports:
             raise ValueError("the gateway port must differ from the engine ports")
-        if self.adapters and not all(e.enable_lora for e in self.engines):
-            raise ValueError("adapters need enable_lora: true on every engine")
+        off = [e.name for e in self.engines if e.enable_lora is False and e.served_name in self.adapter_groups()]
+        if off:
+            raise ValueError(f"adapters are configured for engines with enable_lora: false ({', '.join(off)}); "
+                             "set enable_lora: auto or true there")
         return self
+
+    def adapter_groups(self) -> set[str]:
+        """served_name of every engine group an adapter runs on."""
+        first = self.engines[0].served_name if self.engines else ""
+        return {a.base or first for a in self.adapters}
+
+    def lora_enabled(self, engine: EngineConfig) -> bool:
+        """Whether ``engine`` starts with LoRA support (``enable_lora: auto`` resolved)."""
+        if engine.enable_lora == "auto":
+            return engine.served_name in self.adapter_groups()
+        return engine.enable_lora

@@ -99,7 +99,7 @@ class Engine:
                "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
         if c.compact_json:
             cmd += ["--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True})]
-        if c.enable_lora:
+        if c.enable_lora is True:  # "auto" is resolved by the server from the adapters it serves
             cmd += ["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
             if self.adapters:
                 cmd += ["--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]

@@ -55,7 +55,9 @@ class Server:
         paths = {}
         for ec in self.cfg.engines:
             paths[ec.served_name] = resolve_model(ec.model, self.cfg.models_dir)
-            self.engines.append(Engine(ec, paths[ec.served_name], self.log_dir))
+            lora = self.cfg.lora_enabled(ec)
+            self.engines.append(Engine(ec.model_copy(update={"enable_lora": lora}), paths[ec.served_name],
+                                       self.log_dir))
         try:
             for e in self.engines:
                 e.start()

@@ -84,6 +84,21 @@ def test_serving_config_cross_checks():
                                       "adapters": [{"registry_name": "a"}]})
 
 
+def test_lora_auto_is_on_only_for_engines_that_serve_adapters():
+    from serving.engine import Engine
+
+    two = [{"name": "a", "served_name": "base", "port": 9101}, {"name": "b", "served_name": "other", "port": 9102}]
+    plain = ServingConfig.model_validate({"engines": two})
+    assert [plain.lora_enabled(e) for e in plain.engines] == [False, False]
+    with_adapter = ServingConfig.model_validate({"engines": two, "adapters": [{"registry_name": "qa"}]})
+    assert [with_adapter.lora_enabled(e) for e in with_adapter.engines] == [True, False]
+    forced = ServingConfig.model_validate({"engines": [{**two[1], "enable_lora": True}]})
+    assert forced.lora_enabled(forced.engines[0]) is True
+    on = Engine(plain.engines[0].model_copy(update={"enable_lora": True}), "m", "/tmp").command()
+    off = Engine(plain.engines[0].model_copy(update={"enable_lora": False}), "m", "/tmp").command()
+    assert "--enable-lora" in on and "--enable-lora" not in off
+
+
 def test_hash_key_cli(capsys):
     import hashlib
 
