@@ -22,10 +22,11 @@ from guardrails.rails.base import CheckContext, Rail
 from guardrails.rails.schema import JsonSchemaRail
 from guardrails.stream import StreamGuard
 from guardrails.verdict import Finding, Verdict
+from llmops.config import SHIPPED_CONFIGS
 from llmops.contracts import RegistryAPI, VerdictLike, content_text
 
 log = logging.getLogger(__name__)
-DEFAULT_POLICY = "configs/guardrails/default.yaml"  # shipped with the package (llmops.config.resolve_config_path)
+DEFAULT_POLICY = SHIPPED_CONFIGS / "guardrails" / "default.yaml"  # package data: found from any directory
 _ORDER = {"allow": 0, "warn": 1, "redact": 2, "block": 3}
 
 
@@ -78,10 +79,7 @@ class Guard:
                     if new_text != text and isinstance(content, str):
                         m = {**m, "content": new_text}
                 out_messages.append(m)
-            allowed = action != "block"
-            # a block carries the policy's refusal text, as in check_output
-            return self._verdict(allowed, action, rail_name, findings, None if allowed else self.policy.refusal_text,
-                                 t0, reason,
+            return self._verdict(action != "block", action, rail_name, findings, None, t0, reason,
                                  tuple(out_messages) if action == "redact" else None)
         except Exception as e:  # noqa: BLE001 - a guard must answer, not raise
             return self._error(e, t0)
@@ -99,8 +97,7 @@ class Guard:
             if partial:
                 rails = [r for r in rails if not r.whole_answer]
             action, rail_name, reason, new_text, findings = self._run(rails, text, "output", context)
-            shown = self.policy.refusal_text if action == "block" else new_text
-            return self._verdict(action != "block", action, rail_name, findings, shown, t0, reason)
+            return self._verdict(action != "block", action, rail_name, findings, new_text, t0, reason)
         except Exception as e:  # noqa: BLE001
             return self._error(e, t0)
 
@@ -157,8 +154,9 @@ class Guard:
         return action, rail_name, reason, text, findings
 
     def _verdict(self, allowed, action, rail, findings, text, t0, reason=None, messages=None) -> Verdict:
-        return Verdict(allowed, action, rail, text, tuple(findings), (time.perf_counter() - t0) * 1000, reason,
-                       messages)
+        """Every block, whatever caused it, carries the policy's refusal text (what a caller shows)."""
+        return Verdict(allowed, action, rail, text if allowed else self.policy.refusal_text, tuple(findings),
+                       (time.perf_counter() - t0) * 1000, reason, messages)
 
     def _error(self, e: Exception, t0: float) -> Verdict:
         log.warning("guard failed: %s", e)

@@ -171,6 +171,9 @@ def format_validation_error(
             msg = "unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "union_tag_not_found":  # e.g. a rail without its `rail:` key
+            field += "." + str(e.get("ctx", {}).get("discriminator", "")).strip("'\"")
+            msg = "required field is missing (it names which kind this entry is)"
         else:
             got = e.get("input")
             shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__

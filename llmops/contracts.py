@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,6 @@ Action = Literal["allow", "warn", "redact", "block"]
 
 
 # ---------------------------------------------------------------------------------------- registry
-@runtime_checkable
 class RegistryAPI(Protocol):
     """The registry as jobs use it: versions with lineage, aliases with an audit trail, runs."""
 
@@ -50,6 +49,8 @@ class RegistryAPI(Protocol):
     def get_version(self, name: str, version: int, with_path: bool = False) -> ModelVersion: ...
 
     def versions(self, name: str) -> list[ModelVersion]: ...
+
+    def models(self) -> list[str]: ...
 
     def alias_version(self, name: str, alias: str) -> int | None: ...
 
@@ -75,8 +76,10 @@ class RegistryAPI(Protocol):
 
 # -------------------------------------------------------------------------------------- guardrails
 class FindingLike(Protocol):
-    rail: str
-    label: str
+    @property
+    def rail(self) -> str: ...
+    @property
+    def label(self) -> str: ...
 
 
 class VerdictLike(Protocol):
@@ -155,9 +158,11 @@ class VerdictRecord:
     after_stream: bool = False
 
     @classmethod
-    def of(cls, stage: Stage, verdict: VerdictLike, **flags: bool) -> VerdictRecord:
+    def of(cls, stage: Stage, verdict: VerdictLike, *, with_reason: bool = True, **flags: bool) -> VerdictRecord:
+        """The record of ``verdict``. ``with_reason=False`` leaves the reason out: a rail's reason may quote
+        the checked text (a schema error names the offending value), which a request log must not keep."""
         return cls(stage, verdict.action, verdict.rail, tuple(f.label for f in verdict.findings),
-                   verdict.reason, round(verdict.latency_ms, 3), **flags)
+                   verdict.reason if with_reason else None, round(verdict.latency_ms, 3), **flags)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

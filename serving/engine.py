@@ -29,7 +29,7 @@ from typing import Literal
 import httpx
 
 from llmops.errors import LLMOpsError
-from llmops.hardware import resolve_dtype
+from llmops.hardware import engine_dtype
 from serving.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Engine:
         self.log_path = Path(log_dir) / f"{cfg.name}.log"
         self.port = cfg.port
         self.adapters: dict[str, str] = {}  # served adapter name -> local path (desired state)
-        self.dtype = resolve_dtype(cfg.dtype)
+        self.dtype = engine_dtype(cfg.dtype)
         self._state: State = "stopped"
         self.restarts = 0
         self._proc: subprocess.Popen | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from guardrails.verdict import Verdict
-from llmops.contracts import GuardHook, StreamChecker, VerdictLike
+from llmops.contracts import GuardHook, RegistryAPI, StreamChecker, VerdictLike
 from serving.config import GuardrailsHookConfig
 
 
@@ -40,8 +40,8 @@ class PassThrough:
         return None
 
 
-def load_hook(cfg: GuardrailsHookConfig) -> GuardHook:
-    """The configured hook (pass-through when disabled).
+def load_hook(cfg: GuardrailsHookConfig, registry: RegistryAPI | None = None) -> GuardHook:
+    """The configured hook (pass-through when disabled); ``registry`` holds the policy's classifier.
 
     Raises:
         LLMOpsError: the guardrails module or its policy cannot be loaded.
@@ -50,4 +50,4 @@ def load_hook(cfg: GuardrailsHookConfig) -> GuardHook:
         return PassThrough()
     from llmops.plugins import load_guard
 
-    return load_guard(cfg.config)
+    return load_guard(cfg.config, registry)

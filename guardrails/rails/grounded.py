@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
 from guardrails.verdict import Finding
@@ -55,6 +55,11 @@ class GroundednessConfig(BaseRailConfig):
 
     rail: Literal["groundedness"] = Field(description="This rail.")
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum share of supported sentences.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _default_when_null(cls, v: Any) -> Any:
+        return 0.5 if v is None else v  # `threshold: null` means the default
 
 
 class GroundednessRail(Rail):

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
 from guardrails.verdict import Finding
@@ -98,6 +98,11 @@ class InjectionConfig(BaseRailConfig):
 
     rail: Literal["injection"] = Field(description="This rail.")
     threshold: float = Field(0.5, ge=0, le=1, description="Classifier probability from which it fires.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _default_when_null(cls, v: Any) -> Any:
+        return 0.5 if v is None else v  # `threshold: null` means the default
     classifier: str | None = Field(
         None, description="Registry ref of the text classifier (e.g. injection-classifier@champion).")
     classifier_required: bool = Field(

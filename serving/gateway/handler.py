@@ -310,7 +310,8 @@ class CompletionHandler:
     # ------------------------------------------------------------------------------ accounting
     def record(self, stage: str, verdict: VerdictLike, *, reask: bool = False, after_stream: bool = False) -> None:
         """A guardrail decision into the request log and the metrics (a re-ask counts as action 'reask')."""
-        self.rec.guardrails.append(VerdictRecord.of(stage, verdict, reask=reask, after_stream=after_stream))
+        self.rec.guardrails.append(VerdictRecord.of(stage, verdict, with_reason=False, reask=reask,
+                                                    after_stream=after_stream))
         action = "reask" if reask else verdict.action
         self.state.metrics.guardrail.labels(stage, verdict.rail or "", action).inc()
 

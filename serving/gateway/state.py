@@ -44,7 +44,7 @@ class GatewayState:
         self.limiter = RateLimiter()
         self.metrics = Metrics()
         self.requestlog = RequestLog(cfg.request_log.path) if cfg.request_log.enabled else None
-        self.hook: GuardHook = load_hook(cfg.guardrails)
+        self.hook: GuardHook = load_hook(cfg.guardrails, registry)
         groups: dict[str, list] = {}
         for e in engines:
             groups.setdefault(e.cfg.served_name, []).append(e)

