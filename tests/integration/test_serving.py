@@ -307,10 +307,10 @@ def test_client_disconnect_aborts_generation(gateway):
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
         for line in r.iter_lines():
             received += line.startswith("data: ")
-            if received >= 20:
+            if received >= 3:  # leave early: under CPU contention the tiny model outruns a slow relay
                 break
     generated = settled_generated_tokens(gateway) - before
-    assert 10 <= generated < 1000  # the engine stopped soon after the client left, not at 2000
+    assert 1 <= generated < 1000  # the engine stopped soon after the client left, not at 2000
 
 
 def test_request_log_and_metrics(gateway):
