@@ -16,6 +16,7 @@ from pydantic import Field
 
 from classic_ml.data import DataError, read_table, write_table
 from llmops.config import StrictModel
+from llmops.contracts import RegistryAPI
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class PredictResult:
     rows: int
 
 
-def run(cfg: PredictConfig, registry=None) -> PredictResult:
+def run(cfg: PredictConfig, registry: RegistryAPI | None = None) -> PredictResult:
     """Score ``cfg.input`` with ``cfg.model``.
 
     Raises:

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from classic_ml.data import DataError
 from llmops.config import StrictModel, config_hash
+from llmops.contracts import RegistryAPI
 
 
 class TextClassifierConfig(StrictModel):
@@ -84,7 +85,7 @@ def load_labelled(cfg: TextClassifierConfig) -> pd.DataFrame:
     return df
 
 
-def run(cfg: TextClassifierConfig, registry=None) -> TextTrainResult:
+def run(cfg: TextClassifierConfig, registry: RegistryAPI | None = None) -> TextTrainResult:
     """Train on normalised text, cross-validate, register (kind guardrail_model)."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold, cross_validate

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from classic_ml.data import DataError, load_table, write_table
 from llmops.config import StrictModel, config_hash
+from llmops.contracts import RegistryAPI
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def prepare_xy(df: pd.DataFrame, cfg: ClassicDataConfig) -> tuple[pd.DataFrame, 
     return df[features], y, features
 
 
-def run(cfg: ClassicTrainConfig, registry=None) -> TrainResult:
+def run(cfg: ClassicTrainConfig, registry: RegistryAPI | None = None) -> TrainResult:
     """Train, cross-validate, and register the model with lineage; all or nothing.
 
     Raises:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from llmops.config import StrictModel
+from llmops.contracts import RegistryAPI
 
 LOWER_IS_BETTER = ("latency", "error_rate", "false_refusal_rate")
 
@@ -89,7 +90,7 @@ def check_gate(cfg: GateConfig, metrics: dict[str, float], baseline: dict[str, A
     return res
 
 
-def promote(registry: Any, model_ref: str, result: GateResult, alias: str = "champion") -> Any:
+def promote(registry: RegistryAPI, model_ref: str, result: GateResult, alias: str = "champion") -> Any:
     """Move ``alias`` to the evaluated version when the gate passed (audited); None when it did not."""
     from llmops.registry import parse_ref
 

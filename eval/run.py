@@ -32,6 +32,7 @@ from eval.metrics import retrieval as ret
 from eval.metrics.judged import JudgeConfig
 from eval.targets import Endpoint, EndpointSettings, Sample, TargetConfig, ask_all, ask_rag, serve_registry_version
 from llmops.config import StrictModel, config_hash
+from llmops.contracts import RegistryAPI
 from llmops.errors import LLMOpsError
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _judge(cfg: EvalConfig, ep: Endpoint, suite: SuiteConfig, samples: list[Samp
         failures[f"judge_{name}_total"] = len(applicable)
 
 
-def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: Any) -> dict[str, Any]:
+def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: RegistryAPI) -> dict[str, Any]:
     """The last evaluation (same name) of the baseline version: metrics and dataset fingerprints."""
     from llmops.registry import parse_ref
 
@@ -241,7 +242,7 @@ def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: Any) -> dict[
     return {"ref": version.ref, "run_id": run.info.run_id, "metrics": dict(run.data.metrics), "datasets": datasets}
 
 
-def run(cfg: EvalConfig, registry: Any = None) -> EvalResult:
+def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
     """Evaluate the target on every suite; write reports; log to MLflow; check the gate.
 
     Raises:

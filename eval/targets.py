@@ -31,6 +31,7 @@ from pydantic import Field
 
 from eval.datasets import EvalRow
 from llmops.config import StrictModel
+from llmops.contracts import RegistryAPI
 from llmops.errors import LLMOpsError
 from llmops.process import NotReadyError, wait_ready
 
@@ -96,7 +97,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, registry: Any = None,
+def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, registry: RegistryAPI | None = None,
                            startup_timeout_s: float = 900) -> Iterator[Endpoint]:
     """Serve a registry version behind a private gateway for the duration of the block.
 

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from finetune.compat import ADAPTER_INFO, base_signature, ensure_servable
 from finetune.data import IGNORE, Collator, DataConfig, load_rows, pack, split_train_val, tokenize_rows
 from llmops.config import StrictModel, config_hash
+from llmops.contracts import RegistryAPI
 from llmops.errors import LLMOpsError
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def choose_precision(setting: str, cuda: bool) -> str:
     return setting
 
 
-def base_model_ref(ref: str, path: Path, registry: Any) -> str:
+def base_model_ref(ref: str, path: Path, registry: RegistryAPI) -> str:
     """The registry version of the base model (``name/version``) when it is registered, else ``ref``."""
     from llmops.registry import parse_ref, sha256_path
 
@@ -168,7 +169,7 @@ def _check_qlora(cuda: bool) -> None:
         raise FinetuneError("QLoRA needs bitsandbytes: pip install bitsandbytes (GPU machines only).") from e
 
 
-def _mlflow_callback(registry: Any, run_id: str, train_set: _ListDataset) -> Any:
+def _mlflow_callback(registry: RegistryAPI, run_id: str, train_set: _ListDataset) -> Any:
     from transformers import TrainerCallback
 
     class MlflowMetrics(TrainerCallback):
@@ -228,7 +229,7 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
-def run(cfg: FinetuneConfig, *, resume: bool = False, registry: Any = None,
+def run(cfg: FinetuneConfig, *, resume: bool = False, registry: RegistryAPI | None = None,
         callbacks: list[Any] | None = None) -> FinetuneResult:
     """Train a LoRA adapter and register it; all or nothing.
 

@@ -102,6 +102,15 @@ class LimitsConfig(StrictModel):
     max_n: int = Field(8, ge=1, description="Largest n (choices per request).")
     default_rpm: int = Field(600, ge=1, description="Requests per minute per key.")
     default_tpm: int = Field(200_000, ge=1, description="Tokens per minute per key.")
+    max_concurrent_per_key: int = Field(64, ge=1, description="Requests of one key in flight at once (429 above).")
+    max_prompts: int = Field(64, ge=1, description="Most prompts in one /v1/completions request.")
+    max_messages: int = Field(512, ge=1, description="Most messages in one chat request.")
+    max_stop: int = Field(8, ge=1, description="Most stop sequences.")
+    max_tools: int = Field(128, ge=0, description="Most tool definitions in one request.")
+    max_logit_bias: int = Field(300, ge=0, description="Most logit_bias entries.")
+    max_response_format_bytes: int = Field(32_768, ge=256, description="Largest response_format (JSON schema).")
+    inline_tokenize_chars: int = Field(
+        20_000, ge=0, description="Prompts longer than this are tokenized in a worker thread, off the event loop.")
 
 
 class RouterConfig(StrictModel):

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from llmops.assets import resolve_model
+from llmops.contracts import RegistryAPI
 from serving.config import ServingConfig
 from serving.engine import Engine, EngineError, port_in_use
 
@@ -30,7 +31,8 @@ PID_FILE = Path(os.environ.get("LLMOPS_PID_FILE", "data/serve.pid"))
 
 
 class Server:
-    def __init__(self, cfg: ServingConfig, log_dir: str | Path = "data/logs", registry=None) -> None:
+    def __init__(self, cfg: ServingConfig, log_dir: str | Path = "data/logs",
+                 registry: RegistryAPI | None = None) -> None:
         self.cfg = cfg
         self.log_dir = Path(log_dir)
         self.registry = registry

@@ -61,3 +61,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def serve_on_loopback():
+    """``start(app) -> base URL``: runs an ASGI app (a fake engine or judge) with uvicorn on a free
+    loopback port in a thread; every server started is stopped at the end of the session."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from serving.engine import free_port
+
+    servers = []
+
+    def start(app) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the loopback server did not start"
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)

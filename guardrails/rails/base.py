@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from guardrails.verdict import Finding
 from llmops.config import StrictModel
+from llmops.contracts import RegistryAPI
 from llmops.textnorm import variants
+
+# A share or probability in [0, 1]; `null` in a policy file means the rail's default, 0.5.
+Threshold = Annotated[float, BeforeValidator(lambda v: 0.5 if v is None else v), Field(ge=0, le=1)]
 
 
 class BaseRailConfig(StrictModel):
@@ -61,7 +65,7 @@ class Rail:
     whole_answer: ClassVar[bool] = False  # judges a whole answer only (skipped on pieces of a stream)
     blocking_io: ClassVar[bool] = False  # makes a network call (callers on an event loop use a thread)
 
-    def __init__(self, cfg: Any, registry: Any = None) -> None:
+    def __init__(self, cfg: Any, registry: RegistryAPI | None = None) -> None:
         self.cfg = cfg
 
     def check(self, text: str, ctx: CheckContext) -> RailResult:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -54,12 +54,7 @@ class GroundednessConfig(BaseRailConfig):
     """Answers must be supported by the retrieved chunks (checked when the caller passes them)."""
 
     rail: Literal["groundedness"] = Field(description="This rail.")
-    threshold: float = Field(0.5, ge=0, le=1, description="Minimum share of supported sentences.")
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _default_when_null(cls, v: Any) -> Any:
-        return 0.5 if v is None else v  # `threshold: null` means the default
+    threshold: Threshold = Field(0.5, description="Minimum share of supported sentences.")
 
 
 class GroundednessRail(Rail):

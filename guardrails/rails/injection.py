@@ -12,10 +12,11 @@ import logging
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
+from llmops.contracts import RegistryAPI
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,7 @@ class InjectionConfig(BaseRailConfig):
     """Prompt injection and jailbreaks: rules on every normalised variant, plus a registered classifier."""
 
     rail: Literal["injection"] = Field(description="This rail.")
-    threshold: float = Field(0.5, ge=0, le=1, description="Classifier probability from which it fires.")
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _default_when_null(cls, v: Any) -> Any:
-        return 0.5 if v is None else v  # `threshold: null` means the default
+    threshold: Threshold = Field(0.5, description="Classifier probability from which it fires.")
     classifier: str | None = Field(
         None, description="Registry ref of the text classifier (e.g. injection-classifier@champion).")
     classifier_required: bool = Field(
@@ -117,7 +113,7 @@ class InjectionRail(Rail):
     stages: ClassVar[frozenset[str]] = frozenset({"input"})
     cfg: InjectionConfig
 
-    def __init__(self, cfg: InjectionConfig, registry: Any = None) -> None:
+    def __init__(self, cfg: InjectionConfig, registry: RegistryAPI | None = None) -> None:
         super().__init__(cfg)
         self.classifier = load_classifier(cfg, registry) if cfg.classifier else None
 
@@ -133,7 +129,7 @@ class InjectionRail(Rail):
         return RailResult(bool(fs), fs, None, "prompt injection or jailbreak attempt")
 
 
-def load_classifier(cfg: InjectionConfig, registry: Any = None) -> Any:
+def load_classifier(cfg: InjectionConfig, registry: RegistryAPI | None = None) -> Any:
     """text -> probability from the registered classifier, or None (rules only) when it cannot be
     loaded and it is not required.
 

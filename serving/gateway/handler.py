@@ -53,6 +53,7 @@ class CompletionHandler:
         self.n = 1
         self.prompt_text: str | None = None
         self.wants_usage = False
+        self.in_flight: str | None = None  # the key whose concurrency slot this request holds
 
     @property
     def path(self) -> str:
@@ -77,9 +78,21 @@ class CompletionHandler:
         except APIError as e:
             self.rec.status, self.rec.error_code = e.status, e.code
             return e.response()
+        except Exception as e:  # noqa: BLE001 - answered, logged and counted as the 500 it is
+            log.exception("unexpected error in %s", self.path)
+            self.rec.status, self.rec.error_code = 500, "internal_error"
+            return APIError(500, f"Internal error in the gateway ({type(e).__name__}); it is logged.",
+                            "server_error", "internal_error").response()
         finally:
             if not streaming:
-                finish_request(self.state, self.rec, self.t0, self.prompt_text)
+                self.finish()
+
+    def finish(self) -> None:
+        """Account for the request (once) and give back its concurrency slot."""
+        if self.in_flight is not None:
+            self.state.limiter.release(self.in_flight)
+            self.in_flight = None
+        finish_request(self.state, self.rec, self.t0, self.prompt_text)
 
     def authenticate(self, request: Request) -> None:
         self.key = self.state.keys.authenticate(request.headers.get("authorization"))
@@ -91,16 +104,29 @@ class CompletionHandler:
         self.body = await read_json(request, state.cfg.limits.max_body_bytes)
         self.route = state.route(self.body.get("model"), ("base", "adapter"))
         self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
-        self.max_tokens = common(self.body, state.cfg.limits)
+        limits = state.cfg.limits
+        self.max_tokens = common(self.body, limits)
         self.n = int(self.body.get("n") or 1)
+        group = self.route.group
+        prompts = [] if self.chat else completion_prompts(self.body, limits.max_prompts)
         if self.chat:
-            self.messages = chat_messages(self.body)
-            self.prompt_tokens = [state.count_chat(self.route.group, self.messages)]
+            self.messages = chat_messages(self.body, limits.max_messages)
+            size = sum(len(content_text(m.get("content"))) for m in self.messages)
         else:
-            prompts = completion_prompts(self.body)
-            self.prompt_tokens = [len(p) if isinstance(p, list) else state.count_text(self.route.group, p)
-                                  for p in prompts]
             self.messages = [{"role": "user", "content": p} for p in prompts if isinstance(p, str)]
+            size = sum(len(p) for p in prompts if isinstance(p, str))
+
+        def count() -> list[int]:
+            if self.chat:
+                return [state.count_chat(group, self.messages)]
+            return [len(p) if isinstance(p, list) else state.count_text(group, p) for p in prompts]
+
+        if size > limits.inline_tokenize_chars:  # a long prompt is tokenized off the event loop
+            from starlette.concurrency import run_in_threadpool
+
+            self.prompt_tokens = await run_in_threadpool(count)
+        else:
+            self.prompt_tokens = count()
         self.rec.prompt_tokens = sum(self.prompt_tokens)
         self.prompt_text = last_user_text(self.messages)
 
@@ -115,13 +141,15 @@ class CompletionHandler:
                 code="context_length_exceeded", param="messages" if self.chat else "prompt")
 
     def admit(self) -> None:
-        """Rate and token limits of the key (429 with Retry-After)."""
+        """Rate, token and concurrency limits of the key (429 with Retry-After)."""
         if self.key is None:
             return
         limits = self.state.cfg.limits
         budget = self.rec.prompt_tokens + self.max_tokens * self.n * len(self.prompt_tokens)
         self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
                                  self.key.tpm or limits.default_tpm)
+        self.state.limiter.acquire(self.key.id, limits.max_concurrent_per_key)
+        self.in_flight = self.key.id
 
     async def guard_input(self) -> None:
         """Input rails: a block is a 400 ``content_blocked``; a redaction replaces what is forwarded."""
@@ -166,8 +194,12 @@ class CompletionHandler:
 
     async def answer(self, resp: httpx.Response) -> JSONResponse:
         """The engine's JSON with output rails applied per choice (and one schema re-ask for chat)."""
-        data = json.loads(await resp.aread())
+        raw = await resp.aread()
         await resp.aclose()
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise APIError(502, "The engine's answer is not valid JSON.", "server_error", "engine_error") from e
         data["model"] = self.route.public
         reask_tokens = 0
         for choice in data.get("choices") or []:
@@ -289,7 +321,7 @@ class CompletionHandler:
                                  "type": "server_error", "code": "engine_error", "param": None}})
         finally:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
-            finish_request(state, rec, self.t0, self.prompt_text)
+            self.finish()
 
     async def flush(self, checker) -> str | None:
         """The text a stream checker still holds, as one final chunk (None when nothing is held).

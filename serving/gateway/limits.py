@@ -17,6 +17,7 @@ class RateLimiter:
 
     def __init__(self) -> None:
         self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def admit(self, key_id: str, tokens: int, rpm: int, tpm: int, now: float | None = None) -> None:
@@ -31,6 +32,7 @@ class RateLimiter:
             while q and q[0][0] <= now - WINDOW_S:
                 q.popleft()
             if tokens > tpm:
+                q.append((now, 0))  # counting its tokens cost work: the rejection counts as a request
                 raise APIError(429, f"This request needs {tokens} tokens, more than the key's limit of "
                                f"{tpm} tokens per minute; lower max_tokens or the prompt.",
                                "rate_limit_error", "tokens_per_request_exceeded")
@@ -46,8 +48,34 @@ class RateLimiter:
                     if need <= 0:
                         wait = ts + WINDOW_S - now
                         break
+                q.append((now, 0))
                 raise self._limited(f"Rate limit of {tpm} tokens per minute reached", wait)
             q.append((now, tokens))
+
+    def acquire(self, key_id: str, cap: int) -> None:
+        """Count one more request in flight for the key (release it with :meth:`release`).
+
+        Raises:
+            APIError: 429 when ``cap`` requests of this key are already in flight.
+        """
+        with self._lock:
+            n = self._inflight.get(key_id, 0)
+            if n >= cap:
+                raise APIError(429, f"This key already has {n} requests in flight (the limit is {cap}); wait for "
+                               "one to finish.", "rate_limit_error", "concurrency_limit_exceeded",
+                               headers={"Retry-After": "1"})
+            self._inflight[key_id] = n + 1
+
+    def release(self, key_id: str) -> None:
+        with self._lock:
+            n = self._inflight.get(key_id, 0) - 1
+            if n > 0:
+                self._inflight[key_id] = n
+            else:
+                self._inflight.pop(key_id, None)
+
+    def in_flight(self, key_id: str) -> int:
+        return self._inflight.get(key_id, 0)
 
     @staticmethod
     def _limited(message: str, wait: float) -> APIError:

@@ -34,6 +34,8 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"The request body is not valid JSON: {e}.", code="invalid_json") from e
+    except RecursionError as e:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from e
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return data
@@ -69,16 +71,34 @@ def common(body: dict, limits: LimitsConfig) -> int:
     if stop is not None and not (isinstance(stop, str) or (
             isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
         raise bad_request("'stop' must be a string or a list of strings.", "stop", "invalid_type")
+    _at_most(stop if isinstance(stop, list) else [], limits.max_stop, "stop")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("'tools' must be a list.", "tools", "invalid_type")
+    _at_most(tools or [], limits.max_tools, "tools")
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict):
+        _at_most(list(bias), limits.max_logit_bias, "logit_bias")
+    rf = body.get("response_format")
+    if rf is not None and len(json.dumps(rf)) > limits.max_response_format_bytes:
+        raise bad_request(f"'response_format' is larger than {limits.max_response_format_bytes} bytes.",
+                          "response_format", "too_large")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or limits.default_max_tokens
     return int(max_tokens)
 
 
-def chat_messages(body: dict) -> list[dict]:
+def _at_most(items: list, cap: int, param: str) -> None:
+    if len(items) > cap:
+        raise bad_request(f"'{param}' has {len(items)} entries; at most {cap} are accepted.", param, "too_many")
+
+
+def chat_messages(body: dict, max_messages: int = 512) -> list[dict]:
     """Validate ``messages``. Raises APIError 400 naming the message and field."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects.", "messages",
                           "invalid_messages")
+    _at_most(messages, max_messages, "messages")
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -94,17 +114,22 @@ def chat_messages(body: dict) -> list[dict]:
                 if not isinstance(part, dict) or "type" not in part:
                     raise bad_request(f"{where}.content[{j}] must be an object with a 'type'.",
                                       f"{where}.content", "invalid_messages")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise bad_request(f"{where}.content[{j}].text must be a string.", f"{where}.content",
+                                      "invalid_messages")
         elif not isinstance(content, str):
             raise bad_request(f"{where}.content must be a string or a list of content parts.",
                               f"{where}.content", "invalid_messages")
     return messages
 
 
-def completion_prompts(body: dict) -> list[str | list[int]]:
+def completion_prompts(body: dict, max_prompts: int = 64) -> list[str | list[int]]:
     """Validate ``prompt`` (string, list of strings, token ids or lists of token ids)."""
     p = body.get("prompt")
     if isinstance(p, str):
         return [p]
+    if isinstance(p, list) and p and not all(isinstance(x, int) for x in p):
+        _at_most(p, max_prompts, "prompt")
     if isinstance(p, list) and p:
         if all(isinstance(x, str) for x in p):
             return list(p)

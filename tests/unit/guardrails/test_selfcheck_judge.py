@@ -5,17 +5,13 @@ schema goes out as response_format, and a reply outside the schema is a rail err
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 
 from guardrails.guard import Guard
 from guardrails.policy import PolicyConfig
 from guardrails.rails.selfcheck import SCHEMA
-from serving.engine import free_port
 
 SEEN: list[dict] = []
 
@@ -45,17 +41,8 @@ def judge_app() -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def judge_url():
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(judge_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+def judge_url(serve_on_loopback):
+    return serve_on_loopback(judge_app()) + "/v1"
 
 
 def test_the_judges_decision_reaches_the_verdict(judge_url):

@@ -43,6 +43,28 @@ def test_rate_limiter_requests_and_tokens():
     assert e.value.headers["Retry-After"] == "40"  # the 600-token request expires at 60
     with pytest.raises(APIError, match="more than the key's limit"):
         rl2.admit("other", 5000, rpm=100, tpm=1000)
+    # a rejected request that cost work (its tokens were counted) counts against the key's requests
+    rl3 = RateLimiter()
+    for _ in range(2):
+        with pytest.raises(APIError, match="more than the key's limit"):
+            rl3.admit("big", 5000, rpm=2, tpm=1000, now=0.0)
+    with pytest.raises(APIError, match="requests per minute"):
+        rl3.admit("big", 10, rpm=2, tpm=1000, now=1.0)
+
+
+def test_concurrency_slots():
+    rl = RateLimiter()
+    rl.acquire("k", 2)
+    rl.acquire("k", 2)
+    with pytest.raises(APIError) as e:
+        rl.acquire("k", 2)
+    assert e.value.status == 429 and e.value.code == "concurrency_limit_exceeded"
+    rl.acquire("other", 2)  # per key
+    rl.release("k")
+    rl.acquire("k", 2)
+    for _ in range(3):
+        rl.release("k")
+    assert rl.in_flight("k") == 0
 
 
 def test_request_log_round_trip(tmp_path):

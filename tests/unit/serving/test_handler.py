@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from llmops.contracts import VerdictRecord, read_request_log
 from serving.config import ServingConfig
-from serving.engine import free_port
 from serving.gateway.app import create_app
+from serving.gateway.auth import hash_key
 from serving.gateway.state import GatewayState
 
 # ------------------------------------------------------------------------------------- fake engine
@@ -39,6 +36,8 @@ def _engine_app() -> FastAPI:
         if body.get("model") == "broken":
             return PlainTextResponse("upstream says no", status_code=422)  # a 4xx without a JSON body
         text = ANSWERS.pop(0) if ANSWERS else "plain answer"
+        if text == "__NOT_JSON__":
+            return PlainTextResponse("<html>proxy error</html>")
         chat = request.url.path.endswith("chat/completions")
         if body.get("stream"):
             async def events():
@@ -58,17 +57,8 @@ def _engine_app() -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def engine_url():
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_engine_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+def engine_url(serve_on_loopback):
+    return serve_on_loopback(_engine_app())
 
 
 # -------------------------------------------------------------------------------------- fake guard
@@ -113,6 +103,8 @@ class FakeGuard:
     def check_input(self, messages, model=None, key=None):
         self.calls.append(("input", model, key))
         text = " ".join(str(m.get("content")) for m in messages)
+        if "EXPLODE" in text:
+            raise RuntimeError("a bug in a guard")
         if "BLOCKME" in text:
             return V(False, "block", "fake_in", "NO", (SimpleNamespace(rail="fake_in", label="x"),), reason="bad")
         if "secret123" in text:
@@ -144,7 +136,8 @@ def gateway(engine_url, tmp_path):
     port = int(engine_url.rsplit(":", 1)[1])
     cfg = ServingConfig.model_validate({
         "engines": [{"served_name": "m", "port": port, "max_model_len": 256}],
-        "embeddings": {"enabled": False}, "auth": {"enabled": False}, "limits": {"default_max_tokens": 32},
+        "embeddings": {"enabled": False}, "limits": {"default_max_tokens": 32},
+        "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV"},
         "request_log": {"path": str(tmp_path / "log.sqlite")},
         "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}})
     engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready")
@@ -157,7 +150,8 @@ def gateway(engine_url, tmp_path):
         async def go():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                r = await client.post(path, json=body)
+                kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+                r = await client.post(path, headers={"Authorization": "Bearer sk-k"}, **kw)
                 return r.status_code, (r.text if stream else r.json())
         return loop.run_until_complete(go())
 
@@ -180,7 +174,7 @@ def test_answer_is_forwarded_renamed_and_accounted(gateway):
     assert status == 200 and data["choices"][0]["message"]["content"] == "plain answer"
     sent = ENGINE_SEEN[-1]
     assert sent["model"] == "m" and sent["max_tokens"] == 7 and sent["messages"][0]["content"] == "hello"
-    assert gateway.state.hook.calls == [("input", "m", None)]
+    assert gateway.state.hook.calls == [("input", "m", "k")]
     rec = gateway.log().iloc[0]
     assert (rec.endpoint, rec.status, rec.model, rec.prompt_tokens, rec.completion_tokens) == ("chat", 200, "m", 11, 3)
     assert rec.guardrails == []
@@ -255,3 +249,47 @@ def test_completion_stream_end_of_stream_finding_and_usage_when_asked(gateway):
     rec = gateway.log().iloc[0]
     assert rec.endpoint == "completions" and rec.stream and rec.completion_tokens == 3
     assert rec.guardrails == [VerdictRecord("output", "warn", "fake_final", (), None, 0.5, after_stream=True)]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "m", "prompt": ["p"] * 65}, "prompt"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}] * 513}, "messages"),
+    ({**chat("x"), "stop": [str(i) for i in range(9)]}, "stop"),
+    ({**chat("x"), "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "tools"),
+    ({**chat("x"), "logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+    ({**chat("x"), "response_format": {"type": "json_schema", "json_schema": {"schema": {"d": "x" * 40_000}}}},
+     "response_format"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 123}]}]},
+     "messages[0].content"),
+])
+def test_oversized_or_malformed_fields_are_400s_before_any_work(gateway, body, param):
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    status, data = gateway.call(path, body)
+    assert status == 400 and data["error"]["param"] == param, data
+    assert ENGINE_SEEN == [] and gateway.state.hook.calls == []
+
+
+def test_deep_json_and_unexpected_errors_are_answered_and_logged_with_their_status(gateway):
+    deep = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, data = gateway.call("/v1/chat/completions", deep)
+    assert status == 400 and data["error"]["code"] == "invalid_json"
+    status, data = gateway.call("/v1/chat/completions", chat("EXPLODE"))
+    assert status == 500 and data["error"]["code"] == "internal_error"
+    ANSWERS.append("__NOT_JSON__")
+    status, data = gateway.call("/v1/chat/completions", chat("hi"))
+    assert status == 502 and data["error"]["code"] == "engine_error"
+    assert list(gateway.log().status) == [400, 500, 502]
+    assert gateway.state.limiter.in_flight("k") == 0
+
+
+def test_per_key_concurrency_cap_and_slots_given_back(gateway):
+    limiter = gateway.state.limiter
+    gateway.state.cfg.limits.max_concurrent_per_key = 1
+    limiter.acquire("k", 1)  # another request of this key is in flight
+    status, data = gateway.call("/v1/chat/completions", chat("hi"))
+    assert status == 429 and data["error"]["code"] == "concurrency_limit_exceeded"
+    limiter.release("k")
+    assert gateway.call("/v1/chat/completions", chat("hi"))[0] == 200
+    assert gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)[0] == 200
+    assert gateway.call("/v1/chat/completions", chat("BLOCKME"))[0] == 400
+    assert limiter.in_flight("k") == 0  # every path gave its slot back
