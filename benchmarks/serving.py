@@ -160,6 +160,7 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "llmops", "serve", "--config", str(ROOT / "configs/serving/default.yaml"),
          f"port={gw_port}", f"engines.0.port={engine_port}", f"engines.0.model={a.model_dir}",
+         "engines.0.require_key=false",  # the benchmark also measures the bare vLLM behind the gateway
          "limits.default_rpm=1000000", "limits.default_tpm=1000000000", "auth.keys=[]",
          f"request_log.path={out / 'requests.sqlite'}", "embeddings.enabled=false"],
         env=env, stdout=(out / "serve.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)

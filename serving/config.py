@@ -37,6 +37,10 @@ class EngineConfig(StrictModel):
     max_lora_rank: int = Field(16, description="Largest adapter rank the engine accepts.")
     startup_timeout_s: float = Field(600, gt=0, description="Readiness wait before giving up.")
     restart_on_crash: bool = Field(True, description="Restart the process when it dies.")
+    require_key: bool = Field(
+        True, description="Start vLLM with a random API key per start, known only to the gateway, so nothing on "
+        "this machine reaches the engine's /v1 routes (generation, LoRA loading) around the gateway. false: the "
+        "engine's port is open, as a bare vLLM is (benchmarks that measure it directly).")
     compact_json: bool = Field(
         True, description="Structured outputs (response_format json_schema) without free whitespace (guidance "
         "backend): a small model otherwise can spend its whole token budget on whitespace inside the JSON.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -72,8 +73,10 @@ class Engine:
         self.port = cfg.port
         self.adapters: dict[str, str] = {}  # served adapter name -> local path (desired state)
         self.dtype = engine_dtype(cfg.dtype)
+        self.api_key: str | None = None  # set per start when cfg.require_key
         self._state: State = "stopped"
-        self.restarts = 0
+        self.restarts = 0  # successful restarts after a crash
+        self.restart_failures = 0  # restart attempts that did not come up
         self._proc: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -112,7 +115,14 @@ class Engine:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.cfg.cpu_threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cfg.cpu_threads_bind
+        env.pop("VLLM_API_KEY", None)
+        if self.api_key:  # in the environment, not on the command line, where any local user could read it
+            env["VLLM_API_KEY"] = self.api_key
         return env
+
+    def headers(self) -> dict[str, str]:
+        """What a request to the engine's /v1 routes must carry."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> None:
         """Spawn the process (returns at once; see :meth:`wait_ready`).
@@ -128,6 +138,7 @@ class Engine:
                     f"Engine {self.cfg.name}: port {self.port} is in use. Stop what runs there "
                     f"(`make stop`) or set engines[].port to a free port (0 picks one)."
                 )
+            self.api_key = secrets.token_urlsafe(32) if self.cfg.require_key else None
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             logf = self.log_path.open("ab")
             log.info("starting engine %s on %s (%s, dtype %s: %s)", self.cfg.name, self.url, self.model_path,
@@ -204,15 +215,38 @@ class Engine:
             if not self.cfg.restart_on_crash or not was_ready:
                 self._proc = None  # a start-up failure is reported by wait_ready, not retried forever
                 continue
-            self.restarts += 1
+            self._restart_until_ready()
+
+    def _restart_until_ready(self) -> None:
+        """Start the process again until it is ready, waiting 1, 2, 4 ... 60 s between failed attempts
+        (a port still taken, a start-up crash); every attempt is logged and counted."""
+        delay = 1.0
+        while not self._stopping.is_set():
+            attempt = self.restarts + self.restart_failures + 1
             try:
                 self.start()
                 self.wait_ready()
-                log.info("engine %s restarted (%d restarts)", self.cfg.name, self.restarts)
             except EngineError as e:
-                log.error("restart of engine %s failed: %s", self.cfg.name, e)
+                self.restart_failures += 1
                 self._state = "down"
-                time.sleep(5)
+                self._kill_group()
+                log.error("engine %s: restart attempt %d failed (%s); next attempt in %.0f s", self.cfg.name,
+                          attempt, str(e).splitlines()[0], delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, 60.0)
+                continue
+            self.restarts += 1
+            log.info("engine %s restarted (attempt %d; %d restarts)", self.cfg.name, attempt, self.restarts)
+            return
+
+    def _kill_group(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # ----------------------------------------------------------- runtime LoRA
     def load_adapter(self, name: str, path: str) -> None:
@@ -222,7 +256,7 @@ class Engine:
             EngineError: vLLM refused it (the message says why).
         """
         r = httpx.post(f"{self.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                       timeout=120)
+                       headers=self.headers(), timeout=120)
         if r.status_code != 200:
             raise EngineError(f"Engine {self.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
         self.adapters[name] = path
@@ -230,7 +264,8 @@ class Engine:
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
         try:
-            httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+            httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self.headers(),
+                       timeout=60)
         except httpx.HTTPError as e:
             log.warning("unloading %s from %s failed: %s", name, self.cfg.name, e)
 

@@ -29,6 +29,7 @@ RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError
 class Upstream(Protocol):
     url: str
     state: str
+    api_key: str | None  # sent as a Bearer token (the engine's per-start key), None for an open engine
 
     @property
     def cfg(self): ...
@@ -70,8 +71,10 @@ class Router:
         tried = []
         for engine in self.candidates(group)[: self.cfg.retries + 1]:
             tried.append(engine.cfg.name)
-            request = self.client.build_request(
-                "POST", engine.url + path, content=body, headers={"content-type": "application/json"})
+            headers = {"content-type": "application/json"}
+            if engine.api_key:
+                headers["authorization"] = f"Bearer {engine.api_key}"
+            request = self.client.build_request("POST", engine.url + path, content=body, headers=headers)
             try:
                 return await self.client.send(request, stream=True), engine
             except RETRYABLE as e:

@@ -21,3 +21,24 @@ class Metrics:
                               ["model", "key", "direction"], registry=r)
         self.guardrail = Counter("llmops_guardrail_verdicts", "Guardrail verdicts by rail and action",
                                  ["stage", "rail", "action"], registry=r)
+
+
+class EngineCollector:
+    """Engine health for /metrics: up (1/0) and restart attempts by outcome, read from the engines."""
+
+    def __init__(self, engines: list) -> None:
+        self.engines = engines
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily("llmops_engine_up", "1 when the engine is ready", labels=["engine"])
+        attempts = CounterMetricFamily("llmops_engine_restart_attempts", "Restart attempts after a crash",
+                                       labels=["engine", "outcome"])
+        for e in self.engines:
+            name = e.cfg.name
+            up.add_metric([name], 1.0 if e.state == "ready" else 0.0)
+            attempts.add_metric([name, "ok"], float(getattr(e, "restarts", 0)))
+            attempts.add_metric([name, "failed"], float(getattr(e, "restart_failures", 0)))
+        yield up
+        yield attempts

@@ -13,7 +13,7 @@ from serving.config import ServingConfig
 from serving.gateway.auth import KeyStore
 from serving.gateway.errors import APIError
 from serving.gateway.limits import RateLimiter
-from serving.gateway.metrics import Metrics
+from serving.gateway.metrics import EngineCollector, Metrics
 from serving.gateway.requestlog import RequestLog
 from serving.guard_hook import GuardHook, load_hook
 from serving.router import Router
@@ -43,6 +43,7 @@ class GatewayState:
         self.keys = KeyStore(cfg.auth)
         self.limiter = RateLimiter()
         self.metrics = Metrics()
+        self.metrics.registry.register(EngineCollector(engines))
         self.requestlog = RequestLog(cfg.request_log.path) if cfg.request_log.enabled else None
         self.hook: GuardHook = load_hook(cfg.guardrails, registry)
         groups: dict[str, list] = {}

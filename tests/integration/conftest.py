@@ -17,8 +17,9 @@ def vllm_engine(base_model_dir, tmp_path_factory) -> Iterator[object]:
     from serving.config import EngineConfig
     from serving.engine import Engine
 
+    # a bare vLLM, as a user would run one: the tests call it directly (require_key off)
     engine = Engine(EngineConfig(name="base", served_name="smollm2", port=0, kv_cache_gb=1, enable_lora=True,
-                                 max_loras=2, max_lora_rank=16),
+                                 max_loras=2, max_lora_rank=16, require_key=False),
                     str(base_model_dir), tmp_path_factory.mktemp("vllm"))
     engine.start()
     try:

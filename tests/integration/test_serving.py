@@ -365,7 +365,19 @@ def wait_for_version(client, want: str, timeout: float = 90) -> bool:
 
 
 def engine_models(gateway) -> set[str]:
-    return {m["id"] for m in httpx.get(gateway["server"].engines[0].url + "/v1/models").json()["data"]}
+    engine = gateway["server"].engines[0]
+    return {m["id"] for m in httpx.get(engine.url + "/v1/models", headers=engine.headers()).json()["data"]}
+
+
+def test_nothing_reaches_the_engine_around_the_gateway(gateway):
+    engine = gateway["server"].engines[0]
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 2}
+    assert httpx.post(engine.url + "/v1/chat/completions", json=body, timeout=30).status_code == 401
+    r = httpx.post(engine.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"}, timeout=30)
+    assert r.status_code == 401
+    assert httpx.post(engine.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer " + KEY},
+                      timeout=30).status_code == 401  # a gateway key is not the engine's
+    assert "VLLM_API_KEY" not in " ".join(engine.command()) and engine.api_key not in " ".join(engine.command())
 
 
 def test_adapter_hot_load_on_alias_move_and_rollback(gateway, client):
@@ -466,6 +478,7 @@ class DeadReplica:
         self.cfg = EngineConfig(name=name, served_name="tiny", port=free_port())
         self.url = f"http://127.0.0.1:{self.cfg.port}"
         self.state = "ready"
+        self.api_key = None
 
 
 def test_router_retries_on_another_replica_and_cools_the_dead_one_down(gateway, client):
@@ -506,18 +519,30 @@ def test_ready_endpoint(gateway):
     assert r.status_code == 200 and r.json()["ready"] is True
 
 
-def test_engine_crash_gives_503_then_recovers(gateway, client):
+def test_engine_crash_gives_503_then_recovers_also_when_the_first_restart_fails(gateway, client):
+    import socket
+
     engine = gateway["server"].engines[0]
     os.killpg(engine.pid, signal.SIGKILL)
+    # something else takes the engine's port for a few seconds: the first restart attempts fail
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", engine.port))
+    squatter.listen()
     time.sleep(0.5)
     r = post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_tokens": 2})
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
     assert httpx.get(gateway["base"] + "/ready").status_code == 503
     assert httpx.get(gateway["base"] + "/health").status_code == 200  # the gateway stays up
+    assert wait_until(lambda: engine.restart_failures >= 1, 30)
+    squatter.close()
     deadline = time.monotonic() + 600
     while engine.state != "ready" and time.monotonic() < deadline:
         time.sleep(1)
     assert engine.state == "ready" and engine.restarts == 1
+    metrics = httpx.get(gateway["base"] + "/metrics").text
+    assert 'llmops_engine_restart_attempts_total{engine="engine-0",outcome="ok"} 1.0' in metrics
+    assert 'llmops_engine_up{engine="engine-0"} 1.0' in metrics
     r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
     assert r.choices[0].message.content
     # the adapter in use before the crash is served again after the restart

@@ -31,6 +31,8 @@ def _engine_app() -> FastAPI:
     @app.post("/v1/chat/completions")
     @app.post("/v1/completions")
     async def complete(request: Request):
+        if request.headers.get("authorization") != "Bearer engine-secret":
+            return JSONResponse({"error": {"message": "unauthorized"}}, status_code=401)
         body = await request.json()
         ENGINE_SEEN.append(body)
         if body.get("model") == "broken":
@@ -140,7 +142,7 @@ def gateway(engine_url, tmp_path):
         "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV"},
         "request_log": {"path": str(tmp_path / "log.sqlite")},
         "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}})
-    engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready")
+    engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready", api_key="engine-secret")
     state = GatewayState(cfg, [engine], {})
     state.hook = FakeGuard()
     app = create_app(state)
