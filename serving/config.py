@@ -134,6 +134,14 @@ class RequestLogConfig(StrictModel):
     enabled: bool = Field(True, description="Write one record per request.")
     path: str = Field("data/requestlog/requests.sqlite", description="SQLite file.")
     prompt_embeddings: bool = Field(False, description="Also store a MiniLM embedding of each prompt.")
+    max_queue: int = Field(
+        10_000, ge=1, description="Records waiting for the writer; beyond it records are dropped (counted in "
+        "/metrics), so a slow disk never holds requests or memory.")
+    retention_days: float | None = Field(30, gt=0, description="Records older than this are deleted (None: kept).")
+    max_rows: int | None = Field(None, ge=1, description="Keep at most this many records, the newest (None: no cap).")
+    unauthenticated_sample: float = Field(
+        0.01, ge=0, le=1, description="Share of 401 (no or wrong key) requests written: a flood of them must not "
+        "fill the log; /metrics still counts them all.")
 
 
 class GuardrailsHookConfig(StrictModel):

@@ -42,3 +42,18 @@ class EngineCollector:
             attempts.add_metric([name, "failed"], float(getattr(e, "restart_failures", 0)))
         yield up
         yield attempts
+
+
+class RequestLogCollector:
+    """Records the request log dropped because its queue was full."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        dropped = CounterMetricFamily("llmops_requestlog_dropped", "Request-log records dropped (queue full)")
+        rl = self.state.requestlog
+        dropped.add_metric([], float(rl.dropped if rl is not None else 0))
+        yield dropped

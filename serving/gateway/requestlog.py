@@ -13,6 +13,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from llmops.contracts import REQUEST_LOG_SCHEMA, REQUEST_LOG_TABLE, RequestRecord
@@ -21,20 +22,50 @@ log = logging.getLogger(__name__)
 
 
 class RequestLog:
-    """Append-only writer; ``close()`` flushes what is queued."""
+    """Append-only writer with a bounded queue and retention; ``close()`` flushes what is queued.
 
-    def __init__(self, path: str | Path) -> None:
+    ``retention_days`` / ``max_rows`` are applied when the log opens and then every
+    ``PRUNE_EVERY`` records, so the file stays bounded without a cron job.
+    """
+
+    PRUNE_EVERY = 1000
+
+    def __init__(self, path: str | Path, max_queue: int = 10_000, retention_days: float | None = None,
+                 max_rows: int | None = None, start: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_days, self.max_rows = retention_days, max_rows
+        self.dropped = 0  # records not written because the queue was full
         with sqlite3.connect(self.path) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(REQUEST_LOG_SCHEMA)
-        self._q: queue.Queue[RequestRecord | None] = queue.Queue()
+            self._prune(db)
+        self._q: queue.Queue[RequestRecord | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="requestlog", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self._thread.start()
 
-    def write(self, record: RequestRecord) -> None:
-        self._q.put(record)
+    def write(self, record: RequestRecord) -> bool:
+        """Queue a record; False (and counted in ``dropped``) when the queue is full."""
+        try:
+            self._q.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                log.warning("request log queue full: %d records dropped so far", self.dropped)
+            return False
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        if self.retention_days is not None:
+            db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE ts < ?", (time.time() - self.retention_days * 86400,))
+        if self.max_rows is not None:
+            db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE id IN (SELECT id FROM {REQUEST_LOG_TABLE} "
+                       "ORDER BY ts DESC LIMIT -1 OFFSET ?)", (self.max_rows,))
+        db.commit()
 
     def _run(self) -> None:
         db = sqlite3.connect(self.path)
@@ -42,7 +73,7 @@ class RequestLog:
         cols = RequestRecord.columns()
         sql = (f"INSERT OR IGNORE INTO {REQUEST_LOG_TABLE} ({', '.join(cols)}) "
                f"VALUES ({', '.join('?' * len(cols))})")
-        done = False
+        done, since_prune = False, 0
         while not done:
             batch = [self._q.get()]
             while not self._q.empty() and len(batch) < 500:
@@ -56,10 +87,16 @@ class RequestLog:
             try:
                 db.executemany(sql, rows)
                 db.commit()
+                since_prune += len(rows)
+                if since_prune >= self.PRUNE_EVERY:
+                    since_prune = 0
+                    self._prune(db)
             except sqlite3.Error as e:  # a full disk must not take the gateway down
                 log.error("request log write failed (%d records lost): %s", len(rows), e)
         db.close()
 
     def close(self) -> None:
+        if not self._thread.is_alive():
+            return
         self._q.put(None)
         self._thread.join(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from serving.config import ServingConfig
 from serving.gateway.auth import KeyStore
 from serving.gateway.errors import APIError
 from serving.gateway.limits import RateLimiter
-from serving.gateway.metrics import EngineCollector, Metrics
+from serving.gateway.metrics import EngineCollector, Metrics, RequestLogCollector
 from serving.gateway.requestlog import RequestLog
 from serving.guard_hook import GuardHook, load_hook
 from serving.router import Router
@@ -44,7 +45,10 @@ class GatewayState:
         self.limiter = RateLimiter()
         self.metrics = Metrics()
         self.metrics.registry.register(EngineCollector(engines))
-        self.requestlog = RequestLog(cfg.request_log.path) if cfg.request_log.enabled else None
+        rl = cfg.request_log
+        self.requestlog = (RequestLog(rl.path, rl.max_queue, rl.retention_days, rl.max_rows) if rl.enabled
+                           else None)
+        self.metrics.registry.register(RequestLogCollector(self))
         self.hook: GuardHook = load_hook(cfg.guardrails, registry)
         groups: dict[str, list] = {}
         for e in engines:
@@ -157,6 +161,8 @@ class GatewayState:
         event loop (one background thread, so embedding never delays a response)."""
         if self.requestlog is None:
             return
+        if rec.status == 401 and random.random() >= self.cfg.request_log.unauthenticated_sample:
+            return  # a flood of bad keys must not fill the log (the metrics count every one)
         if not (prompt_text and self.cfg.request_log.prompt_embeddings and self.embedder is not None):
             self.requestlog.write(rec)
             return

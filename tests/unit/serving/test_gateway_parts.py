@@ -94,6 +94,20 @@ def test_verdict_records_read_what_older_and_newer_writers_wrote():
     assert VerdictRecord.from_dict(rec.to_dict()) == rec
 
 
+def test_request_log_queue_is_bounded_and_retention_applies(tmp_path):
+    path = tmp_path / "r.sqlite"
+    log = RequestLog(path, max_queue=3, start=False)  # the writer is not running: the queue fills
+    accepted = [log.write(RequestRecord(id=str(i), ts=time.time() - i * 86400, endpoint="chat")) for i in range(5)]
+    assert accepted == [True, True, True, False, False] and log.dropped == 2
+    log.start()
+    log.close()
+    assert list(read_request_log(path).id) == ["2", "1", "0"]  # oldest first
+    RequestLog(path, retention_days=1.5, start=False)  # opening prunes what is older than 1.5 days
+    assert list(read_request_log(path).id) == ["1", "0"]
+    RequestLog(path, max_rows=1, start=False)
+    assert list(read_request_log(path).id) == ["0"]
+
+
 def test_serving_config_cross_checks():
     with pytest.raises(ValueError, match="distinct ports"):
         ServingConfig.model_validate({"engines": [{"port": 9001}, {"name": "b", "port": 9001}]})

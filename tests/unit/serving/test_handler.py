@@ -148,12 +148,12 @@ def gateway(engine_url, tmp_path):
     app = create_app(state)
     loop = asyncio.new_event_loop()  # one loop per test: the router's pooled client belongs to it
 
-    def call(path: str, body: dict, stream: bool = False):
+    def call(path: str, body: dict, stream: bool = False, key: str = "sk-k"):
         async def go():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
                 kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-                r = await client.post(path, headers={"Authorization": "Bearer sk-k"}, **kw)
+                r = await client.post(path, headers={"Authorization": f"Bearer {key}"}, **kw)
                 return r.status_code, (r.text if stream else r.json())
         return loop.run_until_complete(go())
 
@@ -295,3 +295,15 @@ def test_per_key_concurrency_cap_and_slots_given_back(gateway):
     assert gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)[0] == 200
     assert gateway.call("/v1/chat/completions", chat("BLOCKME"))[0] == 400
     assert limiter.in_flight("k") == 0  # every path gave its slot back
+
+
+def test_unauthenticated_requests_are_sampled_into_the_log_and_all_counted(gateway):
+    gateway.state.cfg.request_log.unauthenticated_sample = 0.0
+    for _ in range(5):
+        assert gateway.call("/v1/chat/completions", chat("hi"), key="sk-wrong")[0] == 401
+    assert gateway.call("/v1/chat/completions", chat("hi"))[0] == 200
+    assert list(gateway.log().status) == [200]
+    from prometheus_client import generate_latest
+
+    metrics = generate_latest(gateway.state.metrics.registry).decode()
+    assert 'llmops_requests_total{endpoint="chat",key="anonymous",model="unknown",status="401"} 5.0' in metrics
