@@ -181,14 +181,27 @@ def collect_files(paths: list[str | Path]) -> tuple[list[tuple[Path, str]], list
         if not root.exists():
             raise IngestError(f"{root} does not exist; pass files or folders of .md, .txt, .html or .pdf.")
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        inside = root.resolve()
         for p in files:
             if p.name.startswith(".") or any(part.startswith(".") for part in p.parts[:-1] if part not in (".", "..")):
+                continue
+            if root.is_dir() and not p.resolve().is_relative_to(inside):
+                # a symlink out of the folder given: its target was not chosen for the index
+                skipped.append((_shown(p), f"links outside {root} (to {p.resolve()}); not followed"))
                 continue
             if p.suffix.lower() not in KINDS:
                 skipped.append((source_key(p), f"unsupported type {p.suffix or '(none)'}"))
                 continue
             found.append((p, source_key(p)))
     return found, skipped
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when inside it, without following links."""
+    try:
+        return path.absolute().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.absolute().as_posix()
 
 
 def source_key(path: Path) -> str:

@@ -186,3 +186,20 @@ def test_missing_path_is_a_clear_error(make_pipeline, tmp_path):
 
     with pytest.raises(IngestError, match="does not exist"):
         make_pipeline().ingest([tmp_path / "nope"])
+
+
+def test_symlinks_out_of_the_source_folder_are_not_followed(make_pipeline, corpus, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nThe root password of the vault is tangerine.")
+    (corpus / "leak.md").symlink_to(outside / "secret.md")
+    (corpus / "leakdir").symlink_to(outside, target_is_directory=True)
+    (corpus / "inner.md").symlink_to(corpus / "alpha.md")  # a link that stays inside is fine
+    pipe = make_pipeline()
+    report = pipe.ingest([corpus])
+    reasons = dict(report.skipped)
+    assert "links outside" in reasons["kb/leak.md"]
+    assert not any("leakdir" in src for src in report.indexed)  # a linked folder is not walked into
+    texts = [pl["text"] for pl in pipe.store.payloads(["text"]).values()]
+    assert texts and all("tangerine" not in t for t in texts)
+    assert "kb/alpha.md" in report.indexed
