@@ -589,6 +589,15 @@ def _actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+# Types beyond skops' own defaults that the project's scikit-learn models contain (classic_ml's three
+# estimators, the injection classifier): the only ones trusted when a registered model is loaded.
+SKOPS_TRUSTED_TYPES = (
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+
+
 def save_sklearn_model(model: Any, path: str | Path, input_example: Any) -> Path:
     """Save a fitted scikit-learn model as an MLflow model folder (signature + input example).
 
@@ -615,15 +624,30 @@ def save_sklearn_model(model: Any, path: str | Path, input_example: Any) -> Path
 def load_sklearn_model(path: str | Path) -> tuple[Any, list[str] | None]:
     """Load an MLflow scikit-learn model folder; returns (model, input column names or None).
 
+    The model must be stored with skops, and it is loaded trusting only :data:`SKOPS_TRUSTED_TYPES`
+    (the project's own list), never the trusted-types list written into the model folder: a version
+    someone registered, or an alias moved to it, cannot run code when the gateway loads it.
+
     Raises:
-        RegistryError: the folder is not an MLflow scikit-learn model.
+        RegistryError: not an MLflow scikit-learn model, not stored with skops, or it holds a type
+            outside the trusted list.
     """
-    import mlflow.sklearn
+    import skops.io
     from mlflow.models import Model
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     p = Path(path)
     if not (p / "MLmodel").is_file():
         raise RegistryError(f"{p} is not an MLflow model folder (no MLmodel file).")
-    signature = Model.load(str(p / "MLmodel")).signature
-    columns = signature.inputs.input_names() if signature is not None else None
-    return mlflow.sklearn.load_model(str(p)), columns
+    meta = Model.load(str(p / "MLmodel"))
+    flavor = meta.flavors.get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops" or not flavor.get("pickled_model"):
+        raise RegistryError(f"{p} is not a scikit-learn model stored with skops (format "
+                            f"{flavor.get('serialization_format')!r}); other formats can run code on load. "
+                            "Register it again with this version of the project.")
+    try:
+        model = skops.io.load(p / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+    except UntrustedTypesFoundException as e:
+        raise RegistryError(f"{p} holds types outside the project's trusted list ({e}); it is not loaded.") from e
+    columns = meta.signature.inputs.input_names() if meta.signature is not None else None
+    return model, columns

@@ -141,3 +141,36 @@ def test_parse_ref_forms():
     assert parse_ref("a@champion") == ("a", "champion", None)
     assert parse_ref("models:/a@champion") == ("a", "champion", None)
     assert parse_ref("a/3") == ("a", None, 3)
+
+
+def test_sklearn_models_load_only_with_the_projects_trusted_types(tmp_path):
+    """A model folder that declares its own trusted types (here a function reference inside a
+    FunctionTransformer: copy.deepcopy in the test, os.system in an attack) or is stored with pickle is
+    refused; the project's own models load."""
+    import copy
+
+    import mlflow.sklearn
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from llmops.registry import load_sklearn_model, save_sklearn_model
+
+    X = pd.DataFrame({"a": np.arange(20.0), "b": np.arange(20.0) % 3})
+    y = (X.a > 9).astype(int)
+    good = save_sklearn_model(LogisticRegression().fit(X, y), tmp_path / "good", X.head(3))
+    model, columns = load_sklearn_model(good)
+    assert columns == ["a", "b"] and model.predict(X).tolist() == y.tolist()
+
+    evil = make_pipeline(FunctionTransformer(copy.deepcopy), LogisticRegression())
+    evil.steps[1] = ("logisticregression", LogisticRegression().fit(X, y))
+    evil_dir = save_sklearn_model(evil, tmp_path / "evil", X.head(3))  # its MLmodel trusts copy.deepcopy
+    with pytest.raises(RegistryError, match="outside the project's trusted list"):
+        load_sklearn_model(evil_dir)
+
+    mlflow.sklearn.save_model(LogisticRegression().fit(X, y), str(tmp_path / "pickled"),
+                              serialization_format="cloudpickle")
+    with pytest.raises(RegistryError, match="not a scikit-learn model stored with skops"):
+        load_sklearn_model(tmp_path / "pickled")
