@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["base_model", "adapter", "classic_model", "rag_index", "guardrail_model"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 AUDIT_EXPERIMENT = "llmops-registry-audit"
+UNAUDITED_ACTOR = "unknown (outside llmops)"  # the actor of a move detected after the fact
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -381,28 +382,44 @@ class Registry:
             raise RegistryError(f"Alias {alias!r} is invalid: use lowercase letters, digits, '_', '-'.")
         self.get_version(name, version)  # raises if unknown
         before = self.alias_version(name, alias)
-        self.client.set_registered_model_alias(name, alias, str(version))
         move = AliasMove(name, alias, before, version, actor or _actor(), reason, time.time())
-        try:
-            self._audit(move)
-        except Exception as e:
-            if before is None:
-                self.client.delete_registered_model_alias(name, alias)
-            else:
-                self.client.set_registered_model_alias(name, alias, str(before))
-            raise RegistryError(f"Could not write the audit record; alias left unchanged: {e}") from e
+        self._moved(move, lambda: self.client.set_registered_model_alias(name, alias, str(version)))
         log.info("alias %s@%s: %s -> %s (%s)", name, alias, before, version, reason)
         return move
 
     def delete_alias(self, name: str, alias: str, *, reason: str, actor: str | None = None) -> AliasMove:
-        """Remove ``name@alias`` (audited). Raises RegistryError if it is not set."""
+        """Remove ``name@alias`` (audited, both or neither). Raises RegistryError if it is not set."""
         before = self.alias_version(name, alias)
         if before is None:
             raise RegistryError(f"{name}@{alias} is not set.")
-        self.client.delete_registered_model_alias(name, alias)
         move = AliasMove(name, alias, before, None, actor or _actor(), reason, time.time())
-        self._audit(move)
+        self._moved(move, lambda: self.client.delete_registered_model_alias(name, alias))
         return move
+
+    def _moved(self, move: AliasMove, apply: Any) -> None:
+        """The audit record first (pending), then the move, then the record confirmed: a failure at any
+        step leaves the alias as it was and no record of a move that did not happen; a crash between
+        the move and the confirmation leaves a pending record that :meth:`audit` confirms from the
+        alias itself."""
+        try:
+            run_id = self._audit(move, state="pending")
+        except Exception as e:
+            raise RegistryError(f"Could not write the audit record; alias left unchanged: {e}") from e
+        try:
+            apply()
+        except Exception as e:
+            self._drop_audit(run_id)
+            raise RegistryError(f"Moving {move.name}@{move.alias} failed; nothing changed: {e}") from e
+        try:
+            self.client.set_tag(run_id, "state", "done")
+        except Exception as e:  # noqa: BLE001 - the move happened; audit() confirms it from the alias
+            log.warning("audit record of %s@%s not confirmed (%s); it stays pending", move.name, move.alias, e)
+
+    def _drop_audit(self, run_id: str) -> None:
+        try:
+            self.client.delete_run(run_id)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not remove the audit record %s of a failed move: %s", run_id, e)
 
     def alias_version(self, name: str, alias: str) -> int | None:
         """The version ``name@alias`` points at, or None when unset."""
@@ -413,7 +430,7 @@ class Registry:
         except MlflowException:
             return None
 
-    def _audit(self, move: AliasMove) -> None:
+    def _audit(self, move: AliasMove, state: str = "done") -> str:
         exp_id = self._ensure_experiment(AUDIT_EXPERIMENT)
         tags = {
             "model": move.name,
@@ -423,12 +440,15 @@ class Registry:
             "actor": move.actor,
             "reason": move.reason[:5000],
             "timestamp": repr(move.timestamp),
+            "state": state,
         }
         run = self.client.create_run(exp_id, run_name=f"{move.name}@{move.alias}", tags=tags)
         self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
 
     def audit(self, name: str | None = None) -> list[AliasMove]:
-        """Every alias move (of ``name``, or of all models), oldest first."""
+        """Every alias move (of ``name``, or of all models), oldest first. A record left pending by a
+        crash counts when the alias still shows its move, and is left out when it does not."""
         exp = self.client.get_experiment_by_name(AUDIT_EXPERIMENT)
         if exp is None:
             return []
@@ -437,18 +457,39 @@ class Registry:
         moves = []
         for r in runs:
             t = r.data.tags
-            moves.append(
-                AliasMove(
-                    name=t["model"],
-                    alias=t["alias"],
-                    from_version=int(t["from_version"]) if t.get("from_version") else None,
-                    to_version=int(t["to_version"]) if t.get("to_version") else None,
-                    actor=t.get("actor", ""),
-                    reason=t.get("reason", ""),
-                    timestamp=float(t.get("timestamp", r.info.start_time / 1000)),
-                )
+            move = AliasMove(
+                name=t["model"],
+                alias=t["alias"],
+                from_version=int(t["from_version"]) if t.get("from_version") else None,
+                to_version=int(t["to_version"]) if t.get("to_version") else None,
+                actor=t.get("actor", ""),
+                reason=t.get("reason", ""),
+                timestamp=float(t.get("timestamp", r.info.start_time / 1000)),
             )
+            if t.get("state") == "pending" and self.alias_version(move.name, move.alias) != move.to_version:
+                continue
+            moves.append(move)
         return sorted(moves, key=lambda m: m.timestamp)
+
+    def last_move(self, name: str, alias: str) -> AliasMove | None:
+        """The newest audit record of ``name@alias`` (None when it was never moved)."""
+        return next((m for m in reversed(self.audit(name)) if m.alias == alias), None)
+
+    def unaudited_move(self, name: str, alias: str, *, detected_by: str = "llmops") -> AliasMove | None:
+        """When ``name@alias`` points elsewhere than its last audited move says (moved in the MLflow UI or
+        by another tool), record that as an unaudited move (actor :data:`UNAUDITED_ACTOR`) and return it;
+        None when they agree."""
+        current = self.alias_version(name, alias)
+        last = self.last_move(name, alias)
+        if current == (last.to_version if last else None):
+            return None
+        move = AliasMove(name, alias, last.to_version if last else None, current, UNAUDITED_ACTOR,
+                         f"UNAUDITED: the alias was moved outside the project; detected by {detected_by}",
+                         time.time())
+        self._audit(move)
+        log.warning("%s@%s was moved outside llmops: %s -> %s (recorded as unaudited)", name, alias,
+                    move.from_version, current)
+        return move
 
     # ------------------------------------------------------------------ lookup
     def get_version(self, name: str, version: int, with_path: bool = False) -> ModelVersion:

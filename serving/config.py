@@ -169,6 +169,9 @@ class ServingConfig(StrictModel):
         default_factory=GuardrailsHookConfig, description="Guardrail hook."
     )
     rollout_poll_s: float = Field(10, ge=0, description="How often aliases are checked (0: never).")
+    unaudited_moves: Literal["follow", "ignore"] = Field(
+        "follow", description="An alias moved outside the project (the MLflow UI, another tool) is recorded as "
+        "unaudited either way; follow: serve the version it points at, ignore: keep serving the last audited one.")
     models_dir: str = Field("models", description="Where prepared default models live.")
 
     @model_validator(mode="after")

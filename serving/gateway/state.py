@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmops.contracts import content_text
+from llmops.registry import UNAUDITED_ACTOR
 from serving.config import ServingConfig
 from serving.gateway.auth import KeyStore
 from serving.gateway.errors import APIError
@@ -105,6 +106,11 @@ class GatewayState:
             for a in self.cfg.adapters:
                 group = a.base or self.cfg.engines[0].served_name
                 try:
+                    self.registry.unaudited_move(a.registry_name, a.alias, detected_by="the gateway")
+                    if self.cfg.unaudited_moves == "ignore":
+                        last = self.registry.last_move(a.registry_name, a.alias)
+                        if last is not None and last.actor == UNAUDITED_ACTOR:
+                            continue  # moved outside the project: keep serving the last audited version
                     version = self.registry.resolve(f"{a.registry_name}@{a.alias}")
                 except Exception as e:  # noqa: BLE001 - keep serving what runs; say why (once per reason)
                     key = (a.registry_name, a.alias)

@@ -174,3 +174,49 @@ def test_sklearn_models_load_only_with_the_projects_trusted_types(tmp_path):
                               serialization_format="cloudpickle")
     with pytest.raises(RegistryError, match="not a scikit-learn model stored with skops"):
         load_sklearn_model(tmp_path / "pickled")
+
+
+def test_alias_moves_and_their_audit_records_are_all_or_nothing(registry, adapter_dir, monkeypatch):
+    registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
+    registry.register("m", adapter_dir, kind="adapter")
+    before = registry.audit("m")
+
+    # the move itself fails: no record of it is left
+    def refuse(*a, **k):
+        raise RuntimeError("store rejected the alias")
+
+    monkeypatch.setattr(registry.client, "set_registered_model_alias", refuse)
+    with pytest.raises(RegistryError, match="nothing changed"):
+        registry.set_alias("m", "champion", 2, reason="x")
+    monkeypatch.undo()
+    assert registry.alias_version("m", "champion") == 1 and registry.audit("m") == before
+
+    # a crash after the move, before its record is confirmed: the pending record counts (the alias shows it)
+    monkeypatch.setattr(registry.client, "set_tag", refuse)
+    registry.set_alias("m", "champion", 2, reason="crash before confirming")
+    monkeypatch.undo()
+    assert registry.audit("m")[-1].reason == "crash before confirming"
+    # a crash after the record, before the move: the pending record does not count
+    from llmops.registry import AliasMove
+
+    registry._audit(AliasMove("m", "champion", 2, 1, "ci", "never applied", 1e10), state="pending")
+    assert registry.alias_version("m", "champion") == 2
+    assert all(m.reason != "never applied" for m in registry.audit("m"))
+
+    # deleting an alias is audited too, and a failed delete leaves both as they were
+    monkeypatch.setattr(registry.client, "delete_registered_model_alias", refuse)
+    with pytest.raises(RegistryError, match="nothing changed"):
+        registry.delete_alias("m", "champion", reason="y")
+    monkeypatch.undo()
+    assert registry.alias_version("m", "champion") == 2
+
+
+def test_a_move_made_outside_the_project_is_detected_and_recorded(registry, adapter_dir):
+    registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
+    registry.register("m", adapter_dir, kind="adapter")
+    assert registry.unaudited_move("m", "champion") is None  # in step with its audit trail
+    registry.client.set_registered_model_alias("m", "champion", "2")  # as the MLflow UI does
+    move = registry.unaudited_move("m", "champion", detected_by="test")
+    assert (move.from_version, move.to_version, move.actor) == (1, 2, "unknown (outside llmops)")
+    assert registry.audit("m")[-1].reason.startswith("UNAUDITED") and "test" in registry.audit("m")[-1].reason
+    assert registry.unaudited_move("m", "champion") is None  # recorded once

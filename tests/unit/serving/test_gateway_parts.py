@@ -146,3 +146,45 @@ def test_hash_key_cli(capsys):
     from pathlib import Path
 
     assert digest in Path("configs/serving/default.yaml").read_text()
+
+
+class RecordingEngine:
+    """An engine group member that records which adapters the gateway loads into it."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg, self.url, self.state, self.api_key = cfg, "http://127.0.0.1:9", "ready", None
+        self.loaded: dict[str, str] = {}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.loaded[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+
+@pytest.mark.parametrize("policy", ["follow", "ignore"])
+def test_alias_moves_made_outside_the_project_are_recorded_and_followed_or_not(registry, tmp_path, policy):
+    from llmops.registry import UNAUDITED_ACTOR
+    from serving.gateway.state import GatewayState
+
+    weights = tmp_path / "adapter.bin"
+    weights.write_bytes(b"w")
+    registry.register("qa", weights, kind="adapter", aliases=["champion"])
+    registry.register("qa", weights, kind="adapter")
+    cfg = ServingConfig.model_validate({"engines": [{"served_name": "base"}], "adapters": [{"registry_name": "qa"}],
+                                        "embeddings": {"enabled": False}, "request_log": {"enabled": False},
+                                        "unaudited_moves": policy})
+    engine = RecordingEngine(cfg.engines[0])
+    state = GatewayState(cfg, [engine], {}, registry)
+    assert state.sync_adapters() == ["qa"] and state.models["qa"].registry_version == "1"
+    registry.client.set_registered_model_alias("qa", "champion", "2")  # as the MLflow UI does
+    changed = state.sync_adapters()
+    assert registry.last_move("qa", "champion").actor == UNAUDITED_ACTOR
+    if policy == "follow":
+        assert changed == ["qa"] and state.models["qa"].registry_version == "2"
+    else:
+        assert changed == [] and state.models["qa"].registry_version == "1"
+        assert list(engine.loaded) == ["qa--v1"]
+        registry.set_alias("qa", "champion", 2, reason="the audited rollout")  # a move through the project
+        assert state.sync_adapters() == ["qa"] and state.models["qa"].registry_version == "2"
+    state.close()
