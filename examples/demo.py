@@ -35,7 +35,7 @@ from llmops.process import NotReadyError, wait_ready
 
 SERVE_LOG = Path("data/demo-serve.log")
 PORT = int(os.environ.get("LLMOPS_DEMO_PORT", "8000"))
-KEY = "sk-llmops-demo"  # the demo key of configs/serving/default.yaml
+KEY = ""  # the demo's API key, created at the serve stage (shown in the summary)
 
 
 class StageError(LLMOpsError):
@@ -92,6 +92,22 @@ def _evaluated(registry, ref: str, eval_name: str, overrides: list[str]) -> bool
                for r in registry.runs_for(v.name, v.version))
 
 
+def new_keys() -> None:
+    """Fresh keys for this run in the serving config's key file (only their sha256 is stored): "demo" for
+    the clients, and "rag" for RAGPipeline, whose id the guardrail policy knows."""
+    global KEY
+    from llmops.config import load_config
+    from serving.config import ServingConfig
+    from serving.gateway.keys import create_key, revoke_key
+
+    path = load_config("configs/serving/default.yaml", ServingConfig).auth.keys_file
+    for key_id in ("demo", "rag"):
+        revoke_key(path, key_id)
+    KEY = create_key(path, "demo")
+    os.environ["LLMOPS_RAG_API_KEY"] = create_key(path, "rag")  # read by `llmops rag ask`
+    print(f"   API keys for this run: demo = {KEY} (and one for RAG), kept as sha256 in {path}")
+
+
 def stage_serve(n: int, registry) -> None:
     heading(n, "serve: vLLM + gateway (guardrails on) with the base model, the challenger and the champion")
     stopped = subprocess.run([sys.executable, "-m", "llmops", "serve", "stop"], capture_output=True, text=True)
@@ -107,6 +123,7 @@ def stage_serve(n: int, registry) -> None:
     overrides = [f"port={PORT}", "engines.0.port=0", "rollout_poll_s=3",
                  "adapters=[{registry_name: smollm2-qa, alias: champion, served_name: smollm2-qa}, "
                  "{registry_name: smollm2-qa, alias: challenger, served_name: smollm2-qa-challenger}]"]
+    new_keys()
     SERVE_LOG.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "llmops", "serve", "--config", "configs/serving/default.yaml", *overrides]
     print(f"   $ llmops serve --config configs/serving/default.yaml {' '.join(overrides)}\n   (log {SERVE_LOG})")

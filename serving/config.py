@@ -83,18 +83,25 @@ class ApiKey(StrictModel):
 
     id: str = Field(description="Key id used in logs and metrics.")
     sha256: str = Field(description="sha256 hex digest of the key (see `llmops serve hash-key`).")
+    generated: bool = Field(False, description="Created automatically by the first `llmops serve` (a local "
+                            "default): not enough to serve on a non-loopback address.")
+    created: float | None = Field(None, description="When it was created (epoch seconds), for `keys list`.")
     rpm: int | None = Field(None, ge=1, description="Requests per minute (None: limits.default_rpm).")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute (None: limits.default_tpm).")
 
 
 class AuthConfig(StrictModel):
-    """Who may call the gateway."""
+    """Who may call the gateway. Keys come from ``keys`` (hashed, in the config) and from ``keys_file``
+    (``llmops serve keys create``) or, replacing the file's keys, from the ``keys_env`` variable."""
 
     enabled: bool = Field(True, description="Require a Bearer key.")
     keys: list[ApiKey] = Field(default_factory=list, description="Allowed keys (hashed).")
+    keys_file: str = Field(
+        "data/serving/keys.json", description="Keys created by `llmops serve keys create` (sha256 only, mode 0600); "
+        "the first `llmops serve` with no key anywhere creates one there and prints it once.")
     keys_env: str = Field(
-        "LLMOPS_API_KEYS", description="Env var with more keys as 'id:key,id2:key2' (hashed on load)."
-    )
+        "LLMOPS_API_KEYS", description="Env var with keys as 'id:key,id2:key2' (hashed on load); when set it "
+        "replaces the keys of the file.")
 
 
 class LimitsConfig(StrictModel):

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -30,12 +31,56 @@ log = logging.getLogger(__name__)
 PID_FILE = Path(os.environ.get("LLMOPS_PID_FILE", "data/serve.pid"))
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ensure_key(cfg: ServingConfig) -> str | None:
+    """With auth on and no key anywhere (config, key file, the keys variable), create one in the key file
+    (marked generated) and return it so the caller shows it once; None when keys exist."""
+    from serving.gateway.auth import KeyStore
+    from serving.gateway.keys import create_key
+
+    if not cfg.auth.enabled or KeyStore(cfg.auth).keys:
+        return None
+    return create_key(cfg.auth.keys_file, "default", generated=True)
+
+
+def check_exposure(cfg: ServingConfig, insecure: bool) -> None:
+    """A gateway on a non-loopback address needs auth with keys someone chose (not only the generated
+    local default), unless ``insecure`` says otherwise, which is logged loudly.
+
+    Raises:
+        EngineError: the address is reachable from other machines and the keys are not enough.
+    """
+    from serving.gateway.auth import KeyStore
+
+    if is_loopback(cfg.host):
+        return
+    keys = KeyStore(cfg.auth).keys if cfg.auth.enabled else []
+    if keys and not all(k.generated for k in keys):
+        return
+    why = "auth is off" if not cfg.auth.enabled else "its only keys are the generated local default"
+    if not insecure:
+        raise EngineError(f"The gateway would listen on {cfg.host}, reachable from other machines, and {why}. Create "
+                          "keys for the people who use it (`llmops serve keys create --id NAME`), or pass --insecure "
+                          "if this is really meant.")
+    log.warning("SERVING ON %s WITH %s (--insecure): anyone who reaches this address can use the models",
+                cfg.host, why.upper())
+
+
 class Server:
     def __init__(self, cfg: ServingConfig, log_dir: str | Path = "data/logs",
-                 registry: RegistryAPI | None = None) -> None:
+                 registry: RegistryAPI | None = None, insecure: bool = False) -> None:
         self.cfg = cfg
         self.log_dir = Path(log_dir)
         self.registry = registry
+        self.insecure = insecure
         self.engines: list[Engine] = []
         self.state = None
         self.app = None
@@ -51,6 +96,7 @@ class Server:
         from serving.gateway.app import create_app
         from serving.gateway.state import GatewayState
 
+        check_exposure(self.cfg, self.insecure)
         if port_in_use(self.cfg.host, self.cfg.port):
             raise EngineError(f"Gateway port {self.cfg.port} is in use: stop the running server "
                               "(`make stop`) or pass port=<free port>.")

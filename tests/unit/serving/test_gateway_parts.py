@@ -140,12 +140,79 @@ def test_hash_key_cli(capsys):
 
     from serving.__main__ import main
 
-    assert main(["hash-key", "sk-llmops-demo"]) == 0
+    assert main(["hash-key", "sk-some-key"]) == 0
     digest = capsys.readouterr().out.strip()
-    assert digest == hashlib.sha256(b"sk-llmops-demo").hexdigest()
+    assert digest == hashlib.sha256(b"sk-some-key").hexdigest()
     from pathlib import Path
 
-    assert digest in Path("configs/serving/default.yaml").read_text()
+    shipped = Path("configs/serving/default.yaml").read_text() + Path("configs/rag/default.yaml").read_text()
+    assert "sk-" not in shipped.replace("sk-llmops-...", "")  # no key ships in a config
+
+
+def test_key_file_create_list_revoke_and_the_gateway_follows_it(tmp_path, monkeypatch):
+    import stat
+
+    from llmops.errors import ConfigError
+    from serving.gateway.keys import create_key, list_keys, revoke_key
+
+    path = tmp_path / "keys" / "keys.json"
+    ci = create_key(path, "ci")
+    assert ci.startswith("sk-llmops-") and len(ci) > 30 and ci not in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(ConfigError, match="exists"):
+        create_key(path, "ci")
+    with pytest.raises(ConfigError, match="invalid"):
+        create_key(path, "bad id!")
+    monkeypatch.delenv("LLMOPS_API_KEYS", raising=False)
+    store = KeyStore(AuthConfig(keys_file=str(path)))
+    assert store.authenticate(f"Bearer {ci}").id == "ci"
+    other = create_key(path, "other")
+    time.sleep(1.05)  # the store looks at the file at most once a second
+    assert store.authenticate(f"Bearer {other}").id == "other"
+    assert revoke_key(path, "ci") and not revoke_key(path, "ci")
+    time.sleep(1.05)
+    with pytest.raises(APIError):
+        store.authenticate(f"Bearer {ci}")
+    assert [k.id for k in list_keys(path)] == ["other"]
+    # the variable replaces the file's keys
+    monkeypatch.setenv("LLMOPS_API_KEYS", "env:sk-from-env")
+    store = KeyStore(AuthConfig(keys_file=str(path)))
+    assert store.authenticate("Bearer sk-from-env").id == "env"
+    with pytest.raises(APIError):
+        store.authenticate(f"Bearer {other}")
+
+
+def test_first_serve_creates_a_key_and_other_machines_need_chosen_keys(tmp_path, monkeypatch, capsys):
+    from serving.__main__ import main
+    from serving.engine import EngineError
+    from serving.server import check_exposure, ensure_key
+
+    monkeypatch.delenv("LLMOPS_API_KEYS", raising=False)
+    keys = str(tmp_path / "keys.json")
+    cfg = ServingConfig.model_validate({"auth": {"keys_file": keys}})
+    created = ensure_key(cfg)
+    assert created and ensure_key(cfg) is None  # once
+    assert KeyStore(cfg.auth).authenticate(f"Bearer {created}").generated
+    check_exposure(cfg, insecure=False)  # loopback: fine
+    public = cfg.model_copy(update={"host": "0.0.0.0"})
+    with pytest.raises(EngineError, match="generated local default"):
+        check_exposure(public, insecure=False)
+    check_exposure(public, insecure=True)  # allowed, logged loudly
+    no_auth = public.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
+    with pytest.raises(EngineError, match="auth is off"):
+        check_exposure(no_auth, insecure=False)
+    # a key someone chose (the CLI) is enough
+    cfg_file = tmp_path / "serving.yaml"
+    cfg_file.write_text(f"auth: {{keys_file: {keys}}}\n")
+    assert main(["keys", "create", "team", "--config", str(cfg_file)]) == 0
+    team_key = capsys.readouterr().out.strip()
+    assert KeyStore(cfg.auth).authenticate(f"Bearer {team_key}").id == "team"
+    check_exposure(public, insecure=False)
+    assert main(["keys", "list", "--config", str(cfg_file)]) == 0
+    listing = capsys.readouterr().out
+    assert "default" in listing and "(generated)" in listing and "team" in listing and team_key not in listing
+    assert main(["keys", "revoke", "team", "--config", str(cfg_file)]) == 0
+    assert main(["keys", "revoke", "team", "--config", str(cfg_file)]) == 1
 
 
 class RecordingEngine:

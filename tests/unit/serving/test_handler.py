@@ -139,7 +139,8 @@ def gateway(engine_url, tmp_path):
     cfg = ServingConfig.model_validate({
         "engines": [{"served_name": "m", "port": port, "max_model_len": 256}],
         "embeddings": {"enabled": False}, "limits": {"default_max_tokens": 32},
-        "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV"},
+        "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV",
+                 "keys_file": str(tmp_path / "keys.json")},
         "request_log": {"path": str(tmp_path / "log.sqlite")},
         "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}})
     engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready", api_key="engine-secret")
