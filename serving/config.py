@@ -99,6 +99,7 @@ class AuthConfig(StrictModel):
     keys_file: str = Field(
         "data/serving/keys.json", description="Keys created by `llmops serve keys create` (sha256 only, mode 0600); "
         "the first `llmops serve` with no key anywhere creates one there and prints it once.")
+    protect_ops: bool = Field(False, description="Also require a key for /ready and /metrics (/health stays open).")
     keys_env: str = Field(
         "LLMOPS_API_KEYS", description="Env var with keys as 'id:key,id2:key2' (hashed on load); when set it "
         "replaces the keys of the file.")
@@ -130,6 +131,8 @@ class RouterConfig(StrictModel):
     retries: int = Field(1, ge=0, le=5, description="Retries on another replica on connection errors.")
     timeout_s: float = Field(300, gt=0, description="Upstream request timeout.")
     cooldown_s: float = Field(5, ge=0, description="A failing replica is skipped for this long.")
+    max_connections: int = Field(1024, ge=1, description="Open connections to the engines, streams included.")
+    pool_timeout_s: float = Field(5, gt=0, description="Wait for a free connection; then 503 with Retry-After.")
     fallbacks: dict[str, list[str]] = Field(
         default_factory=dict, description="Model id -> model ids to try when all its replicas fail."
     )

@@ -44,8 +44,10 @@ class Router:
         self._cycle = {name: itertools.count() for name in groups}
         self._cooldown: dict[int, float] = {}
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(cfg.timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            # a free connection is awaited pool_timeout_s at most: when slow readers hold them all, a 503
+            timeout=httpx.Timeout(cfg.timeout_s, connect=5.0, pool=cfg.pool_timeout_s),
+            limits=httpx.Limits(max_connections=cfg.max_connections,
+                                max_keepalive_connections=min(256, cfg.max_connections)),
         )
 
     def candidates(self, group: str) -> list[Upstream]:
@@ -77,6 +79,10 @@ class Router:
             request = self.client.build_request("POST", engine.url + path, content=body, headers=headers)
             try:
                 return await self.client.send(request, stream=True), engine
+            except httpx.PoolTimeout as e:
+                raise APIError(503, "The gateway has no free connection to the engines right now (too many open "
+                               "streams); retry shortly.", "server_error", "gateway_busy",
+                               headers={"Retry-After": "1"}) from e
             except RETRYABLE as e:
                 self._cooldown[id(engine)] = time.monotonic() + self.cfg.cooldown_s
                 log.warning("engine %s failed (%s); %s", engine.cfg.name, type(e).__name__,

@@ -16,9 +16,16 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+def _ops_auth(request: Request, state: GatewayState) -> None:
+    """With ``auth.protect_ops`` /ready and /metrics need a valid key too (they name engines, keys, models)."""
+    if state.cfg.auth.protect_ops:
+        state.keys.authenticate(request.headers.get("authorization"))
+
+
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.gateway
+    _ops_auth(request, state)
     engines = {e.cfg.name: {"state": e.state, "model": e.cfg.served_name, "restarts": getattr(e, "restarts", 0)}
                for e in state.engines}
     groups = {e.cfg.served_name for e in state.engines}
@@ -29,4 +36,5 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
+    _ops_auth(request, state)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -40,6 +40,14 @@ def _engine_app() -> FastAPI:
         text = ANSWERS.pop(0) if ANSWERS else "plain answer"
         if text == "__NOT_JSON__":
             return PlainTextResponse("<html>proxy error</html>")
+        if text == "__SLOW__":  # a stream that holds its connection for a while
+            async def slow():
+                for _ in range(8):
+                    await asyncio.sleep(0.25)
+                    yield "data: " + json.dumps({"id": "x", "model": body["model"], "choices": [
+                        {"index": 0, "delta": {"content": "z "}}]}) + "\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(slow(), media_type="text/event-stream")
         chat = request.url.path.endswith("chat/completions")
         if body.get("stream"):
             async def events():
@@ -163,7 +171,7 @@ def gateway(engine_url, tmp_path):
         state.requestlog = None
         return read_request_log(tmp_path / "log.sqlite")
 
-    yield SimpleNamespace(call=call, state=state, log=log)
+    yield SimpleNamespace(call=call, state=state, log=log, app=app, loop=loop)
     loop.run_until_complete(state.router.close())
     loop.close()
 
@@ -308,3 +316,40 @@ def test_unauthenticated_requests_are_sampled_into_the_log_and_all_counted(gatew
 
     metrics = generate_latest(gateway.state.metrics.registry).decode()
     assert 'llmops_requests_total{endpoint="chat",key="anonymous",model="unknown",status="401"} 5.0' in metrics
+
+
+def test_ops_routes_can_require_a_key(gateway):
+    async def get(path, key=None):
+        transport = httpx.ASGITransport(app=gateway.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return (await client.get(path, headers={"Authorization": f"Bearer {key}"} if key else {})).status_code
+
+    run = gateway.loop.run_until_complete
+    assert run(get("/metrics")) == 200 and run(get("/health")) == 200
+    gateway.state.cfg.auth.protect_ops = True
+    assert run(get("/metrics")) == 401 and run(get("/ready")) == 401 and run(get("/health")) == 200
+    assert run(get("/metrics", "sk-k")) == 200
+
+
+def test_no_free_engine_connection_is_a_503_with_retry_after(gateway):
+    from serving.router import Router
+
+    state = gateway.state
+    state.router = Router(state.router.groups, state.cfg.router.model_copy(update={"max_connections": 1,
+                                                                                  "pool_timeout_s": 0.2}))
+    ANSWERS.append("__SLOW__")
+
+    async def both():
+        transport = httpx.ASGITransport(app=gateway.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
+            auth = {"Authorization": "Bearer sk-k"}
+            slow = asyncio.create_task(client.post("/v1/chat/completions", json=chat("a", stream=True),
+                                                   headers=auth))
+            await asyncio.sleep(0.3)  # the slow stream holds the only connection
+            busy = await client.post("/v1/chat/completions", json=chat("b"), headers=auth)
+            return await slow, busy
+
+    slow, busy = gateway.loop.run_until_complete(both())
+    assert slow.status_code == 200 and slow.text.count("Z ") == 8  # the slow stream went through whole
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["code"] == "gateway_busy"
