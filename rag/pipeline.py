@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ class RAGPipeline:
         self._embedder = embedder
         self._registry = registry
         self._guard = None
+        self._guard_lock = threading.Lock()
         self._client = None
         self._aclient = None
 
@@ -255,10 +257,11 @@ class RAGPipeline:
 
     # -------------------------------------------------------------------- ask
     def _guardrails(self) -> GuardHook | None:
-        if self._guard is None and self.cfg.guardrails.enabled:
-            from llmops.plugins import load_guard
+        with self._guard_lock:  # aask runs _prepare in threads: load the guard once, not once per thread
+            if self._guard is None and self.cfg.guardrails.enabled:
+                from llmops.plugins import load_guard
 
-            self._guard = load_guard(self.cfg.guardrails.config, self._registry)
+                self._guard = load_guard(self.cfg.guardrails.config, self._registry)
         return self._guard
 
     def _prepare(self, question: str, filters: dict[str, Any] | None, tenant: str | None,
