@@ -77,7 +77,7 @@ def gateway(tiny_model_dir, tmp_path_factory):
                           {"id": "json", "sha256": hash_key(JSON_KEY)},
                           {"id": "logged", "sha256": hash_key(LOG_KEY), "rpm": 2}]},
         "limits": {"max_tokens_cap": 2000, "max_body_bytes": 20_000},
-        "request_log": {"path": str(tmp / "requests.sqlite")},
+        "request_log": {"path": str(tmp / "requests.sqlite"), "unauthenticated_sample": 1.0},
         "rollout_poll_s": 1,  # the rollout poller runs: alias moves are picked up by it, not by hand
         "models_dir": str(tiny_model_dir.parent),
     })
@@ -519,15 +519,24 @@ def test_ready_endpoint(gateway):
     assert r.status_code == 200 and r.json()["ready"] is True
 
 
+def _bind(sock, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
 def test_engine_crash_gives_503_then_recovers_also_when_the_first_restart_fails(gateway, client):
     import socket
 
     engine = gateway["server"].engines[0]
     os.killpg(engine.pid, signal.SIGKILL)
-    # something else takes the engine's port for a few seconds: the first restart attempts fail
+    # something else takes the engine's port for a few seconds: the first restart attempts fail (the
+    # dead engine's children may hold the port a moment longer; that fails a restart attempt as well)
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", engine.port))
+    assert wait_until(lambda: _bind(squatter, engine.port), 20), "the engine's port never became free"
     squatter.listen()
     time.sleep(0.5)
     r = post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_tokens": 2})
