@@ -51,18 +51,15 @@ class Router:
         )
 
     def candidates(self, group: str) -> list[Upstream]:
-        """Replicas to try, in order: ready and not cooling down first, round robin among them."""
+        """Replicas to try, in order: ready ones only (a process known to be down or starting is never sent
+        a request: its port may belong to something else by now), not cooling down first, round robin."""
         replicas = self.groups.get(group, [])
         if not replicas:
             return []
         start = next(self._cycle[group]) % len(replicas)
-        ordered = replicas[start:] + replicas[:start]
+        ordered = [e for e in replicas[start:] + replicas[:start] if e.state == "ready"]
         now = time.monotonic()
-
-        def rank(e: Upstream) -> int:
-            return 0 if e.state == "ready" and self._cooldown.get(id(e), 0) <= now else 1
-
-        return sorted(ordered, key=rank)
+        return sorted(ordered, key=lambda e: self._cooldown.get(id(e), 0) > now)
 
     async def send(self, group: str, path: str, body: bytes) -> tuple[httpx.Response, Upstream]:
         """POST ``body`` to ``path`` on a replica of ``group``; the response is opened as a stream.
