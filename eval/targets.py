@@ -124,9 +124,10 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
     cfg.update(port=port, host="127.0.0.1", rollout_poll_s=0)
     # the RAG suite gets the id "rag", as RAGPipeline does in the serving config: the pipeline
     # checks the question, the gateway's policy then skips the injection rail over retrieved text
-    cfg["auth"] = {"enabled": True, "keys": [
-        {"id": kid, "sha256": hashlib.sha256(k.encode()).hexdigest(), "rpm": 100000, "tpm": 100000000}
-        for kid, k in (("eval", key), ("rag", rag_key))]}
+    # only these two keys: no key file shared with other servers, no keys from the environment
+    cfg["auth"] = {"enabled": True, "keys_file": str(out_dir / "no-keys.json"), "keys_env": "LLMOPS_EVAL_NO_KEYS",
+                   "keys": [{"id": kid, "sha256": hashlib.sha256(k.encode()).hexdigest(), "rpm": 100000,
+                             "tpm": 100000000} for kid, k in (("eval", key), ("rag", rag_key))]}
     cfg["request_log"] = {"enabled": True, "path": str(out_dir / "requests.sqlite")}
     engine = cfg["engines"][0]
     engine["port"] = 0

@@ -466,23 +466,30 @@ class Registry:
                 reason=t.get("reason", ""),
                 timestamp=float(t.get("timestamp", r.info.start_time / 1000)),
             )
-            if t.get("state") == "pending" and self.alias_version(move.name, move.alias) != move.to_version:
-                continue
+            if t.get("state") == "pending":
+                if self.alias_version(move.name, move.alias) != move.to_version:
+                    continue  # recorded, never applied
+                try:  # applied, confirmation lost: confirm it now, so later moves cannot hide it
+                    self.client.set_tag(r.info.run_id, "state", "done")
+                except Exception as e:  # noqa: BLE001
+                    log.warning("could not confirm audit record %s: %s", r.info.run_id, e)
             moves.append(move)
         return sorted(moves, key=lambda m: m.timestamp)
 
-    def last_move(self, name: str, alias: str) -> AliasMove | None:
-        """The newest audit record of ``name@alias`` (None when it was never moved)."""
-        return next((m for m in reversed(self.audit(name)) if m.alias == alias), None)
+    def last_move(self, name: str, alias: str, *, audited_only: bool = False) -> AliasMove | None:
+        """The newest audit record of ``name@alias`` (None when it was never moved); ``audited_only``
+        skips moves detected after the fact (made outside the project)."""
+        return next((m for m in reversed(self.audit(name)) if m.alias == alias
+                     and not (audited_only and m.actor == UNAUDITED_ACTOR)), None)
 
     def unaudited_move(self, name: str, alias: str, *, detected_by: str = "llmops") -> AliasMove | None:
         """When ``name@alias`` points elsewhere than its last audited move says (moved in the MLflow UI or
         by another tool), record that as an unaudited move (actor :data:`UNAUDITED_ACTOR`) and return it;
         None when they agree."""
-        current = self.alias_version(name, alias)
         last = self.last_move(name, alias)
-        if current == (last.to_version if last else None):
-            return None
+        current = self.alias_version(name, alias)
+        if current == (last.to_version if last else None) or self.last_move(name, alias) != last:
+            return None  # in step, or a move through the project landed between the two reads
         move = AliasMove(name, alias, last.to_version if last else None, current, UNAUDITED_ACTOR,
                          f"UNAUDITED: the alias was moved outside the project; detected by {detected_by}",
                          time.time())

@@ -100,6 +100,8 @@ class Engine:
                "--host", c.host, "--port", str(self.port), "--max-model-len", str(c.max_model_len),
                "--dtype", self.dtype.dtype, "--max-num-seqs", str(c.max_num_seqs),
                "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+        if c.require_key:  # vLLM's --api-key leaves /invocations, /adapters ... open: guard every path
+            cmd += ["--middleware", "serving.engine_guard.RequireKey"]
         if c.compact_json:
             cmd += ["--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True})]
         if c.enable_lora is True:  # "auto" is resolved by the server from the adapters it serves
@@ -131,6 +133,8 @@ class Engine:
             EngineError: the port is taken.
         """
         with self._lock:
+            if self._stopping.is_set():
+                raise EngineError(f"Engine {self.cfg.name} was stopped.")
             if self.port == 0:
                 self.port = free_port(self.cfg.host)
             elif port_in_use(self.cfg.host, self.port):
@@ -271,8 +275,9 @@ class Engine:
 
     def stop(self, timeout: float = 30) -> None:
         """Terminate the process group (SIGTERM, then SIGKILL)."""
-        self._stopping.set()
-        proc = self._proc
+        with self._lock:  # a restart in progress cannot spawn after this point (start checks _stopping)
+            self._stopping.set()
+            proc = self._proc
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -35,6 +35,23 @@ from serving.gateway.validate import chat_messages, common, completion_prompts, 
 log = logging.getLogger(__name__)
 
 
+class _Stream(StreamingResponse):
+    """A streaming response that always runs its ``cleanup``: Starlette may cancel the stream before the
+    relay generator ever starts (a client that leaves at once), and then the generator's own
+    ``finally`` never runs."""
+
+    def __init__(self, content: AsyncIterator[str], cleanup, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            await self._cleanup
+
+
 class CompletionHandler:
     """The state of one ``/v1/chat/completions`` (``chat=True``) or ``/v1/completions`` request."""
 
@@ -54,6 +71,7 @@ class CompletionHandler:
         self.prompt_text: str | None = None
         self.wants_usage = False
         self.in_flight: str | None = None  # the key whose concurrency slot this request holds
+        self._finished = False
 
     @property
     def path(self) -> str:
@@ -72,8 +90,8 @@ class CompletionHandler:
             resp = await self.forward()
             if self.rec.stream:
                 streaming = True  # the relay accounts for the request when the stream ends
-                return StreamingResponse(self.relay(resp), media_type="text/event-stream",
-                                         headers={"cache-control": "no-cache", "x-request-id": self.rec.id})
+                return _Stream(self.relay(resp), self.close_stream(resp), media_type="text/event-stream",
+                               headers={"cache-control": "no-cache", "x-request-id": self.rec.id})
             return await self.answer(resp)
         except APIError as e:
             self.rec.status, self.rec.error_code = e.status, e.code
@@ -88,11 +106,20 @@ class CompletionHandler:
                 self.finish()
 
     def finish(self) -> None:
-        """Account for the request (once) and give back its concurrency slot."""
+        """Account for the request and give back its concurrency slot; only the first call counts."""
+        if self._finished:
+            return
+        self._finished = True
         if self.in_flight is not None:
             self.state.limiter.release(self.in_flight)
             self.in_flight = None
         finish_request(self.state, self.rec, self.t0, self.prompt_text)
+
+    async def close_stream(self, resp: httpx.Response) -> None:
+        """After a stream, however it ended (also when the client left before it started): the engine's
+        response is closed (vLLM aborts the generation) and the request accounted for."""
+        await resp.aclose()
+        self.finish()
 
     def authenticate(self, request: Request) -> None:
         self.key = self.state.keys.authenticate(request.headers.get("authorization"))
@@ -146,10 +173,11 @@ class CompletionHandler:
             return
         limits = self.state.cfg.limits
         budget = self.rec.prompt_tokens + self.max_tokens * self.n * len(self.prompt_tokens)
-        self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
-                                 self.key.tpm or limits.default_tpm)
+        # the concurrency slot first: a request refused for it uses up none of the key's rate budget
         self.state.limiter.acquire(self.key.id, limits.max_concurrent_per_key)
         self.in_flight = self.key.id
+        self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
+                                 self.key.tpm or limits.default_tpm)
 
     async def guard_input(self) -> None:
         """Input rails: a block is a 400 ``content_blocked``; a redaction replaces what is forwarded."""

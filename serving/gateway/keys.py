@@ -13,6 +13,8 @@ never leaves half a file and other users cannot read it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -51,10 +53,26 @@ def _write(path: Path, keys: list[ApiKey]) -> None:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"keys": [k.model_dump(exclude_none=True) for k in keys]}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the key file
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One writer at a time (read, change, write) across processes: `keys create` while a server starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def create_key(path: str | Path, key_id: str, *, generated: bool = False) -> str:
@@ -65,21 +83,23 @@ def create_key(path: str | Path, key_id: str, *, generated: bool = False) -> str
     """
     if not _ID.match(key_id):
         raise ConfigError(f"Key id {key_id!r} is invalid: use letters, digits, '_', '.', '-' (64 at most).")
-    keys = list_keys(path)
-    if any(k.id == key_id for k in keys):
-        raise ConfigError(f"A key with id {key_id!r} exists; revoke it first (`llmops serve keys revoke "
-                          f"{key_id}`) or choose another id.")
-    secret = "sk-llmops-" + secrets.token_urlsafe(24)
-    _write(Path(path), [*keys, ApiKey(id=key_id, sha256=hash_key(secret), generated=generated,
-                                      created=round(time.time(), 3))])
+    with _locked(Path(path)):
+        keys = list_keys(path)
+        if any(k.id == key_id for k in keys):
+            raise ConfigError(f"A key with id {key_id!r} exists; revoke it first (`llmops serve keys revoke "
+                              f"{key_id}`) or choose another id.")
+        secret = "sk-llmops-" + secrets.token_urlsafe(24)
+        _write(Path(path), [*keys, ApiKey(id=key_id, sha256=hash_key(secret), generated=generated,
+                                          created=round(time.time(), 3))])
     return secret
 
 
 def revoke_key(path: str | Path, key_id: str) -> bool:
     """Remove the key ``key_id``; False when there was none."""
-    keys = list_keys(path)
-    kept = [k for k in keys if k.id != key_id]
-    if len(kept) == len(keys):
-        return False
-    _write(Path(path), kept)
+    with _locked(Path(path)):
+        keys = list_keys(path)
+        kept = [k for k in keys if k.id != key_id]
+        if len(kept) == len(keys):
+            return False
+        _write(Path(path), kept)
     return True

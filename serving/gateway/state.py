@@ -106,12 +106,20 @@ class GatewayState:
             for a in self.cfg.adapters:
                 group = a.base or self.cfg.engines[0].served_name
                 try:
-                    self.registry.unaudited_move(a.registry_name, a.alias, detected_by="the gateway")
+                    ref = f"{a.registry_name}@{a.alias}"
+                    try:
+                        self.registry.unaudited_move(a.registry_name, a.alias, detected_by="the gateway")
+                    except Exception as e:  # noqa: BLE001 - a registry we may only read still gets followed
+                        log.warning("could not check %s for moves outside llmops: %s", ref, e)
                     if self.cfg.unaudited_moves == "ignore":
                         last = self.registry.last_move(a.registry_name, a.alias)
                         if last is not None and last.actor == UNAUDITED_ACTOR:
-                            continue  # moved outside the project: keep serving the last audited version
-                    version = self.registry.resolve(f"{a.registry_name}@{a.alias}")
+                            # moved outside the project: serve the version of the last audited move
+                            audited = self.registry.last_move(a.registry_name, a.alias, audited_only=True)
+                            if audited is None or audited.to_version is None:
+                                continue
+                            ref = f"{a.registry_name}/{audited.to_version}"
+                    version = self.registry.resolve(ref)
                 except Exception as e:  # noqa: BLE001 - keep serving what runs; say why (once per reason)
                     key = (a.registry_name, a.alias)
                     if self._unresolved.get(key) != str(e):

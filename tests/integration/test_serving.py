@@ -72,7 +72,8 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "engines": [{"model": str(tiny_model_dir), "served_name": "tiny", "port": 0, "kv_cache_gb": 1,
                      "max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 600}],
         "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"}],
-        "auth": {"keys": [{"id": "test", "sha256": hash_key(KEY)},
+        "auth": {"keys_file": str(tmp / "keys.json"), "keys_env": "LLMOPS_TEST_NO_KEYS",
+                 "keys": [{"id": "test", "sha256": hash_key(KEY)},
                           {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3},
                           {"id": "json", "sha256": hash_key(JSON_KEY)},
                           {"id": "logged", "sha256": hash_key(LOG_KEY), "rpm": 2}]},
@@ -281,7 +282,7 @@ def test_malformed_and_oversized_bodies(gateway):
 def generated_tokens(gateway) -> float:
     """vLLM's generation_tokens_total (its Prometheus stats lag by a few seconds)."""
     engine = gateway["server"].engines[0]
-    text = httpx.get(engine.url + "/metrics", timeout=5).text
+    text = httpx.get(engine.url + "/metrics", headers=engine.headers(), timeout=5).text
     lines = [line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total")]
     assert lines, "vLLM exposes no vllm:generation_tokens_total metric"
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
@@ -375,6 +376,11 @@ def test_nothing_reaches_the_engine_around_the_gateway(gateway):
     assert httpx.post(engine.url + "/v1/chat/completions", json=body, timeout=30).status_code == 401
     r = httpx.post(engine.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"}, timeout=30)
     assert r.status_code == 401
+    # vLLM's own key check covers /v1 only; the engine guard covers the rest (generation, LoRA loading)
+    assert httpx.post(engine.url + "/invocations", json=body, timeout=30).status_code == 401
+    assert httpx.post(engine.url + "/adapters", json={"name": "x", "path": "/tmp"}, timeout=30).status_code == 401
+    assert httpx.get(engine.url + "/metrics", timeout=30).status_code == 401
+    assert httpx.get(engine.url + "/health", timeout=30).status_code == 200
     assert httpx.post(engine.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer " + KEY},
                       timeout=30).status_code == 401  # a gateway key is not the engine's
     assert "VLLM_API_KEY" not in " ".join(engine.command()) and engine.api_key not in " ".join(engine.command())

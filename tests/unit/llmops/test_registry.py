@@ -196,6 +196,9 @@ def test_alias_moves_and_their_audit_records_are_all_or_nothing(registry, adapte
     registry.set_alias("m", "champion", 2, reason="crash before confirming")
     monkeypatch.undo()
     assert registry.audit("m")[-1].reason == "crash before confirming"
+    registry.set_alias("m", "champion", 1, reason="a later move")  # the confirmed record stays in the history
+    assert [m.reason for m in registry.audit("m")][-2:] == ["crash before confirming", "a later move"]
+    registry.set_alias("m", "champion", 2, reason="and back")
     # a crash after the record, before the move: the pending record does not count
     from llmops.registry import AliasMove
 

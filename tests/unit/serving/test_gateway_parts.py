@@ -252,6 +252,9 @@ def test_alias_moves_made_outside_the_project_are_recorded_and_followed_or_not(r
     else:
         assert changed == [] and state.models["qa"].registry_version == "1"
         assert list(engine.loaded) == ["qa--v1"]
+        fresh = GatewayState(cfg, [RecordingEngine(cfg.engines[0])], {}, registry)  # a gateway started now
+        assert fresh.sync_adapters() == ["qa"] and fresh.models["qa"].registry_version == "1"  # last audited
+        fresh.close()
         registry.set_alias("qa", "champion", 2, reason="the audited rollout")  # a move through the project
         assert state.sync_adapters() == ["qa"] and state.models["qa"].registry_version == "2"
     state.close()

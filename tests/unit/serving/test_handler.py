@@ -353,3 +353,30 @@ def test_no_free_engine_connection_is_a_503_with_retry_after(gateway):
     assert slow.status_code == 200 and slow.text.count("Z ") == 8  # the slow stream went through whole
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     assert busy.json()["error"]["code"] == "gateway_busy"
+
+
+def test_a_client_that_leaves_at_once_gives_back_its_slot_and_is_logged(gateway):
+    """Raw ASGI: the client disconnects right after sending its streamed request."""
+    ANSWERS.append("__SLOW__")
+    body = json.dumps(chat("hi", stream=True)).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "server": ("gw", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"gw"), (b"content-type", b"application/json"),
+                         (b"authorization", b"Bearer sk-k"), (b"content-length", str(len(body)).encode())]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        return {"type": "http.disconnect"}  # gone before the first event
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    gateway.loop.run_until_complete(gateway.app(scope, receive, send))
+    assert gateway.state.limiter.in_flight("k") == 0
+    rec = gateway.log().iloc[0]
+    assert rec.stream and rec.status == 200
