@@ -270,7 +270,8 @@ def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
 
         ref = registry.resolve(cfg.target.registry_ref).ref if cfg.target.registry_ref else None
         ctx = contextlib.nullcontext(Endpoint(cfg.target.base_url, cfg.target.model_name,
-                                              os.environ.get(cfg.target.api_key_env, "none"), registry_ref=ref))
+                                              os.environ.get(cfg.target.api_key_env, "none"), registry_ref=ref,
+                                              mark_context=cfg.target.mark_context))
     suites: dict[str, SuiteResult] = {}
     with ctx as ep:
         for suite in cfg.suites:

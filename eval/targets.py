@@ -55,6 +55,9 @@ class TargetConfig(StrictModel):
     serving_config: str = Field("configs/serving/default.yaml",
                                 description="Template for serving a registry version (engine, guardrails).")
     startup_timeout_s: float = Field(900, gt=0, description="Wait this long for the served version to be ready.")
+    mark_context: bool = Field(
+        True, description="Send given and retrieved passages as text parts marked llmops_context (the llmops "
+        "gateway judges them as data, not as the user's words). false: plain strings, for other endpoints.")
 
 
 class EndpointSettings(StrictModel):
@@ -73,7 +76,7 @@ class Endpoint:
     model: str
     api_key: str
     registry_ref: str | None = None  # name/version when the eval serves a registry version
-    rag_api_key: str | None = None  # a key with the gateway policy's "rag" id (the eval's own server)
+    mark_context: bool = True  # passages as marked text parts (see TargetConfig.mark_context)
 
 
 @dataclass
@@ -118,16 +121,13 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
     cfg = copy.deepcopy(raw)
     port = _free_port()
     key = "sk-eval-" + secrets.token_hex(12)
-    rag_key = "sk-eval-rag-" + secrets.token_hex(12)
     import hashlib
 
     cfg.update(port=port, host="127.0.0.1", rollout_poll_s=0)
-    # the RAG suite gets the id "rag", as RAGPipeline does in the serving config: the pipeline
-    # checks the question, the gateway's policy then skips the injection rail over retrieved text
-    # only these two keys: no key file shared with other servers, no keys from the environment
+    # only this key: no key file shared with other servers, no keys from the environment
     cfg["auth"] = {"enabled": True, "keys_file": str(out_dir / "no-keys.json"), "keys_env": "LLMOPS_EVAL_NO_KEYS",
                    "keys": [{"id": kid, "sha256": hashlib.sha256(k.encode()).hexdigest(), "rpm": 100000,
-                             "tpm": 100000000} for kid, k in (("eval", key), ("rag", rag_key))]}
+                             "tpm": 100000000} for kid, k in (("eval", key),)]}
     cfg["request_log"] = {"enabled": True, "path": str(out_dir / "requests.sqlite")}
     engine = cfg["engines"][0]
     engine["port"] = 0
@@ -159,7 +159,7 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
             wait_ready(proc, f"{base}/ready", startup_timeout_s, log_path)
         except NotReadyError as e:
             raise TargetError(f"Serving {ref} for the eval failed: {e}") from e
-        yield Endpoint(f"{base}/v1", model, key, registry_ref=version.ref, rag_api_key=rag_key)
+        yield Endpoint(f"{base}/v1", model, key, registry_ref=version.ref)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -169,12 +169,14 @@ def serve_registry_version(ref: str, serving_config: str | Path, out_dir: Path, 
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def messages_for(row: EvalRow) -> list[dict[str, str]]:
-    """The chat messages for a row: numbered given contexts in the RAG prompt format, else the question."""
+def messages_for(row: EvalRow, marked: bool = False) -> list[dict]:
+    """The chat messages for a row: numbered given contexts in the RAG prompt format, else the question.
+    ``marked``: passages as marked text parts, as RAGPipeline sends them, so the gateway's rails judge the
+    question as the user's words and the passages as data (the engine sees the same prompt text)."""
     if row.contexts:
         from llmops.contracts import context_messages
 
-        return context_messages(row.question, row.contexts, max_chars=20000)
+        return context_messages(row.question, row.contexts, max_chars=20000, marked=marked)
     return [{"role": "user", "content": row.question}]
 
 
@@ -216,7 +218,7 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
 
     async def fill(row: EvalRow, sample: Sample) -> None:
         try:
-            res = await client.chat.completions.create(model=ep.model, messages=messages_for(row),
+            res = await client.chat.completions.create(model=ep.model, messages=messages_for(row, ep.mark_context),
                                                        max_tokens=s.max_tokens, temperature=s.temperature)
         except openai.APIStatusError as e:
             code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
@@ -238,13 +240,12 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
     """Ask through RAGPipeline (retrieval + answer) on the endpoint; contexts are the retrieved chunks."""
     from rag.pipeline import GenerationError, RAGPipeline
 
-    os.environ["LLMOPS_EVAL_KEY"] = ep.rag_api_key or ep.api_key
+    os.environ["LLMOPS_EVAL_KEY"] = ep.api_key
     overrides = [f"generation.base_url={ep.base_url}", f"generation.model={ep.model}",
                  f"generation.max_tokens={s.max_tokens}", f"generation.timeout_s={s.timeout_s}",
-                 "generation.api_key_env=LLMOPS_EVAL_KEY",
-                 # with the "rag" key the pipeline checks each question (the gateway then skips the
-                 # injection rail); with any other key the gateway guards the requests already
-                 f"guardrails.enabled={'true' if ep.rag_api_key else 'false'}"]
+                 "generation.api_key_env=LLMOPS_EVAL_KEY", f"generation.mark_context={str(ep.mark_context).lower()}",
+                 # the gateway guards the requests (passages marked as data); no second check here
+                 "guardrails.enabled=false"]
     pipe = RAGPipeline.from_config(rag_config, overrides)
     if ingest:
         pipe.ingest(ingest)
@@ -258,7 +259,7 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
             else:
                 sample.error = str(e)[:300]
             return
-        if ans.blocked:  # the pipeline's own rails (with the "rag" key) refused it
+        if ans.blocked:  # the pipeline's own rails refused it (when a config turns them on)
             sample.error_code = "content_blocked"
             return
         sample.output = ans.text

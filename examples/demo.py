@@ -94,7 +94,7 @@ def _evaluated(registry, ref: str, eval_name: str, overrides: list[str]) -> bool
 
 def new_keys() -> None:
     """Fresh keys for this run in the serving config's key file (only their sha256 is stored): "demo" for
-    the clients, and "rag" for RAGPipeline, whose id the guardrail policy knows."""
+    the clients, and "rag" for RAGPipeline (its usage is limited and logged apart)."""
     global KEY
     from llmops.config import load_config
     from serving.config import ServingConfig

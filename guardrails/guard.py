@@ -23,9 +23,10 @@ from guardrails.rails.schema import JsonSchemaRail
 from guardrails.stream import StreamGuard
 from guardrails.verdict import Finding, Verdict
 from llmops.config import SHIPPED_CONFIGS
-from llmops.contracts import RegistryAPI, VerdictLike, content_text
+from llmops.contracts import CONTEXT_PART_KEY, RegistryAPI, VerdictLike
 
 log = logging.getLogger(__name__)
+DROPPED_PASSAGE = "[passage removed: it contained instructions to the assistant]"
 DEFAULT_POLICY = SHIPPED_CONFIGS / "guardrails" / "default.yaml"  # package data: found from any directory
 _ORDER = {"allow": 0, "warn": 1, "redact": 2, "block": 3}
 
@@ -55,32 +56,32 @@ class Guard:
         return cls(load_config(path or DEFAULT_POLICY, PolicyConfig), registry)
 
     # ---------------------------------------------------------------- public
-    def check_input(self, messages: Any, model: str | None = None, key: str | None = None) -> Verdict:
-        """Check an OpenAI-style message list (user and tool content; system prompts are trusted)."""
+    def check_input(self, messages: Any, model: str | None = None, key: str | None = None,
+                    tools: Any = None) -> Verdict:
+        """Check an OpenAI-style message list and the request's ``tools``.
+
+        Everything a client sends is checked, whatever its role (system, developer, user, assistant
+        history or prefill, tool): message content (string or text parts), ``name``, the names and
+        arguments of ``tool_calls`` / ``function_call``, and every string in the tool definitions.
+        Text parts marked ``{"llmops_context": true}`` are retrieved passages (data, not the user's
+        words): each is checked on its own, and one that the injection rail flags is dropped from the
+        request (``context_injection: drop``) or only recorded (``flag``). A redaction is applied in
+        place: ``Verdict.messages`` / ``Verdict.tools`` hold what to forward."""
         t0 = time.perf_counter()
         try:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 return self._verdict(False, "block", "input", [Finding("input", "malformed_messages")], None, t0,
                                      "the message list is malformed")
-            rails = self._active(self.input_rails, model, key)
-            findings: list[Finding] = []
-            action, rail_name, reason = "allow", None, None
-            out_messages = []
-            for m in messages:
-                content = m.get("content")
-                text = content_text(content)
-                if m.get("role") in ("user", "tool", "function") and text:
-                    a, r, why, new_text, f = self._run(rails, text, "input")
-                    findings += f
-                    if _ORDER[a] > _ORDER[action]:
-                        action, rail_name, reason = a, r, why
-                    if a == "block":
-                        break
-                    if new_text != text and isinstance(content, str):
-                        m = {**m, "content": new_text}
-                out_messages.append(m)
-            return self._verdict(action != "block", action, rail_name, findings, None, t0, reason,
-                                 tuple(out_messages) if action == "redact" else None)
+            if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+                return self._verdict(False, "block", "input", [Finding("input", "malformed_tools")], None, t0,
+                                     "the tool list is malformed")
+            acc = _Decision(self, self._active(self.input_rails, model, key))
+            out_messages = [acc.message(m) for m in messages if not acc.blocked]
+            out_tools = [acc.strings(t) for t in (tools or []) if not acc.blocked]
+            redacted = acc.action == "redact"
+            return self._verdict(not acc.blocked, acc.action, acc.rail, acc.findings, None, t0, acc.reason,
+                                 tuple(out_messages) if redacted else None,
+                                 tuple(out_tools) if redacted and tools is not None else None)
         except Exception as e:  # noqa: BLE001 - a guard must answer, not raise
             return self._error(e, t0)
 
@@ -114,9 +115,15 @@ class Guard:
                     return request
         return None
 
-    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamGuard:
-        """A checker for streamed answers that holds back only what could still grow into a finding."""
-        return StreamGuard(self, model, key)
+    def stream_checker(self, model: str | None = None, key: str | None = None,
+                       whole_answer: bool = True) -> StreamGuard:
+        """A checker for streamed answers that holds back only what could still grow into a finding
+        (``whole_answer=False``: tool-call arguments, which the whole-answer rails do not judge)."""
+        return StreamGuard(self, model, key, whole_answer)
+
+    def checks_output(self, model: str | None = None, key: str | None = None) -> bool:
+        """Some output rail applies to this model and key (it may hold back, redact or stop text)."""
+        return bool(self._active(self.output_rails, model, key))
 
     # -------------------------------------------------------------- internals
     def _active(self, rails: list[Rail], model: str | None, key: str | None) -> list[Rail]:
@@ -128,8 +135,9 @@ class Guard:
         return [r for r in rails if r.name not in off]
 
     def _run(self, rails: list[Rail], text: str, stage: Literal["input", "output"],
-             context: list[str] | None = None):
-        """Apply rails in order -> (action, rail, reason, text after redaction, findings)."""
+             context: list[str] | None = None, data: bool = False):
+        """Apply rails in order -> (action, rail, reason, text after redaction, findings). ``data``: the
+        text is a retrieved passage; an injection finding there drops the passage or only flags it."""
         ctx = CheckContext.of(text, stage, context, self.embed)
         action, rail_name, reason, findings = "allow", None, None, []
         for rail in rails:
@@ -143,6 +151,15 @@ class Guard:
                 continue
             if not res.fired:
                 continue
+            if data and rail.name == "injection":  # a passage is data: drop it or flag it, never block for it
+                findings += [Finding(f.rail, "context:" + f.label, f.span, f.score) for f in res.findings]
+                drop = self.policy.context_injection == "drop"
+                if _ORDER["redact" if drop else "warn"] > _ORDER[action]:
+                    action, rail_name = ("redact" if drop else "warn"), rail.name
+                    reason = "instructions planted in a retrieved passage"
+                if drop:
+                    return action, rail_name, reason, DROPPED_PASSAGE, findings
+                continue
             findings += res.findings
             if rail.cfg.action == "redact" and res.text is not None:
                 text = res.text
@@ -153,13 +170,114 @@ class Guard:
                 break
         return action, rail_name, reason, text, findings
 
-    def _verdict(self, allowed, action, rail, findings, text, t0, reason=None, messages=None) -> Verdict:
+    def _verdict(self, allowed, action, rail, findings, text, t0, reason=None, messages=None,
+                 tools=None) -> Verdict:
         """Every block, whatever caused it, carries the policy's refusal text (what a caller shows)."""
         return Verdict(allowed, action, rail, text if allowed else self.policy.refusal_text, tuple(findings),
-                       (time.perf_counter() - t0) * 1000, reason, messages)
+                       (time.perf_counter() - t0) * 1000, reason, messages, tools)
 
     def _error(self, e: Exception, t0: float) -> Verdict:
         log.warning("guard failed: %s", e)
         block = self.policy.on_rail_error == "block"
         return self._verdict(not block, "block" if block else "warn", "guard", [Finding("guard", "error")],
                              None, t0, f"the guard failed ({type(e).__name__})")
+
+
+class _Decision:
+    """The running verdict of one check_input: the strongest action so far, its rail and reason, the
+    findings; each method judges one piece of the request and returns it as it is to be forwarded."""
+
+    def __init__(self, guard: Guard, rails: list[Rail]) -> None:
+        self.guard, self.rails = guard, rails
+        self.action, self.rail, self.reason = "allow", None, None
+        self.findings: list[Finding] = []
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    def text(self, text: str, data: bool = False, record: bool = True) -> str:
+        """Judge one text; return it redacted (or unchanged). ``record=False``: a piece of a text already
+        judged whole, redacted on its own (its findings are counted once)."""
+        if self.blocked or not text:
+            return text
+        a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data)
+        if record:
+            self.findings += found
+        if _ORDER[a] > _ORDER[self.action]:
+            self.action, self.rail, self.reason = a, r, why
+        return new_text
+
+    def message(self, m: dict) -> dict:
+        out = dict(m)
+        content = m.get("content")
+        if isinstance(content, str):
+            out["content"] = self.text(content)
+        elif isinstance(content, list):
+            out["content"] = self.parts(content)
+        if isinstance(m.get("name"), str):
+            out["name"] = self.text(m["name"])
+        if isinstance(m.get("tool_calls"), list):
+            out["tool_calls"] = [self.strings(c) if isinstance(c, dict) else c for c in m["tool_calls"]]
+        if isinstance(m.get("function_call"), dict):
+            out["function_call"] = self.strings(m["function_call"])
+        return out
+
+    def parts(self, parts: list) -> list:
+        """List content: the user's text parts are judged together (an attack split over parts is seen
+        whole) and, when redacted, forwarded as one part where the first was; passages marked as context
+        are judged one by one, as data."""
+        words = [i for i, p in enumerate(parts) if _is_text(p) and not p.get(CONTEXT_PART_KEY)]
+        joined = "\n".join(parts[i]["text"] for i in words)
+        new_joined = self.text(joined)
+        out = list(parts)
+        if new_joined != joined:
+            out[words[0]] = {**parts[words[0]], "text": new_joined}
+            for i in words[1:]:
+                out[i] = None
+        for i, p in enumerate(parts):
+            if _is_text(p) and p.get(CONTEXT_PART_KEY):
+                new_text = self.text(p["text"], data=True)
+                if new_text != p["text"]:
+                    out[i] = {**p, "text": new_text}
+        return [p for p in out if p is not None]
+
+    def strings(self, obj: Any) -> Any:
+        """A tool definition or tool call: every string in it judged together (names, descriptions, enum
+        values, arguments); when redacted, each string is redacted on its own."""
+        leaves: list[str] = []
+        _collect(obj, leaves)
+        joined = "\n".join(leaves)
+        if self.text(joined) == joined:
+            return obj
+        return _map_strings(obj, lambda t: self.text(t, record=False))
+
+
+def _is_text(p: Any) -> bool:
+    return isinstance(p, dict) and isinstance(p.get("text"), str)
+
+
+def _collect(obj: Any, out: list[str], depth: int = 0) -> None:
+    if depth > 32:
+        return
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if k != "type":
+                _collect(v, out, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect(v, out, depth + 1)
+
+
+def _map_strings(obj: Any, fn, depth: int = 0) -> Any:
+    if depth > 32:
+        return obj
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: (v if k == "type" else _map_strings(v, fn, depth + 1)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_strings(v, fn, depth + 1) for v in obj]
+    return obj

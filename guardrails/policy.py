@@ -37,6 +37,9 @@ class PolicyConfig(StrictModel):
     on_rail_error: Literal["allow", "block"] = Field(
         "allow", description="If a rail itself fails: let the text through (flagged) or block it."
     )
+    context_injection: Literal["drop", "flag"] = Field(
+        "drop", description="A retrieved passage (a text part marked llmops_context) in which the injection rail "
+        "finds instructions: drop it from the request (the rest goes on) or only flag it (request log, metrics).")
     per_model: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by model id.")
     per_key: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by API key id.")
 

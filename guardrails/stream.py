@@ -54,8 +54,9 @@ def _growing_tail(text: str, cap: int) -> int:
 
 
 class StreamGuard:
-    def __init__(self, guard, model: str | None = None, key: str | None = None) -> None:
+    def __init__(self, guard, model: str | None = None, key: str | None = None, whole_answer: bool = True) -> None:
         self.guard = guard
+        self.whole_answer = whole_answer
         self.model, self.key = model, key
         self.holdback = guard.policy.stream_holdback_chars
         self.held = ""
@@ -113,7 +114,8 @@ class StreamGuard:
         tail, blocked = self._release(final=True)
         if blocked is not None:
             return "", blocked
-        final = self.guard.check_output(self.released, context=context, model=self.model, key=self.key)
+        final = self.guard.check_output(self.released, context=context, model=self.model, key=self.key,
+                                        partial=not self.whole_answer)
         if not final.allowed:
             return "", final
         return tail, final

@@ -26,6 +26,7 @@ class Verdict:
     latency_ms: float = 0.0
     reason: str | None = None
     messages: tuple[dict, ...] | None = None  # check_input with redaction: the redacted messages
+    tools: tuple[dict, ...] | None = None  # check_input with redaction: the redacted tool definitions
 
     @classmethod
     def allow(cls, text: str | None = None) -> Verdict:

@@ -131,12 +131,23 @@ class GuardHook(Protocol):
     passthrough: bool
 
     def check_input(self, messages: list[dict], model: str | None = None,
-                    key: str | None = None) -> VerdictLike: ...
+                    key: str | None = None, tools: list[dict] | None = None) -> VerdictLike:
+        """Judge everything the client sent (every role, names, tool calls, ``tools``); a redaction comes
+        back as ``verdict.messages`` (and ``verdict.tools``) to forward instead."""
+        ...
 
     def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
                      key: str | None = None) -> VerdictLike: ...
 
-    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker: ...
+    def stream_checker(self, model: str | None = None, key: str | None = None,
+                       whole_answer: bool = True) -> StreamChecker:
+        """One checker per streamed text (a choice's answer, or with ``whole_answer=False`` a tool call's
+        arguments, which the whole-answer rails skip)."""
+        ...
+
+    def checks_output(self, model: str | None = None, key: str | None = None) -> bool:
+        """Some output rail applies (streamed logprobs would then show text before it is judged)."""
+        ...
 
     def reask(self, verdict: VerdictLike, messages: list[dict], answer: str, model: str | None = None,
               key: str | None = None) -> dict[str, Any] | None:
@@ -185,6 +196,23 @@ class VerdictRecord:
         return cls(**kw)
 
 
+# A text part of a message's content marked ``{"type": "text", "text": ..., "llmops_context": true}`` is a
+# retrieved passage: guardrails judge it as data (see Guard.check_input), the gateway strips the mark.
+CONTEXT_PART_KEY = "llmops_context"
+
+
+def without_context_marks(messages: list) -> list:
+    """``messages`` with the :data:`CONTEXT_PART_KEY` marks taken off their text parts (what an engine gets)."""
+    def clean(m: Any) -> Any:
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, list) or not any(isinstance(p, dict) and CONTEXT_PART_KEY in p for p in content):
+            return m
+        return {**m, "content": [{k: v for k, v in p.items() if k != CONTEXT_PART_KEY} if isinstance(p, dict) else p
+                                 for p in content]}
+
+    return [clean(m) for m in messages]
+
+
 def content_text(content: Any) -> str:
     """The text of an OpenAI message ``content``: the string, or the ``text`` parts of a list joined
     by spaces (images and other parts carry no text); "" for anything else."""
@@ -203,9 +231,14 @@ CONTEXT_SYSTEM_PROMPT = ("Answer the question using only the numbered context pa
                          f"as [n]. If the context does not contain the answer, say \"{NO_ANSWER}\"")
 
 
-def context_messages(question: str, passages: Sequence[str], max_chars: int = 6000) -> list[dict[str, str]]:
+def context_messages(question: str, passages: Sequence[str], max_chars: int = 6000,
+                     marked: bool = False) -> list[dict[str, Any]]:
     """The chat messages for ``question`` over numbered ``passages`` (whitespace folded; passages are cut
-    to fit ``max_chars`` in all, and dropped once fewer than 50 characters are left)."""
+    to fit ``max_chars`` in all, and dropped once fewer than 50 characters are left).
+
+    ``marked``: the user message is a list of text parts, each passage its own part marked with
+    :data:`CONTEXT_PART_KEY`, so the gateway's guardrails judge the passages as data and the question as
+    the user's words. The engine joins text parts with newlines: the prompt is the same text either way."""
     parts, used = [], 0
     for i, passage in enumerate(passages, 1):
         text = " ".join(passage.split())
@@ -215,8 +248,14 @@ def context_messages(question: str, passages: Sequence[str], max_chars: int = 60
         text = text[:room]
         used += len(text)
         parts.append(f"[{i}] {text}")
-    user = "Context:\n" + "\n".join(parts) + f"\n\nQuestion: {question.strip()}"
-    return [{"role": "system", "content": CONTEXT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    system = {"role": "system", "content": CONTEXT_SYSTEM_PROMPT}
+    if not marked:
+        text = "Context:\n" + "\n".join(parts) + f"\n\nQuestion: {question.strip()}"
+        return [system, {"role": "user", "content": text}]
+    content = [{"type": "text", "text": "Context:"},
+               *({"type": "text", "text": p, CONTEXT_PART_KEY: True} for p in parts),
+               {"type": "text", "text": f"\nQuestion: {question.strip()}"}]
+    return [system, {"role": "user", "content": content}]
 
 
 # ------------------------------------------------------------------------------------- request log

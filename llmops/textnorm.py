@@ -11,17 +11,37 @@ import binascii
 import codecs
 import re
 import unicodedata
+from functools import cache
+from importlib import resources
 
-ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e"))
-# Letters that look Latin in other scripts (Cyrillic, Greek, fullwidth is handled by NFKC).
-HOMOGLYPHS = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
-    "ԁ": "d", "ɡ": "g", "һ": "h", "ӏ": "l", "ո": "n", "ԛ": "q", "ѡ": "w", "ԝ": "w", "Α": "A", "Β": "B",
-    "Е": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T",
-    "Υ": "Y", "Χ": "X", "А": "A", "В": "B", "С": "C", "Н": "H", "К": "K", "М": "M", "О": "O", "Р": "P",
-    "Т": "T", "Х": "X", "ο": "o", "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ρ": "p", "τ": "t",
-    "υ": "u", "χ": "x", "ѵ": "v",
-})
+import regex
+
+
+@cache
+def _homoglyph_table() -> dict[str, str]:
+    """Single characters that Unicode's confusables data (confusables.txt, as shipped by the
+    ``confusable-homoglyphs`` package) lists as confusable with an ASCII letter or digit, mapped to it.
+    Characters that NFKC already folds to ASCII are left to NFKC."""
+    import json
+
+    data = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json").read_text("utf-8"))
+    table: dict[str, str] = {}
+    for target, entries in data.items():
+        if len(target) != 1 or not target.isascii() or not target.isalnum():
+            continue
+        for e in entries:
+            c = e.get("c", "")
+            if len(c) == 1 and not c.isascii() and c not in table and \
+                    not unicodedata.normalize("NFKC", c).isascii():
+                table[c] = target
+    return table
+
+
+# Unicode's Default_Ignorable_Code_Point property (zero-width and bidi controls, variation selectors, tag
+# characters, Hangul fillers, U+034F, U+17B4, U+180B ...): invisible, so they split words past the rules.
+IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+# Letters that look Latin in other scripts (fullwidth and mathematical forms are folded by NFKC).
+HOMOGLYPHS = str.maketrans(_homoglyph_table())
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 B64_TOKEN = re.compile(r"(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
@@ -38,11 +58,30 @@ def _reads_as_language(text: str) -> bool:
     return len(words) >= 4 and sum(w in COMMON for w in words) / len(words) >= 0.12
 
 
+WORD = regex.compile(r"\w+")
+TAGS = regex.compile(r"[\U000E0020-\U000E007E]+")  # tag characters: invisible ASCII ("ASCII smuggling")
+
+
+def _fold_confusables(t: str) -> str:
+    """Confusables to ASCII in Latin text; in text mostly in another script only words that mix in ASCII
+    letters ("Ignоrе" with Cyrillic о and е) are folded, so Russian or Greek prose stays itself."""
+    letters = [ch for ch in t if ch.isalpha()]
+    if not letters or sum(ch.isascii() for ch in letters) * 2 >= len(letters):
+        return t.translate(HOMOGLYPHS)
+    return WORD.sub(lambda m: m.group().translate(HOMOGLYPHS) if any(c.isascii() for c in m.group())
+                    else m.group(), t)
+
+
+def hidden_tag_text(text: str) -> str:
+    """What tag characters (U+E0020-E007E) spell: text a reader and a tokenizer's display never show."""
+    return "".join(chr(ord(c) - 0xE0000) for m in TAGS.finditer(text) for c in m.group())
+
+
 def normalize(text: str) -> str:
-    """NFKC, no zero-width or control characters, homoglyphs mapped to Latin, spaces collapsed."""
+    """NFKC, no default-ignorable or control characters, confusables mapped to ASCII, spaces collapsed."""
     if text.isascii():  # the common case: nothing to fold
         return re.sub(r"\s+", " ", CONTROL.sub(" ", text)).strip()
-    t = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).translate(HOMOGLYPHS)
+    t = _fold_confusables(IGNORABLE.sub("", unicodedata.normalize("NFKC", text)))
     t = CONTROL.sub(" ", t)
     # drop combining marks that survive NFKC (z̶a̶l̶g̶o̶ text)
     t = "".join(ch for ch in unicodedata.normalize("NFD", t) if not unicodedata.combining(ch))
@@ -76,6 +115,8 @@ def variants(text: str, depth: int = 3) -> list[str]:
         text = text[: MAX_LEN // 2] + " " + text[-MAX_LEN // 2:]
     base = normalize(text)
     out = [base]
+    if (hidden := hidden_tag_text(text)) and (hidden := normalize(hidden)) not in out:
+        out.append(hidden)
     frontier = [base]
     for _ in range(depth):
         found = []

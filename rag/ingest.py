@@ -66,6 +66,7 @@ class IngestReport:
     chunks_removed: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
+    flagged: list[tuple[str, int]] = field(default_factory=list)  # (source, chunk index): planted instructions
 
     @property
     def changed(self) -> bool:
@@ -75,6 +76,11 @@ class IngestReport:
         lines = [f"{self.files_seen} files: {len(self.indexed)} indexed, {len(self.unchanged)} unchanged, "
                  f"{len(self.deleted)} deleted, {len(self.skipped)} skipped, {len(self.failed)} failed; chunks "
                  f"+{self.chunks_added} -{self.chunks_removed} = {self.chunks_total} in {self.seconds:.1f} s"]
+        if self.flagged:
+            lines.append(f"  {len(self.flagged)} chunks flagged for instructions to an assistant (payload "
+                         "planted_instructions; the gateway drops them from prompts): "
+                         + ", ".join(f"{s}#{i}" for s, i in self.flagged[:5])
+                         + (" ..." if len(self.flagged) > 5 else ""))
         lines += [f"  skipped {s}: {r}" for s, r in self.skipped]
         lines += [f"  FAILED {s}: {r}" for s, r in self.failed]
         return "\n".join(lines)
@@ -234,7 +240,8 @@ def _complete(group: dict[str, Any] | None, sha: str) -> bool:
 
 def ingest(paths: list[str | Path], store: Store, embedder: Embedder, cfg: ChunkingConfig, *,
            tenant: str | None = None, delete_missing: bool = True,
-           on_file: Callable[[str], None] | None = None) -> IngestReport:
+           on_file: Callable[[str], None] | None = None,
+           flag: Callable[[str], bool] | None = None) -> IngestReport:
     """Bring the collection in line with the files under ``paths`` (for one tenant).
 
     Args:
@@ -245,6 +252,9 @@ def ingest(paths: list[str | Path], store: Store, embedder: Embedder, cfg: Chunk
         tenant: tenant the chunks belong to (stored in the payload and filtered on at query time).
         delete_missing: remove chunks of files that were under a folder in ``paths`` and are gone.
         on_file: called with each source before it is written (tests use it to interrupt a run).
+        flag: ``text -> True`` for a chunk that carries instructions to an assistant (the guardrails' injection
+            rail, judging the chunk as data); such chunks get ``planted_instructions: true`` in their payload
+            and are listed in the report.
 
     Raises:
         IngestError: a path does not exist. StoreError: the collection belongs to another model.
@@ -280,6 +290,11 @@ def ingest(paths: list[str | Path], store: Store, embedder: Embedder, cfg: Chunk
                 report.chunks_removed += len(old_ids)
             continue
         points = _points(chunks, source, sha, tenant, path, embedder)
+        if flag is not None:
+            for p in points:
+                if flag(p["payload"]["text"]):
+                    p["payload"]["planted_instructions"] = True
+                    report.flagged.append((source, p["payload"]["chunk_index"]))
         new_ids = {p["id"] for p in points}
         if on_file:
             on_file(source)

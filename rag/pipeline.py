@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import Field
 
 from llmops.config import StrictModel
-from llmops.contracts import NO_ANSWER, GuardHook, RegistryAPI, VerdictRecord, context_messages
+from llmops.contracts import CONTEXT_PART_KEY, NO_ANSWER, GuardHook, RegistryAPI, VerdictRecord, context_messages
 from llmops.errors import LLMOpsError
 from rag.embed import Embedder, EmbeddingConfig, make_embedder
 from rag.ingest import ChunkingConfig, IngestReport, ingest
@@ -57,6 +57,10 @@ class GenerationConfig(StrictModel):
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_context_chars: int = Field(6000, ge=200, description="Context passages are cut to fit this budget.")
+    mark_context: bool = Field(
+        True, description="Send each retrieved passage as its own text part marked llmops_context, so the llmops "
+        "gateway's guardrails judge passages as data and the question as the user's words (the prompt text is the "
+        "same). false: one plain string, for endpoints other than the llmops gateway.")
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="More request fields the endpoint understands, sent as they are (e.g. "
         "vLLM's structured_outputs to constrain the answer's form).")
@@ -115,9 +119,15 @@ class Answer:
     invalid_citations: list[int] = field(default_factory=list)
 
 
-def build_messages(question: str, hits: list[Hit], max_chars: int = 6000) -> list[dict[str, str]]:
+def planted_instructions(guard: GuardHook, text: str) -> bool:
+    """The guard's injection rail finds instructions in ``text`` judged as a retrieved passage (data)."""
+    v = guard.check_input([{"role": "user", "content": [{"type": "text", "text": text, CONTEXT_PART_KEY: True}]}])
+    return any(f.label.startswith("context:") for f in v.findings)
+
+
+def build_messages(question: str, hits: list[Hit], max_chars: int = 6000, marked: bool = False) -> list[dict]:
     """The chat messages for ``question`` over numbered ``hits`` (:func:`llmops.contracts.context_messages`)."""
-    return context_messages(question, [h.text for h in hits], max_chars)
+    return context_messages(question, [h.text for h in hits], max_chars, marked=marked)
 
 
 def parse_citations(text: str, contexts: list[Citation]) -> tuple[list[Citation], list[int]]:
@@ -184,8 +194,14 @@ class RAGPipeline:
 
         if self.cfg.tenants.enabled and not tenant:
             raise IngestError("Tenancy is enabled (tenants.enabled): pass tenant=... to ingest.")
+        guard = self._guardrails()
+        if guard is not None and "flag" not in kwargs:
+            kwargs["flag"] = lambda text: planted_instructions(guard, text)
         report = ingest(list(paths or self.cfg.sources), self.store, self.embedder, self.cfg.chunking,
                         tenant=tenant, delete_missing=delete_missing, **kwargs)
+        if report.flagged:
+            log.warning("ingest: %d chunks carry instructions to an assistant (flagged planted_instructions)",
+                        len(report.flagged))
         manifest = self.write_manifest(report)
         if self.cfg.register_index:
             self._register(manifest, report)
@@ -305,7 +321,7 @@ class RAGPipeline:
     def _request(self, question: str, contexts: list[Citation]) -> dict[str, Any]:
         g = self.cfg.generation
         hits = [Hit(c.chunk_id, c.score, c.text, {"source": c.source}) for c in contexts]
-        request = {"model": g.model, "messages": build_messages(question, hits, g.max_context_chars),
+        request = {"model": g.model, "messages": build_messages(question, hits, g.max_context_chars, g.mark_context),
                    "max_tokens": g.max_tokens, "temperature": g.temperature}
         if g.extra_body:
             request["extra_body"] = dict(g.extra_body)

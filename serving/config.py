@@ -28,8 +28,15 @@ class EngineConfig(StrictModel):
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together (continuous batching).")
     kv_cache_gb: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB).")
     cpu_threads_bind: str | None = Field(
-        None, description="VLLM_CPU_OMP_THREADS_BIND (e.g. '0-1'); None: vLLM's default."
+        None, description="VLLM_CPU_OMP_THREADS_BIND: 'auto' (vLLM's default), 'nobind', or core ids like '0-1'; "
+        "None: vLLM's default."
     )
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU: cores kept out of the OpenMP pool for vLLM's front "
+        "end and the gateway. None: vLLM's default (one on x86).")
+    cpu_openmp: Literal["gnu", "intel"] = Field(
+        "gnu", description="OpenMP runtime of the engine on CPU: gnu (PyTorch's libgomp, which vLLM preloads) or "
+        "intel (libiomp5 from the intel-openmp package, preloaded; vLLM then sets KMP_AFFINITY).")
     enable_lora: bool | Literal["auto"] = Field(
         "auto", description="Serve LoRA adapters (multi-LoRA). auto: on when `adapters` lists one for this "
         "engine's model, off otherwise (LoRA support costs the base model throughput).")

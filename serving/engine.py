@@ -52,6 +52,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def intel_openmp_library() -> str:
+    """libiomp5.so of the ``intel-openmp`` wheel (installed into the environment's ``lib`` folder).
+
+    Raises:
+        EngineError: it is not installed.
+    """
+    for folder in (Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"):
+        if (folder / "libiomp5.so").is_file():
+            return str(folder / "libiomp5.so")
+    raise EngineError("cpu_openmp: intel needs libiomp5.so from the intel-openmp package "
+                      "(pip install intel-openmp, pinned in requirements/constraints.txt), or set cpu_openmp: gnu.")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -117,6 +130,10 @@ class Engine:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.cfg.cpu_threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cfg.cpu_threads_bind
+        if self.cfg.cpu_reserved_cores is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.cfg.cpu_reserved_cores)
+        if self.cfg.cpu_openmp == "intel":
+            env["LD_PRELOAD"] = ":".join(x for x in (intel_openmp_library(), env.get("LD_PRELOAD")) if x)
         env.pop("VLLM_API_KEY", None)
         if self.api_key:  # in the environment, not on the command line, where any local user could read it
             env["VLLM_API_KEY"] = self.api_key

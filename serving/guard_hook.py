@@ -25,15 +25,20 @@ class PassThrough:
     blocking_io = False
     passthrough = True
 
-    def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None) -> Verdict:
+    def check_input(self, messages: list[dict], model: str | None = None, key: str | None = None,
+                    tools: list[dict] | None = None) -> Verdict:
         return Verdict.allow()
 
     def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
                      key: str | None = None) -> Verdict:
         return Verdict.allow(text)
 
-    def stream_checker(self, model: str | None = None, key: str | None = None) -> StreamChecker:
+    def stream_checker(self, model: str | None = None, key: str | None = None,
+                       whole_answer: bool = True) -> StreamChecker:
         return _PassThroughStream()
+
+    def checks_output(self, model: str | None = None, key: str | None = None) -> bool:
+        return False
 
     def reask(self, verdict: VerdictLike, messages: list[dict], answer: str, model: str | None = None,
               key: str | None = None) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text
+from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text, without_context_marks
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
 from serving.gateway.state import GatewayState, ModelRoute
@@ -84,6 +84,7 @@ class CompletionHandler:
         try:
             self.authenticate(request)
             await self.parse(request)
+            self.check_streamed_logprobs()
             self.check_context()
             self.admit()
             await self.guard_input()
@@ -140,22 +141,36 @@ class CompletionHandler:
             self.messages = chat_messages(self.body, limits.max_messages)
             size = sum(len(content_text(m.get("content"))) for m in self.messages)
         else:
-            self.messages = [{"role": "user", "content": p} for p in prompts if isinstance(p, str)]
-            size = sum(len(p) for p in prompts if isinstance(p, str))
+            size = sum(len(p) if isinstance(p, str) else 4 * len(p) for p in prompts)
+        checks_input = not self.hook.passthrough
 
-        def count() -> list[int]:
+        def prepare() -> list[int]:
+            """Token counts; for completions also the text the input rails judge (token ids decoded)."""
             if self.chat:
                 return [state.count_chat(group, self.messages)]
+            self.messages = [{"role": "user", "content": p if isinstance(p, str) else state.decode(group, p)}
+                             for p in prompts if checks_input or isinstance(p, str)]
             return [len(p) if isinstance(p, list) else state.count_text(group, p) for p in prompts]
 
         if size > limits.inline_tokenize_chars:  # a long prompt is tokenized off the event loop
             from starlette.concurrency import run_in_threadpool
 
-            self.prompt_tokens = await run_in_threadpool(count)
+            self.prompt_tokens = await run_in_threadpool(prepare)
         else:
-            self.prompt_tokens = count()
+            self.prompt_tokens = prepare()
         self.rec.prompt_tokens = sum(self.prompt_tokens)
         self.prompt_text = last_user_text(self.messages)
+
+    def check_streamed_logprobs(self) -> None:
+        """Streamed logprobs are refused while output rails apply: each chunk's logprobs name its tokens
+        before the stream checker has judged the text they spell (held back, redacted or stopped)."""
+        b = self.body
+        wants = b.get("logprobs") if self.chat else b.get("logprobs") is not None
+        if b.get("stream") and wants and self.hook.checks_output(model=self.route.public, key=self.rec.key_id):
+            raise APIError(400, "logprobs with stream=true are not available while output guardrails apply to "
+                           "this model: the logprobs would show text before the rails judge it. Use stream=false "
+                           "(logprobs of a choice whose text a rail changed come back as null).",
+                           code="logprobs_with_output_rails", param="logprobs")
 
     def check_context(self) -> None:
         longest = max(self.prompt_tokens)
@@ -181,8 +196,9 @@ class CompletionHandler:
 
     async def guard_input(self) -> None:
         """Input rails: a block is a 400 ``content_blocked``; a redaction replaces what is forwarded."""
+        extra = {"tools": self.body["tools"]} if self.chat and self.body.get("tools") is not None else {}
         verdict = await guard_call(self.hook, self.hook.check_input, self.messages, model=self.route.public,
-                                   key=self.rec.key_id)
+                                   key=self.rec.key_id, **extra)
         if verdict.action != "allow":
             self.record("input", verdict)
         if not verdict.allowed:
@@ -192,8 +208,12 @@ class CompletionHandler:
         if verdict.action == "redact" and redacted is not None:
             if self.chat:
                 self.body["messages"] = list(redacted)
-            else:
+            else:  # every prompt as text (token-id prompts too: their decoded text, redacted)
                 self.body["prompt"] = [m["content"] for m in redacted]
+        if verdict.action == "redact" and getattr(verdict, "tools", None) is not None:
+            self.body["tools"] = list(verdict.tools)
+        if self.chat:
+            self.body["messages"] = without_context_marks(self.body["messages"])
 
     async def forward(self) -> httpx.Response:
         """Send to an engine of the model's group (fallback models in order); the engine's 4xx is
@@ -232,28 +252,54 @@ class CompletionHandler:
         reask_tokens = 0
         for choice in data.get("choices") or []:
             text = choice.get("message", {}).get("content") if self.chat else choice.get("text")
-            if not text:
-                continue
-            out = await guard_call(self.hook, self.hook.check_output, text, model=self.route.public,
-                                   key=self.rec.key_id)
-            if self.chat and not out.allowed:
-                fixed = await self.reask(out, text)
-                if fixed is not None:
-                    text, out, used_tokens = fixed
-                    reask_tokens += used_tokens
-                    choice["message"]["content"] = text
-            if out.action != "allow":
-                self.record("output", out)
-                # a block carries the policy's refusal text (Verdict.text); never the raw answer
-                replacement = out.text or "[blocked by guardrails]"
-                if self.chat:
-                    choice["message"]["content"] = replacement
-                else:
-                    choice["text"] = replacement
+            if text:
+                out = await guard_call(self.hook, self.hook.check_output, text, model=self.route.public,
+                                       key=self.rec.key_id)
+                if self.chat and not out.allowed:
+                    fixed = await self.reask(out, text)
+                    if fixed is not None:
+                        text, out, used_tokens = fixed
+                        reask_tokens += used_tokens
+                        choice["message"]["content"] = text
+                        choice["logprobs"] = None  # they were the failed answer's
+                if out.action != "allow":
+                    self.record("output", out)
+                    # a block carries the policy's refusal text (Verdict.text); never the raw answer
+                    replacement = out.text or "[blocked by guardrails]"
+                    if replacement != text:  # the tokens' logprobs would show what was redacted
+                        choice["logprobs"] = None
+                    if self.chat:
+                        choice["message"]["content"] = replacement
+                    else:
+                        choice["text"] = replacement
+            if self.chat:
+                await self.guard_tool_calls(choice)
         usage = data.get("usage") or {}
         self.rec.prompt_tokens = usage.get("prompt_tokens", self.rec.prompt_tokens)
         self.rec.completion_tokens = (usage.get("completion_tokens") or 0) + reask_tokens
         return JSONResponse(data, headers={"x-request-id": self.rec.id})
+
+    async def guard_tool_calls(self, choice: dict) -> None:
+        """Output rails on the arguments of a choice's tool calls: redacted in place; a block drops the
+        calls and answers with the refusal text."""
+        message = choice.get("message") or {}
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if not isinstance(args, str) or not args:
+                continue
+            out = await guard_call(self.hook, self.hook.check_output, args, model=self.route.public,
+                                   key=self.rec.key_id, partial=True)
+            if out.action == "allow":
+                continue
+            self.record("output", out)
+            choice["logprobs"] = None
+            if not out.allowed:
+                message.pop("tool_calls", None)
+                message["content"] = out.text or "[blocked by guardrails]"
+                choice["finish_reason"] = "content_filter"
+                return
+            fn["arguments"] = out.text
 
     async def reask(self, verdict: VerdictLike, answer: str) -> tuple[str, VerdictLike, int] | None:
         """The hook's one re-ask for a failed answer -> (new answer, its verdict, its completion
@@ -287,9 +333,10 @@ class CompletionHandler:
         return text, out, tokens
 
     async def relay(self, resp: httpx.Response) -> AsyncIterator[str]:
-        """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails."""
+        """Relay SSE events; note TTFT and usage; rewrite the model name; apply output rails (one stream
+        checker per choice, and per tool call of a choice: text never mixes between them)."""
         state, rec, route = self.state, self.rec, self.route
-        checker = self.hook.stream_checker(model=route.public, key=rec.key_id)
+        checkers = _Checkers(self.hook, route.public, rec.key_id)
         passthrough = self.hook.passthrough
         rename = route.upstream != route.public
         flushed = False
@@ -301,8 +348,7 @@ class CompletionHandler:
                 if payload.strip() == "[DONE]":
                     if not passthrough and not flushed:
                         flushed = True
-                        tail = await self.flush(checker)
-                        if tail:
+                        for tail in await self.flush(checkers):
                             yield tail
                     yield "data: [DONE]\n\n"
                     break
@@ -319,8 +365,7 @@ class CompletionHandler:
                     rec.completion_tokens = event["usage"].get("completion_tokens")
                     if not choices and not passthrough and not flushed:
                         flushed = True  # held-back text goes out before the closing usage chunk
-                        tail = await self.flush(checker)
-                        if tail:
+                        for tail in await self.flush(checkers):
                             yield tail
                     if not choices and not self.wants_usage:
                         continue
@@ -331,11 +376,7 @@ class CompletionHandler:
                     event["model"] = route.public
                 if not passthrough:
                     for c in choices:
-                        text = delta_text(c)
-                        if not text:
-                            continue
-                        released, verdict = checker.feed(text)
-                        set_delta_text(c, released)
+                        verdict = checkers.feed_choice(c)
                         if verdict is not None and not verdict.allowed:
                             self.record("output", verdict)
                             yield blocked_event(verdict.rail)
@@ -351,21 +392,30 @@ class CompletionHandler:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
             self.finish()
 
-    async def flush(self, checker) -> str | None:
-        """The text a stream checker still holds, as one final chunk (None when nothing is held).
+    async def flush(self, checkers: _Checkers) -> list[str]:
+        """The text the stream checkers still hold, one final chunk per choice (and tool call) that
+        holds any; a block ends the list with the error event.
 
-        The whole-answer rails (json_schema, the LLM self-check) judge the answer here; what they find
-        cannot be unsent, so it is recorded in the request log and the metrics."""
-        tail, final = await guard_call(self.hook, checker.finish)
-        if final is not None and final.action != "allow":
-            self.record("output", final, after_stream=True)
-            if not final.allowed:  # the held tail is not sent; the client learns why the answer stops
-                return blocked_event(final.rail)
-        if not tail:
-            return None
-        choice = {"index": 0, "delta": {"content": tail}} if self.chat else {"index": 0, "text": tail}
-        return sse({"id": self.rec.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                    "model": self.route.public, "choices": [choice]})
+        The whole-answer rails (json_schema, the LLM self-check) judge each choice's answer here; what
+        they find cannot be unsent, so it is recorded in the request log and the metrics."""
+        events = []
+        for (index, slot), checker in checkers.items():
+            tail, final = await guard_call(self.hook, checker.finish)
+            if final is not None and final.action != "allow":
+                self.record("output", final, after_stream=True)
+                if not final.allowed:  # the held tail is not sent; the client learns why the answer stops
+                    return [*events, blocked_event(final.rail)]
+            if not tail:
+                continue
+            if slot is not None:
+                choice = {"index": index, "delta": {"tool_calls": [{"index": slot, "function": {"arguments": tail}}]}}
+            elif self.chat:
+                choice = {"index": index, "delta": {"content": tail}}
+            else:
+                choice = {"index": index, "text": tail}
+            events.append(sse({"id": self.rec.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                               "model": self.route.public, "choices": [choice]}))
+        return events
 
     # ------------------------------------------------------------------------------ accounting
     def record(self, stage: str, verdict: VerdictLike, *, reask: bool = False, after_stream: bool = False) -> None:
@@ -374,6 +424,51 @@ class CompletionHandler:
                                                     after_stream=after_stream))
         action = "reask" if reask else verdict.action
         self.state.metrics.guardrail.labels(stage, verdict.rail or "", action).inc()
+
+
+class _Checkers:
+    """The stream checkers of one stream: (choice index, None) for a choice's text, (choice index, tool
+    call index) for a tool call's arguments; made on first use, in order."""
+
+    def __init__(self, hook, model: str, key: str | None) -> None:
+        self.hook, self.model, self.key = hook, model, key
+        self._by_slot: dict[tuple[int, int | None], Any] = {}
+
+    def get(self, index: int, slot: int | None):
+        checker = self._by_slot.get((index, slot))
+        if checker is None:
+            if slot is None:
+                checker = self.hook.stream_checker(model=self.model, key=self.key)
+            else:  # arguments are no answer: the whole-answer rails (json_schema, self-check) skip them
+                checker = self.hook.stream_checker(model=self.model, key=self.key, whole_answer=False)
+            self._by_slot[(index, slot)] = checker
+        return checker
+
+    def items(self):
+        return list(self._by_slot.items())
+
+    def feed_choice(self, c: dict):
+        """Feed a chunk's choice through its checkers, rewriting it in place to what may be released;
+        the first blocking verdict, or None."""
+        index = c.get("index") if isinstance(c.get("index"), int) else 0
+        text = delta_text(c)
+        if text:
+            released, verdict = self.get(index, None).feed(text)
+            set_delta_text(c, released)
+            if verdict is not None and not verdict.allowed:
+                return verdict
+        delta = c.get("delta")
+        for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if not isinstance(args, str) or not args:
+                continue
+            slot = call.get("index") if isinstance(call.get("index"), int) else 0
+            released, verdict = self.get(index, slot).feed(args)
+            fn["arguments"] = released
+            if verdict is not None and not verdict.allowed:
+                return verdict
+        return None
 
 
 async def guard_call(hook, fn, *args, **kwargs):

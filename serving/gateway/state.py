@@ -157,6 +157,10 @@ class GatewayState:
         tok = self.tokenizers.get(group)
         if tok is None:
             return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)
+        # text parts as the engine renders them (joined by newlines), not as a list's repr
+        messages = [{**m, "content": "\n".join(p["text"] for p in m["content"] if isinstance(p, dict)
+                                                and isinstance(p.get("text"), str))}
+                    if isinstance(m.get("content"), list) else m for m in messages]
         try:
             ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
             if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
@@ -165,6 +169,23 @@ class GatewayState:
         except Exception:  # noqa: BLE001 - templates reject odd roles; estimate instead
             return sum(len(tok.encode(content_text(m.get("content")), add_special_tokens=False)) + 4
                        for m in messages)
+
+    def decode(self, group: str, ids: list[int]) -> str:
+        """The text of a token-id prompt (what the input rails judge).
+
+        Raises:
+            APIError: 400 when the ids are not the model's, or there is no tokenizer to read them with.
+        """
+        from serving.gateway.errors import APIError
+
+        tok = self.tokenizers.get(group)
+        if tok is None:
+            raise APIError(400, "Token-id prompts cannot be checked by the guardrails without the model's "
+                           "tokenizer; send the prompt as text.", code="invalid_prompt", param="prompt")
+        if ids and max(ids) >= len(tok):
+            raise APIError(400, f"Token id {max(ids)} is outside the model's vocabulary ({len(tok)} tokens).",
+                           code="invalid_prompt", param="prompt")
+        return tok.decode(ids, skip_special_tokens=False)
 
     def count_text(self, group: str, prompt: str) -> int:
         tok = self.tokenizers.get(group)

@@ -110,7 +110,7 @@ class FakeGuard:
     passthrough: bool = False
     calls: list[tuple] = field(default_factory=list)
 
-    def check_input(self, messages, model=None, key=None):
+    def check_input(self, messages, model=None, key=None, tools=None):
         self.calls.append(("input", model, key))
         text = " ".join(str(m.get("content")) for m in messages)
         if "EXPLODE" in text:
@@ -129,8 +129,11 @@ class FakeGuard:
             return V(False, "block", "fake_schema", "NO")
         return V(True, "allow", None, text)
 
-    def stream_checker(self, model=None, key=None):
+    def stream_checker(self, model=None, key=None, whole_answer=True):
         return FakeStream()
+
+    def checks_output(self, model=None, key=None):
+        return True
 
     def reask(self, verdict, messages, answer, model=None, key=None):
         if verdict.rail != "fake_schema":
