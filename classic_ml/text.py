@@ -4,7 +4,7 @@ The guardrails' injection classifier is trained here, so it has the same lineage
 and registry life cycle as every other classic model::
 
     from classic_ml.text import TextClassifierConfig, run
-    result = run(TextClassifierConfig())   # guardrails/datasets/injection.jsonl, split == train
+    result = run(TextClassifierConfig())   # data/guardrails/injection_public.jsonl, split == train
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from llmops.contracts import RegistryAPI
 class TextClassifierConfig(StrictModel):
     """A text classifier training run."""
 
-    data: str = Field("guardrails/datasets/injection.jsonl", description="JSONL with text and label columns.")
+    data: str = Field("data/guardrails/injection_public.jsonl", description="JSONL with text and label columns "
+                      "(the default is built by `llmops guardrails data` from public packages).")
     text_column: str = Field("text", description="Input text column.")
     label_column: str = Field("label", description="Label column (0/1).")
     split_column: str | None = Field("split", description="Column selecting rows; None: use all rows.")
@@ -65,9 +66,10 @@ def load_labelled(cfg: TextClassifierConfig) -> pd.DataFrame:
     """Rows for training. Raises DataError naming the line of a bad row."""
     path = Path(cfg.data)
     if not path.is_file():
-        raise DataError(f"{path} does not exist.")
+        hint = " Build it with `llmops guardrails data`." if path.name == "injection_public.jsonl" else ""
+        raise DataError(f"{path} does not exist.{hint}")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
         try:

@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     if 2 in wanted:
         heading(2, "classic ML: train and register credit-risk, score a shifted batch, drift report")
         llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
+        llmops(2, "guardrails data (public attack and benign sets, split by source)", "guardrails", "data")
         llmops(2, "classic train-text (the guardrails' injection classifier)", "classic", "train-text",
                "--config", "configs/classic/text.yaml")
         llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",

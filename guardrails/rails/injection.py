@@ -94,6 +94,9 @@ def rule_hits(variants: list[str]) -> list[tuple[str, tuple[int, int] | None]]:
     return hits
 
 
+PROBE_CHARS = 4000  # the classifier reads a long prompt's first 3,000 and last 1,000 characters
+
+
 class InjectionConfig(BaseRailConfig):
     """Prompt injection and jailbreaks: rules on every normalised variant, plus a registered classifier."""
 
@@ -104,8 +107,8 @@ class InjectionConfig(BaseRailConfig):
     classifier_required: bool = Field(
         False, description="Fail loading when the classifier cannot be resolved (else rules only).")
     classifier_min_words: int = Field(
-        4, ge=1, description="Prompts with fewer words are judged by the rules only (a TF-IDF classifier has "
-        "no signal on 'Hello!' and scored it above 0.8).")
+        1, ge=1, description="Prompts with fewer words are judged by the rules only. 1 (the default): every "
+        "prompt goes to the classifier, which learns short ordinary turns from its multilingual chat data.")
 
 
 class InjectionRail(Rail):
@@ -122,7 +125,8 @@ class InjectionRail(Rail):
         fs = [Finding(self.name, f"rule:{family}", span, 1.0) for family, span in rule_hits(forms)]
         if self.classifier is not None and len(forms[0].split()) >= self.cfg.classifier_min_words:
             # head and tail of long prompts: where injections sit, and it bounds the cost
-            probe = forms[0] if len(forms[0]) <= 800 else forms[0][:400] + " " + forms[0][-400:]
+            probe = forms[0] if len(forms[0]) <= PROBE_CHARS else (
+                forms[0][:PROBE_CHARS * 3 // 4] + " " + forms[0][-PROBE_CHARS // 4:])
             p = self.classifier(probe)
             if p >= self.cfg.threshold:
                 fs.append(Finding(self.name, "classifier", None, round(p, 4)))

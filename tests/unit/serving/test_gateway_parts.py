@@ -7,7 +7,7 @@ import time
 import pytest
 
 from llmops.contracts import RequestRecord, VerdictRecord, read_request_log
-from serving.config import AuthConfig, ServingConfig
+from serving.config import AuthConfig, EngineConfig, ServingConfig
 from serving.gateway.auth import KeyStore, hash_key
 from serving.gateway.errors import APIError
 from serving.gateway.limits import RateLimiter
@@ -133,6 +133,31 @@ def test_lora_auto_is_on_only_for_engines_that_serve_adapters():
     on = Engine(plain.engines[0].model_copy(update={"enable_lora": True}), "m", "/tmp").command()
     off = Engine(plain.engines[0].model_copy(update={"enable_lora": False}), "m", "/tmp").command()
     assert "--enable-lora" in on and "--enable-lora" not in off
+
+
+def test_cpu_layout_keys_reach_the_engine_environment(monkeypatch, tmp_path):
+    import sys
+
+    from serving.engine import Engine, EngineError
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    default = Engine(EngineConfig(), "m", "/tmp").env()
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in default and "VLLM_CPU_OMP_THREADS_BIND" not in default
+    assert "LD_PRELOAD" not in default  # gnu: vLLM preloads PyTorch's libgomp itself
+    cfg = EngineConfig(cpu_reserved_cores=0, cpu_threads_bind="nobind", cpu_openmp="intel")
+    lib = tmp_path / "lib" / "libiomp5.so"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    env = Engine(cfg, "m", "/tmp").env()
+    assert (env["VLLM_CPU_NUM_OF_RESERVED_CPU"], env["VLLM_CPU_OMP_THREADS_BIND"]) == ("0", "nobind")
+    assert env["LD_PRELOAD"].split(":")[0] == str(lib)
+    lib.unlink()
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path))
+    with pytest.raises(EngineError, match="intel-openmp"):
+        Engine(cfg, "m", "/tmp").env()
+    with pytest.raises(ValueError, match="cpu_openmp"):
+        EngineConfig.model_validate({"cpu_openmp": "llvm"})
 
 
 def test_hash_key_cli(capsys):
