@@ -85,6 +85,20 @@ class Guard:
         except Exception as e:  # noqa: BLE001 - a guard must answer, not raise
             return self._error(e, t0)
 
+    def check_embeddings(self, texts: list[str], model: str | None = None, key: str | None = None) -> Verdict:
+        """Texts to embed, each judged by the policy's ``embedding_rails`` (pii by default): a redaction
+        comes back as ``Verdict.messages`` (``{"content": text}`` per input, in order) to embed instead."""
+        t0 = time.perf_counter()
+        try:
+            wanted = set(self.policy.embedding_rails)
+            rails = [r for r in self._active(self.input_rails, model, key) if r.name in wanted]
+            acc = _Decision(self, rails)
+            out = [acc.text(t) for t in texts]
+            return self._verdict(not acc.blocked, acc.action, acc.rail, acc.findings, None, t0, acc.reason,
+                                 tuple({"content": t} for t in out) if acc.action == "redact" else None)
+        except Exception as e:  # noqa: BLE001
+            return self._error(e, t0)
+
     def check_output(self, text: Any, context: list[str] | None = None, model: str | None = None,
                      key: str | None = None, partial: bool = False) -> Verdict:
         """Check an answer (``context``: retrieved chunks, for groundedness; ``partial``: a piece of a

@@ -40,6 +40,9 @@ class PolicyConfig(StrictModel):
     context_injection: Literal["drop", "flag"] = Field(
         "drop", description="A retrieved passage (a text part marked llmops_context) in which the injection rail "
         "finds instructions: drop it from the request (the rest goes on) or only flag it (request log, metrics).")
+    embedding_rails: list[RailName] = Field(
+        default_factory=lambda: ["pii"], description="Input rails (as configured in input_rails) that also judge "
+        "/v1/embeddings input, each text on its own: pii redacts what is embedded. [] : embeddings unchecked.")
     per_model: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by model id.")
     per_key: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by API key id.")
 

@@ -139,6 +139,10 @@ class GuardHook(Protocol):
     def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
                      key: str | None = None) -> VerdictLike: ...
 
+    def check_embeddings(self, texts: list[str], model: str | None = None, key: str | None = None) -> VerdictLike:
+        """Texts sent to /v1/embeddings; a redaction comes back as ``verdict.messages`` ({"content"} per text)."""
+        ...
+
     def stream_checker(self, model: str | None = None, key: str | None = None,
                        whole_answer: bool = True) -> StreamChecker:
         """One checker per streamed text (a choice's answer, or with ``whole_answer=False`` a tool call's

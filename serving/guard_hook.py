@@ -33,6 +33,9 @@ class PassThrough:
                      key: str | None = None) -> Verdict:
         return Verdict.allow(text)
 
+    def check_embeddings(self, texts: list[str], model: str | None = None, key: str | None = None) -> Verdict:
+        return Verdict.allow()
+
     def stream_checker(self, model: str | None = None, key: str | None = None,
                        whole_answer: bool = True) -> StreamChecker:
         return _PassThroughStream()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 import uuid
 
@@ -18,6 +19,7 @@ from serving.gateway.state import GatewayState
 from serving.gateway.validate import read_json
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def _inputs(body: dict, tokenizer, max_inputs: int) -> list[str]:
@@ -71,6 +73,22 @@ async def embeddings(request: Request) -> Response:
         if key is not None:
             state.limiter.admit(key.id, tokens, key.rpm or state.cfg.limits.default_rpm,
                                 key.tpm or state.cfg.limits.default_tpm)
+        check = getattr(state.hook, "check_embeddings", None)
+        if check is not None and not state.hook.passthrough:
+            if sum(map(len, texts)) > state.cfg.limits.inline_tokenize_chars:  # long input: off the event loop
+                verdict = await run_in_threadpool(check, texts, model=route.public, key=rec.key_id)
+            else:
+                verdict = check(texts, model=route.public, key=rec.key_id)
+            if verdict.action != "allow":
+                from llmops.contracts import VerdictRecord
+
+                rec.guardrails.append(VerdictRecord.of("input", verdict, with_reason=False))
+                state.metrics.guardrail.labels("input", verdict.rail or "", verdict.action).inc()
+            if not verdict.allowed:
+                raise APIError(400, f"The request was blocked by the guardrail '{verdict.rail}': "
+                               f"{verdict.reason or 'policy violation'}.", "invalid_request_error", "content_blocked")
+            if verdict.action == "redact" and verdict.messages is not None:
+                texts = [m["content"] for m in verdict.messages]
         vectors = await run_in_threadpool(
             model.encode, texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         data = []
@@ -82,5 +100,10 @@ async def embeddings(request: Request) -> Response:
     except APIError as e:
         rec.status, rec.error_code = e.status, e.code
         return e.response()
+    except Exception as e:  # noqa: BLE001 - answered, logged and counted as the 500 it is
+        log.exception("unexpected error in /v1/embeddings")
+        rec.status, rec.error_code = 500, "internal_error"
+        return APIError(500, f"Internal error in the gateway ({type(e).__name__}); it is logged.",
+                        "server_error", "internal_error").response()
     finally:
         finish_request(state, rec, t0)

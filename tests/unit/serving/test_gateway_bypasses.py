@@ -61,13 +61,13 @@ def policy_guard():
 
 
 @pytest.fixture
-def gw(engine_url, tmp_path, tiny_model_dir, policy_guard):
+def gw(engine_url, tmp_path, tiny_model_dir, policy_guard, embedding_model_dir):
     SEEN.clear()
     SCRIPT.clear()
     port = int(engine_url.rsplit(":", 1)[1])
     cfg = ServingConfig.model_validate({
         "engines": [{"served_name": "m", "port": port, "max_model_len": 2048}],
-        "embeddings": {"enabled": False},
+        "embeddings": {"enabled": True, "model": str(embedding_model_dir), "served_name": "minilm"},
         "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV",
                  "keys_file": str(tmp_path / "keys.json")},
         "request_log": {"enabled": False}, "router": {"retries": 0}})
@@ -223,3 +223,17 @@ def test_retrieved_passages_are_data_not_a_key_that_turns_a_rail_off(gw, policy_
     parts[-1] = {"type": "text", "text": f"\nQuestion: {INJECTION}"}
     status, data = gw.call("/v1/chat/completions", chat({"role": "user", "content": parts}))
     assert status == 400 and data["error"]["code"] == "content_blocked"
+
+
+def test_embeddings_input_goes_through_the_pii_rail(gw):
+    def embed(text):
+        status, data = gw.call("/v1/embeddings", {"model": "minilm", "input": [text]})
+        assert status == 200, data
+        return data["data"][0]["embedding"]
+
+    import numpy as np
+
+    raw, redacted = embed(f"Customer SSN {SSN}, mail jo@example.com"), embed("Customer SSN [US_SSN], mail [EMAIL]")
+    assert np.allclose(raw, redacted, atol=1e-5)  # what was embedded is the redacted text
+    # an injection is not the embeddings' business: documents that quote attacks are embedded as they are
+    assert gw.call("/v1/embeddings", {"model": "minilm", "input": INJECTION})[0] == 200
