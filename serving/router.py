@@ -65,7 +65,7 @@ class Router:
         """POST ``body`` to ``path`` on a replica of ``group``; the response is opened as a stream.
 
         Raises:
-            APIError: 503 when no replica answers.
+            APIError: 503 when no replica answers; 504 when one took the request and did not answer in time.
         """
         tried = []
         for engine in self.candidates(group)[: self.cfg.retries + 1]:
@@ -80,6 +80,9 @@ class Router:
                 raise APIError(503, "The gateway has no free connection to the engines right now (too many open "
                                "streams); retry shortly.", "server_error", "gateway_busy",
                                headers={"Retry-After": "1"}) from e
+            except (httpx.ReadTimeout, httpx.WriteTimeout) as e:  # the engine took the request and is slow
+                raise APIError(504, f"The engine did not answer within router.timeout_s ({self.cfg.timeout_s:g} s); "
+                               "ask for fewer tokens or raise the timeout.", "server_error", "engine_timeout") from e
             except RETRYABLE as e:
                 self._cooldown[id(engine)] = time.monotonic() + self.cfg.cooldown_s
                 log.warning("engine %s failed (%s); %s", engine.cfg.name, type(e).__name__,

@@ -242,8 +242,16 @@ class CompletionHandler:
 
     async def answer(self, resp: httpx.Response) -> JSONResponse:
         """The engine's JSON with output rails applied per choice (and one schema re-ask for chat)."""
-        raw = await resp.aread()
-        await resp.aclose()
+        try:
+            raw = await resp.aread()
+        except httpx.TimeoutException as e:
+            raise APIError(504, "The engine did not finish the answer within router.timeout_s; ask for fewer "
+                           "tokens or raise the timeout.", "server_error", "engine_timeout") from e
+        except httpx.HTTPError as e:
+            raise APIError(502, f"The engine's answer broke off ({type(e).__name__}).", "server_error",
+                           "engine_error") from e
+        finally:
+            await resp.aclose()
         try:
             data = json.loads(raw)
         except ValueError as e:

@@ -38,6 +38,8 @@ def _engine_app() -> FastAPI:
         if body.get("model") == "broken":
             return PlainTextResponse("upstream says no", status_code=422)  # a 4xx without a JSON body
         text = ANSWERS.pop(0) if ANSWERS else "plain answer"
+        if text == "__SLEEP__":  # an engine that takes the request and does not answer in time
+            await asyncio.sleep(3)
         if text == "__NOT_JSON__":
             return PlainTextResponse("<html>proxy error</html>")
         if text == "__SLOW__":  # a stream that holds its connection for a while
@@ -383,3 +385,13 @@ def test_a_client_that_leaves_at_once_gives_back_its_slot_and_is_logged(gateway)
     assert gateway.state.limiter.in_flight("k") == 0
     rec = gateway.log().iloc[0]
     assert rec.stream and rec.status == 200
+
+
+def test_an_engine_that_does_not_answer_in_time_is_a_504_logged_as_such(gateway):
+    gateway.state.router.client.timeout = httpx.Timeout(0.5, connect=5.0, pool=5.0)
+    ANSWERS.append("__SLEEP__")
+    status, data = gateway.call("/v1/chat/completions", chat("hi"))
+    assert status == 504 and data["error"]["code"] == "engine_timeout"
+    assert "router.timeout_s" in data["error"]["message"]
+    rec = gateway.log().iloc[0]
+    assert (rec.status, rec.error_code) == (504, "engine_timeout")
