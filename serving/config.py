@@ -154,6 +154,9 @@ class RequestLogConfig(StrictModel):
     max_queue: int = Field(
         10_000, ge=1, description="Records waiting for the writer; beyond it records are dropped (counted in "
         "/metrics), so a slow disk never holds requests or memory.")
+    max_embedding_queue: int = Field(
+        1000, ge=1, description="With prompt_embeddings: prompts waiting for their embedding; past it a record is "
+        "written without one (a burst must not queue prompts without bound).")
     retention_days: float | None = Field(30, gt=0, description="Records older than this are deleted (None: kept).")
     max_rows: int | None = Field(None, ge=1, description="Keep at most this many records, the newest (None: no cap).")
     unauthenticated_sample: float = Field(

@@ -78,6 +78,8 @@ class GatewayState:
         self._sync_lock = threading.Lock()
         self._unresolved: dict[tuple[str, str], str] = {}  # adapters whose alias is not set, and why
         self._embed_pool = None
+        self._embed_pending = 0  # prompts waiting for their embedding (request_log.max_embedding_queue)
+        self._embed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
     def route(self, model: Any, kinds: tuple[str, ...]) -> ModelRoute:
@@ -206,11 +208,23 @@ class GatewayState:
 
             self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="prompt-embed")
 
+        with self._embed_lock:  # a burst must not queue prompts without bound: past the cap, no embedding
+            if self._embed_pending >= self.cfg.request_log.max_embedding_queue:
+                self.requestlog.write(rec)
+                return
+            self._embed_pending += 1
+
         def embed_and_write() -> None:
             import numpy as np
 
-            vec = self.embedder.encode([prompt_text[-4000:]], normalize_embeddings=True)[0]
-            rec.prompt_embedding = np.asarray(vec, dtype=np.float32).tobytes()
+            try:
+                vec = self.embedder.encode([prompt_text[-4000:]], normalize_embeddings=True)[0]
+                rec.prompt_embedding = np.asarray(vec, dtype=np.float32).tobytes()
+            except Exception as e:  # noqa: BLE001 - the record is still written, without its embedding
+                log.warning("prompt embedding failed: %s", e)
+            finally:
+                with self._embed_lock:
+                    self._embed_pending -= 1
             self.requestlog.write(rec)
 
         self._embed_pool.submit(embed_and_write)

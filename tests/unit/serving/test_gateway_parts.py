@@ -283,3 +283,35 @@ def test_alias_moves_made_outside_the_project_are_recorded_and_followed_or_not(r
         registry.set_alias("qa", "champion", 2, reason="the audited rollout")  # a move through the project
         assert state.sync_adapters() == ["qa"] and state.models["qa"].registry_version == "2"
     state.close()
+
+
+def test_prompt_embeddings_wait_in_a_bounded_queue(tmp_path, embedding_model_dir):
+    import threading
+    from types import SimpleNamespace
+
+    from llmops.contracts import RequestRecord, read_request_log
+    from serving.gateway.state import GatewayState
+
+    cfg = ServingConfig.model_validate({
+        "engines": [{"served_name": "m", "port": 9}],
+        "embeddings": {"enabled": True, "model": str(embedding_model_dir)},
+        "request_log": {"path": str(tmp_path / "log.sqlite"), "prompt_embeddings": True,
+                        "max_embedding_queue": 2}})
+    engine = SimpleNamespace(cfg=cfg.engines[0], url="http://127.0.0.1:9", state="ready", api_key=None)
+    state = GatewayState(cfg, [engine], {})
+    state.log_request(RequestRecord(id="warm", ts=1.0, endpoint="chat"), "warm up")
+    import time
+
+    deadline = time.monotonic() + 60
+    while state._embed_pending and time.monotonic() < deadline:  # the first embedding is done
+        time.sleep(0.05)
+    gate = threading.Event()
+    state._embed_pool.submit(gate.wait)  # the embedding thread is busy: prompts queue up behind it
+    for i in range(5):
+        state.log_request(RequestRecord(id=f"r{i}", ts=2.0 + i, endpoint="chat"), f"prompt {i}")
+    gate.set()
+    state.close()
+    log = read_request_log(tmp_path / "log.sqlite").set_index("id")
+    assert len(log) == 6  # every record is written
+    with_vectors = sorted(i for i, v in log.prompt_embedding.items() if v is not None)
+    assert with_vectors == ["r0", "r1", "warm"]  # past the cap of 2 waiting, records go without a vector
