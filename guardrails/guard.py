@@ -78,6 +78,7 @@ class Guard:
             acc = _Decision(self, self._active(self.input_rails, model, key))
             out_messages = [acc.message(m) for m in messages if not acc.blocked]
             out_tools = [acc.strings(t) for t in (tools or []) if not acc.blocked]
+            acc.whole()
             redacted = acc.action == "redact"
             return self._verdict(not acc.blocked, acc.action, acc.rail, acc.findings, None, t0, acc.reason,
                                  tuple(out_messages) if redacted else None,
@@ -199,22 +200,31 @@ class Guard:
 
 class _Decision:
     """The running verdict of one check_input: the strongest action so far, its rail and reason, the
-    findings; each method judges one piece of the request and returns it as it is to be forwarded."""
+    findings; each method judges one piece of the request and returns it as it is to be forwarded. The
+    user's words of every piece are also kept, so an attack split across messages or fields can be judged
+    whole at the end (:meth:`whole`)."""
 
     def __init__(self, guard: Guard, rails: list[Rail]) -> None:
         self.guard, self.rails = guard, rails
         self.action, self.rail, self.reason = "allow", None, None
         self.findings: list[Finding] = []
+        self.words: list[str] = []  # every text judged as the user's words, in request order
 
     @property
     def blocked(self) -> bool:
         return self.action == "block"
+
+    def block(self, label: str, reason: str) -> None:
+        self.findings.append(Finding("input", label))
+        self.action, self.rail, self.reason = "block", "input", reason
 
     def text(self, text: str, data: bool = False, record: bool = True) -> str:
         """Judge one text; return it redacted (or unchanged). ``record=False``: a piece of a text already
         judged whole, redacted on its own (its findings are counted once)."""
         if self.blocked or not text:
             return text
+        if record and not data:
+            self.words.append(text)
         a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data)
         if record:
             self.findings += found
@@ -222,76 +232,129 @@ class _Decision:
             self.action, self.rail, self.reason = a, r, why
         return new_text
 
+    def whole(self) -> None:
+        """The injection rail once more over all the user's words joined: pieces that are harmless one by
+        one (two messages, a name and its content, tool arguments) may spell an attack together."""
+        if self.blocked or len(self.words) < 2:
+            return
+        rails = [r for r in self.rails if r.name == "injection"]
+        if rails:
+            a, r, why, _, found = self.guard._run(rails, "\n".join(self.words), "input")
+            if a == "block":
+                self.findings += found
+                self.action, self.rail, self.reason = a, r, why
+
     def message(self, m: dict) -> dict:
         out = dict(m)
+        for k, v in m.items():  # name, reasoning, tool_call_id, tools ...: all reach the template, name first
+            if k not in ("role", "content", "tool_calls") and not self.blocked:
+                out[k] = self.strings(v)
         content = m.get("content")
         if isinstance(content, str):
             out["content"] = self.text(content)
         elif isinstance(content, list):
             out["content"] = self.parts(content)
-        if isinstance(m.get("name"), str):
-            out["name"] = self.text(m["name"])
         if isinstance(m.get("tool_calls"), list):
-            out["tool_calls"] = [self.strings(c) if isinstance(c, dict) else c for c in m["tool_calls"]]
-        if isinstance(m.get("function_call"), dict):
-            out["function_call"] = self.strings(m["function_call"])
+            out["tool_calls"] = [self.strings(c) for c in m["tool_calls"]]
         return out
 
     def parts(self, parts: list) -> list:
         """List content: the user's text parts are judged together (an attack split over parts is seen
-        whole) and, when redacted, forwarded as one part where the first was; passages marked as context
-        are judged one by one, as data."""
-        words = [i for i, p in enumerate(parts) if _is_text(p) and not p.get(CONTEXT_PART_KEY)]
-        joined = "\n".join(parts[i]["text"] for i in words)
-        new_joined = self.text(joined)
+        whole) and redacted part by part (merged into one part only when a finding spans parts); passages
+        marked as context are judged one by one and together, as data."""
+        words = [i for i, p in enumerate(parts) if _part_key(p) and not p.get(CONTEXT_PART_KEY)]
+        joined = "\n".join(parts[words_i][_part_key(parts[words_i])] for words_i in words)
         out = list(parts)
-        if new_joined != joined:
-            out[words[0]] = {**parts[words[0]], "text": new_joined}
-            for i in words[1:]:
-                out[i] = None
-        for i, p in enumerate(parts):
-            if _is_text(p) and p.get(CONTEXT_PART_KEY):
-                new_text = self.text(p["text"], data=True)
-                if new_text != p["text"]:
-                    out[i] = {**p, "text": new_text}
+        if self.text(joined) != joined:
+            for i in words:
+                out[i] = {**parts[i], _part_key(parts[i]): self.text(parts[i][_part_key(parts[i])], record=False)}
+            again = "\n".join(out[i][_part_key(out[i])] for i in words)
+            if self.text(again, record=False) != again:  # a finding spans parts: one redacted part
+                out[words[0]] = {**parts[words[0]], _part_key(parts[words[0]]): self.text(joined, record=False)}
+                for i in words[1:]:
+                    out[i] = None
+        for i, p in enumerate(parts):  # parts of other types: their strings, as any field
+            if isinstance(p, dict) and not _part_key(p) and p.get("type") not in MEDIA_PARTS and not self.blocked:
+                out[i] = self.strings({k: v for k, v in p.items() if k != "type"})
+                out[i] = {"type": p.get("type"), **out[i]}
+        marked = [i for i, p in enumerate(parts) if _part_key(p) and p.get(CONTEXT_PART_KEY)]
+        for i in marked:
+            key = _part_key(parts[i])
+            new_text = self.text(parts[i][key], data=True)
+            if new_text != parts[i][key]:
+                out[i] = {**parts[i], key: new_text}
+        kept = [i for i in marked if out[i][_part_key(out[i])] != DROPPED_PASSAGE]
+        if len(kept) > 1:  # passages that spell instructions only together: all of them go
+            together = "\n".join(out[i][_part_key(out[i])] for i in kept)
+            if self.text(together, data=True, record=False) == DROPPED_PASSAGE:
+                self.findings.append(Finding("injection", "context:split"))
+                for i in kept:
+                    out[i] = {**out[i], _part_key(out[i]): DROPPED_PASSAGE}
         return [p for p in out if p is not None]
 
     def strings(self, obj: Any) -> Any:
-        """A tool definition or tool call: every string in it judged together (names, descriptions, enum
-        values, arguments); when redacted, each string is redacted on its own."""
+        """A tool definition, tool call or other field: every string in it, keys included, judged together;
+        when redacted, each string is redacted on its own (a finding that spans strings blocks)."""
         leaves: list[str] = []
-        _collect(obj, leaves)
+        if not _collect(obj, leaves):
+            self.block("too_deep", f"a field is nested deeper than {MAX_DEPTH} levels")
+            return obj
+        if not leaves:
+            return obj
         joined = "\n".join(leaves)
         if self.text(joined) == joined:
             return obj
-        return _map_strings(obj, lambda t: self.text(t, record=False))
+        mapped = _map_strings(obj, lambda t: self.text(t, record=False))
+        rest: list[str] = []
+        _collect(mapped, rest)
+        again = "\n".join(rest)
+        if not self.blocked and self.text(again, record=False) != again:
+            self.block("split_finding", "a finding spans several strings of a field and cannot be redacted")
+        return mapped
 
 
-def _is_text(p: Any) -> bool:
-    return isinstance(p, dict) and isinstance(p.get("text"), str)
+# Content part types (OpenAI / vLLM) whose text the engine renders, and the key that holds it; media parts
+# carry data, not text; any other part's strings are judged like a field.
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                  "thinking": "thinking"}
+MEDIA_PARTS = frozenset({"image_url", "input_image", "image_embeds", "input_audio", "audio_url", "video_url", "file"})
+MAX_DEPTH = 64
 
 
-def _collect(obj: Any, out: list[str], depth: int = 0) -> None:
-    if depth > 32:
-        return
+def _part_key(p: Any) -> str | None:
+    """The key of a content part that holds its text (by the part's type), or None."""
+    if not isinstance(p, dict):
+        return None
+    key = TEXT_PART_KEYS.get(p.get("type"))
+    return key if key and isinstance(p.get(key), str) else None
+
+
+def _collect(obj: Any, out: list[str], depth: int = 0) -> bool:
+    """Every string in ``obj``, dict keys included; False when it is nested deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        return False
     if isinstance(obj, str):
         out.append(obj)
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            if k != "type":
-                _collect(v, out, depth + 1)
+            if isinstance(k, str):
+                out.append(k)
+            if not _collect(v, out, depth + 1):
+                return False
     elif isinstance(obj, list):
         for v in obj:
-            _collect(v, out, depth + 1)
+            if not _collect(v, out, depth + 1):
+                return False
+    return True
 
 
 def _map_strings(obj: Any, fn, depth: int = 0) -> Any:
-    if depth > 32:
+    if depth > MAX_DEPTH:
         return obj
     if isinstance(obj, str):
         return fn(obj)
     if isinstance(obj, dict):
-        return {k: (v if k == "type" else _map_strings(v, fn, depth + 1)) for k, v in obj.items()}
+        return {(fn(k) if isinstance(k, str) else k): _map_strings(v, fn, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_map_strings(v, fn, depth + 1) for v in obj]
     return obj

@@ -137,7 +137,9 @@ class GuardHook(Protocol):
         ...
 
     def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
-                     key: str | None = None) -> VerdictLike: ...
+                     key: str | None = None, partial: bool = False) -> VerdictLike:
+        """``partial``: a piece of a stream or tool-call arguments (the whole-answer rails skip it)."""
+        ...
 
     def check_embeddings(self, texts: list[str], model: str | None = None, key: str | None = None) -> VerdictLike:
         """Texts sent to /v1/embeddings; a redaction comes back as ``verdict.messages`` ({"content"} per text)."""

@@ -25,16 +25,24 @@ def _homoglyph_table() -> dict[str, str]:
     import json
 
     data = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json").read_text("utf-8"))
-    table: dict[str, str] = {}
+    options: dict[str, set[str]] = {}
     for target, entries in data.items():
         if len(target) != 1 or not target.isascii() or not target.isalnum():
             continue
         for e in entries:
             c = e.get("c", "")
-            if len(c) == 1 and not c.isascii() and c not in table and \
-                    not unicodedata.normalize("NFKC", c).isascii():
-                table[c] = target
-    return table
+            if len(c) == 1 and not c.isascii() and not unicodedata.normalize("NFKC", c).isascii():
+                options.setdefault(c, set()).add(target)
+
+    def best(c: str, targets: set[str]) -> str:
+        # Greek capital iota looks like both "I" and "l": a capital maps to a capital, a small letter to a
+        # small one, a letter to a letter before a digit; then the data file's order (sorted: stable)
+        upper = c.isupper() or "CAPITAL" in unicodedata.name(c, "")
+        if targets & {"l", "I"}:  # Unicode's prototype of the I/l class is "l": capitals read as "I"
+            return "I" if upper else "l"
+        return min(targets, key=lambda t: (not t.isalpha(), t.isupper() != upper, t))
+
+    return {c: best(c, targets) for c, targets in options.items()}
 
 
 # Unicode's Default_Ignorable_Code_Point property (zero-width and bidi controls, variation selectors, tag
@@ -81,11 +89,10 @@ def normalize(text: str) -> str:
     """NFKC, no default-ignorable or control characters, confusables mapped to ASCII, spaces collapsed."""
     if text.isascii():  # the common case: nothing to fold
         return re.sub(r"\s+", " ", CONTROL.sub(" ", text)).strip()
-    t = _fold_confusables(IGNORABLE.sub("", unicodedata.normalize("NFKC", text)))
-    t = CONTROL.sub(" ", t)
-    # drop combining marks that survive NFKC (z̶a̶l̶g̶o̶ text)
+    t = CONTROL.sub(" ", IGNORABLE.sub("", unicodedata.normalize("NFKC", text)))
+    # drop combining marks that survive NFKC (z̶a̶l̶g̶o̶ text), before folding: "ӧ" is "о" with a mark
     t = "".join(ch for ch in unicodedata.normalize("NFD", t) if not unicodedata.combining(ch))
-    return re.sub(r"\s+", " ", t).strip()
+    return re.sub(r"\s+", " ", _fold_confusables(t)).strip()
 
 
 def _printable(s: str) -> bool:
@@ -115,6 +122,8 @@ def variants(text: str, depth: int = 3) -> list[str]:
         text = text[: MAX_LEN // 2] + " " + text[-MAX_LEN // 2:]
     base = normalize(text)
     out = [base]
+    if not base.isascii() and (folded := base.translate(HOMOGLYPHS)) != base:
+        out.append(folded)  # every confusable folded, also inside text mostly in another script
     if (hidden := hidden_tag_text(text)) and (hidden := normalize(hidden)) not in out:
         out.append(hidden)
     frontier = [base]

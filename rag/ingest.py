@@ -78,7 +78,7 @@ class IngestReport:
                  f"+{self.chunks_added} -{self.chunks_removed} = {self.chunks_total} in {self.seconds:.1f} s"]
         if self.flagged:
             lines.append(f"  {len(self.flagged)} chunks flagged for instructions to an assistant (payload "
-                         "planted_instructions; the gateway drops them from prompts): "
+                         "planted_instructions; RAGPipeline leaves them out of prompts): "
                          + ", ".join(f"{s}#{i}" for s, i in self.flagged[:5])
                          + (" ..." if len(self.flagged) > 5 else ""))
         lines += [f"  skipped {s}: {r}" for s, r in self.skipped]

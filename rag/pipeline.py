@@ -294,6 +294,11 @@ class RAGPipeline:
                 redacted = v.messages
                 question = (redacted[-1]["content"] if redacted else v.text) or question
         hits = self.retrieve(question, filters=filters, tenant=tenant, top_k=top_k)
+        flagged = [h for h in hits if (h.payload or {}).get("planted_instructions")]
+        if flagged:  # chunks flagged at ingest never reach a prompt, whichever endpoint answers
+            log.warning("left %d retrieved chunks with planted instructions out of the prompt: %s", len(flagged),
+                        ", ".join(f"{h.source}#{(h.payload or {}).get('chunk_index')}" for h in flagged))
+            hits = [h for h in hits if h not in flagged]
         contexts = [Citation(i, h.source, h.id, h.score, h.text) for i, h in enumerate(hits, 1)]
         if not hits:
             return Answer(question, NO_ANSWER, [], [], True, guardrails=verdicts), question, contexts, verdicts

@@ -30,7 +30,7 @@ class PassThrough:
         return Verdict.allow()
 
     def check_output(self, text: str, context: list[str] | None = None, model: str | None = None,
-                     key: str | None = None) -> Verdict:
+                     key: str | None = None, partial: bool = False) -> Verdict:
         return Verdict.allow(text)
 
     def check_embeddings(self, texts: list[str], model: str | None = None, key: str | None = None) -> Verdict:

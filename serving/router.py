@@ -102,6 +102,8 @@ class Router:
                 resp, engine = await self.send(group_of(candidate), path, body_for(candidate))
                 return resp, engine, candidate
             except APIError as e:
+                if e.status == 504:  # the engine took the request: a fallback would double the wait
+                    raise
                 error = e
         assert error is not None
         raise error

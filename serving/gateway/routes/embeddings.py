@@ -42,6 +42,9 @@ def _inputs(body: dict, tokenizer, max_inputs: int) -> list[str]:
                 raise bad_request(f"input[{i}] is an empty string.", "input")
             texts.append(item)
         elif isinstance(item, list) and item and all(isinstance(t, int) and t >= 0 for t in item):
+            if max(item) >= len(tokenizer):
+                raise bad_request(f"input[{i}] has token id {max(item)}, outside the model's vocabulary "
+                                  f"({len(tokenizer)} tokens).", "input")
             texts.append(tokenizer.decode(item, skip_special_tokens=True))
         else:
             raise bad_request(f"input[{i}] must be a string or a list of token ids.", "input")

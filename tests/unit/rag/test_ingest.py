@@ -214,6 +214,9 @@ def test_chunks_with_planted_instructions_are_flagged_at_ingest(make_pipeline, c
     flags = {pl["source"]: pl.get("planted_instructions") for pl in
              pipe.store.payloads(["source", "planted_instructions"]).values()}
     assert flags["kb/planted.md"] is True and flags["kb/alpha.md"] is None
+    assert any(h.source == "kb/planted.md" for h in pipe.retrieve("When do parcels leave the warehouse?"))
+    _, _, contexts, _ = pipe._prepare("When do parcels leave the warehouse?", None, None, None)
+    assert contexts and all(c.source != "kb/planted.md" for c in contexts)  # never in a prompt
     # the prompt marks every passage as data, and its text is the plain prompt's
     from rag.pipeline import Citation
 

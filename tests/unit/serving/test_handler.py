@@ -124,7 +124,7 @@ class FakeGuard:
             return V(True, "redact", "fake_pii", messages=red)
         return ALLOW
 
-    def check_output(self, text, context=None, model=None, key=None):
+    def check_output(self, text, context=None, model=None, key=None, partial=False):
         if "badword" in text:
             return V(False, "block", "fake_out", "NO")
         if "notjson" in text:
