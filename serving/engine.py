@@ -130,8 +130,9 @@ class Engine:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.cfg.cpu_threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cfg.cpu_threads_bind
-        if self.cfg.cpu_reserved_cores is not None:
-            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.cfg.cpu_reserved_cores)
+        reserved = self.cfg.reserved_cores()
+        if reserved is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
         if self.cfg.cpu_openmp == "intel":
             env["LD_PRELOAD"] = ":".join(x for x in (intel_openmp_library(), env.get("LD_PRELOAD")) if x)
         env.pop("VLLM_API_KEY", None)

@@ -142,7 +142,14 @@ def test_cpu_layout_keys_reach_the_engine_environment(monkeypatch, tmp_path):
 
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     default = Engine(EngineConfig(), "m", "/tmp").env()
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in default and "VLLM_CPU_OMP_THREADS_BIND" not in default
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in default
+    # auto: no core reserved on a small machine (gateway, front end and OpenMP share), vLLM's choice on a big one
+    assert (EngineConfig().reserved_cores(2), EngineConfig().reserved_cores(4), EngineConfig().reserved_cores(16)) \
+        == (0, 0, None)
+    assert default.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == str(EngineConfig().reserved_cores())
+    assert EngineConfig(cpu_reserved_cores=None).reserved_cores(2) is None
+    with pytest.raises(ValueError, match="cpu_reserved_cores"):
+        EngineConfig.model_validate({"cpu_reserved_cores": -1})
     assert "LD_PRELOAD" not in default  # gnu: vLLM preloads PyTorch's libgomp itself
     cfg = EngineConfig(cpu_reserved_cores=0, cpu_threads_bind="nobind", cpu_openmp="intel")
     lib = tmp_path / "lib" / "libiomp5.so"
