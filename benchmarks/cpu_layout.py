@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serving import KEY, bench, free_port, summary, wait_http  # noqa: E402  (the benchmark module)
+from serving import KEY, bench, free_port, goal_table, summary, wait_http, write_markdown  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -239,11 +239,7 @@ def write(a, levels, layout_results, notes, best, lora_results) -> None:
         for v, by_c in lora_results.items():
             for c, r in by_c.items():
                 lines.append(f"| {v} | {c} | {r['output_tok_per_s']} | {r['ttft_p50_ms']} | {r['itl_p50_ms']} |")
-    if goals:
-        lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
-        lines += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
-    (RESULTS / f"{a.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(a.name, lines + goal_table(goals))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ def compare_presidio(cases: list[tuple[str, str]], benign: list[str]) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     from classic_ml.text import TextClassifierConfig
     from classic_ml.text import run as train_text
     from guardrails.datasets.public import main as build_data

@@ -262,9 +262,19 @@ def write(results: dict, a, levels: list[int]) -> None:
                   f"extra TTFT (first text) per pair: median {paired['extra_ttft_p50_ms']} ms, "
                   f"p90 {paired['extra_ttft_p90_ms']} ms; to the first event (the relay alone, before the "
                   f"output rails' hold-back): median {paired['extra_first_event_p50_ms']} ms."]
-    lines += ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
-    (RESULTS / f"{a.name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(a.name, lines + goal_table(goals))
+
+
+def goal_table(goals: dict) -> list[str]:
+    """The goals as Markdown table lines (after a blank line); none when there are no goals."""
+    if not goals:
+        return []
+    return ["", "| goal | value | target | met |", "| --- | --- | --- | --- |"] + [
+        f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
+
+
+def write_markdown(name: str, lines: list[str]) -> None:
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
