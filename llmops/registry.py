@@ -664,8 +664,13 @@ def save_sklearn_model(model: Any, path: str | Path, input_example: Any) -> Path
     # MLflow stores sklearn models with skops, which loads only types it is told to trust. We
     # built this model in this process, so the types it contains are the ones to trust.
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    # the requirements are named, not inferred: MLflow's inference loads the model in a subprocess that
+    # imports everything installed here (about a minute on 2 cores, per registered model)
+    from importlib.metadata import version
+
+    requirements = [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "scipy", "pandas")]
     mlflow.sklearn.save_model(model, str(dest), signature=signature, input_example=input_example,
-                              skops_trusted_types=trusted)
+                              skops_trusted_types=trusted, pip_requirements=requirements)
     return dest
 
 

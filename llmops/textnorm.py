@@ -95,6 +95,14 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", _fold_confusables(t)).strip()
 
 
+def head_and_tail(text: str, max_chars: int = 4000) -> str:
+    """``text``, or for a longer one its first 3/4 and last 1/4 of ``max_chars``: what a classifier reads of
+    a long prompt (where injections sit, and a bound on the cost), the same in training and at inference."""
+    if len(text) <= max_chars:
+        return text
+    return text[: max_chars * 3 // 4] + " " + text[-(max_chars // 4):]
+
+
 def _printable(s: str) -> bool:
     return bool(s) and sum(ch.isprintable() or ch.isspace() for ch in s) / len(s) > 0.9
 

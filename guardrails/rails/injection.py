@@ -17,6 +17,7 @@ from pydantic import Field
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
 from llmops.contracts import RegistryAPI
+from llmops.textnorm import head_and_tail
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,7 @@ class InjectionRail(Rail):
         forms = ctx.forms
         fs = [Finding(self.name, f"rule:{family}", span, 1.0) for family, span in rule_hits(forms)]
         if self.classifier is not None and len(forms[0].split()) >= self.cfg.classifier_min_words:
-            # head and tail of long prompts: where injections sit, and it bounds the cost
-            probe = forms[0] if len(forms[0]) <= PROBE_CHARS else (
-                forms[0][:PROBE_CHARS * 3 // 4] + " " + forms[0][-PROBE_CHARS // 4:])
-            p = self.classifier(probe)
+            p = self.classifier(head_and_tail(forms[0], PROBE_CHARS))
             if p >= self.cfg.threshold:
                 fs.append(Finding(self.name, "classifier", None, round(p, 4)))
         return RailResult(bool(fs), fs, None, "prompt injection or jailbreak attempt")

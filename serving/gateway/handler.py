@@ -396,13 +396,14 @@ class CompletionHandler:
                     event["model"] = route.public
                 if not passthrough:
                     for c in choices:
-                        verdict = checkers.feed_choice(c)
+                        verdict, recorded = checkers.feed_choice(c), False
                         if verdict is None and c.get("finish_reason") is not None:
                             # the choice is done: what its checkers hold goes out with this chunk, before
                             # finish_reason (a client parses tool arguments when it sees "tool_calls")
-                            verdict = await self.finish_choice(checkers, c)
+                            verdict, recorded = await self.finish_choice(checkers, c), True
                         if verdict is not None and not verdict.allowed:
-                            self.record("output", verdict)
+                            if not recorded:
+                                self.record("output", verdict)
                             yield blocked_event(verdict.rail)
                             yield "data: [DONE]\n\n"
                             return
@@ -419,14 +420,15 @@ class CompletionHandler:
 
     async def finish_choice(self, checkers: _Checkers, c: dict):
         """Finish the checkers of choice ``c`` (its text and its tool calls), appending what they held to
-        ``c``; the blocking verdict, if any (the whole-answer rails judge the choice's text here)."""
+        ``c``; the blocking verdict, if any (the whole-answer rails judge the choice's text here: what they
+        find comes after text was sent, and is recorded so)."""
         index = c.get("index") if isinstance(c.get("index"), int) else 0
         for slot, checker in checkers.pop_choice(index):
             tail, final = await guard_call(self.hook, checker.finish)
             if final is not None and final.action != "allow":
+                self.record("output", final, after_stream=True)
                 if not final.allowed:
                     return final
-                self.record("output", final, after_stream=True)
             if not tail:
                 continue
             if slot is None:
