@@ -35,7 +35,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def iomp_path() -> str | None:
-    """libiomp5.so from the intel-openmp wheel (installed in the environment's lib folder), if any."""
+    """libiomp5.so from the intel-openmp wheel, if any (serving.engine.intel_openmp_library's lookup: that
+    package cannot be imported here, where benchmarks/serving.py holds the name ``serving``)."""
     for folder in (Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"):
         hit = folder / "libiomp5.so"
         if hit.exists():

@@ -23,7 +23,7 @@ from guardrails.rails.schema import JsonSchemaRail
 from guardrails.stream import StreamGuard
 from guardrails.verdict import Finding, Verdict
 from llmops.config import SHIPPED_CONFIGS
-from llmops.contracts import CONTEXT_PART_KEY, RegistryAPI, VerdictLike
+from llmops.contracts import CONTEXT_PART_KEY, TEXT_PART_KEYS, RegistryAPI, VerdictLike
 
 log = logging.getLogger(__name__)
 DROPPED_PASSAGE = "[passage removed: it contained instructions to the assistant]"
@@ -313,10 +313,7 @@ class _Decision:
         return mapped
 
 
-# Content part types (OpenAI / vLLM) whose text the engine renders, and the key that holds it; media parts
-# carry data, not text; any other part's strings are judged like a field.
-TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
-                  "thinking": "thinking"}
+# Media parts carry data, not text; any other part's strings are judged like a field.
 MEDIA_PARTS = frozenset({"image_url", "input_image", "image_embeds", "input_audio", "audio_url", "video_url", "file"})
 MAX_DEPTH = 64
 

@@ -205,6 +205,9 @@ class VerdictRecord:
 # A text part of a message's content marked ``{"type": "text", "text": ..., "llmops_context": true}`` is a
 # retrieved passage: guardrails judge it as data (see Guard.check_input), the gateway strips the mark.
 CONTEXT_PART_KEY = "llmops_context"
+# Content part types (OpenAI / vLLM) whose text the engine renders, and the key that holds it.
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                  "thinking": "thinking"}
 
 
 def without_context_marks(messages: list) -> list:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
+from llmops.contracts import TEXT_PART_KEYS
 from serving.config import LimitsConfig
 from serving.gateway.errors import APIError, bad_request
 
@@ -90,11 +91,6 @@ def common(body: dict, limits: LimitsConfig) -> int:
 def _at_most(items: list, cap: int, param: str) -> None:
     if len(items) > cap:
         raise bad_request(f"'{param}' has {len(items)} entries; at most {cap} are accepted.", param, "too_many")
-
-
-# Text-bearing content part types (vLLM's) and the key of their text: the guardrails judge each of them.
-TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
-                  "thinking": "thinking"}
 
 
 def template_fields(body: dict) -> None:
