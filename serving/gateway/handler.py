@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text, without_context_marks
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
-from serving.gateway.state import GatewayState, ModelRoute
+from serving.gateway.state import PREFIX_CHARS_PER_TOKEN, GatewayState, ModelRoute
 from serving.gateway.validate import chat_messages, common, completion_prompts, read_json, template_fields
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class CompletionHandler:
         self.route: ModelRoute | None = None
         self.messages: list[dict] = []
         self.prompt_tokens: list[int] = []
+        self.prompt_chars = 0
         self.max_tokens = 0
         self.n = 1
         self.prompt_text: str | None = None
@@ -144,14 +145,22 @@ class CompletionHandler:
         else:
             size = sum(len(p) if isinstance(p, str) else 4 * len(p) for p in prompts)
         checks_input = not self.hook.passthrough
+        # more prompt tokens than this cannot fit: counting stops there (a prefix's count may stand for the whole)
+        at_most = max(0, self.route.max_model_len - self.max_tokens)
 
         def prepare() -> list[int]:
-            """Token counts; for completions also the text the input rails judge (token ids decoded)."""
+            """Token counts; for completions also the text the input rails judge (token ids decoded). The first
+            prompt that cannot fit ends the counting: the request is refused, the rest is not tokenized."""
             if self.chat:
-                return [state.count_chat(group, self.messages)]
+                return [state.count_chat(group, self.messages, at_most)]
+            counts = []
+            for p in prompts:
+                counts.append(len(p) if isinstance(p, list) else state.count_text(group, p, at_most))
+                if counts[-1] > at_most:
+                    return counts
             self.messages = [{"role": "user", "content": p if isinstance(p, str) else state.decode(group, p)}
                              for p in prompts if checks_input or isinstance(p, str)]
-            return [len(p) if isinstance(p, list) else state.count_text(group, p) for p in prompts]
+            return counts
 
         if size > limits.inline_tokenize_chars:  # a long prompt is tokenized off the event loop
             from starlette.concurrency import run_in_threadpool
@@ -159,6 +168,7 @@ class CompletionHandler:
             self.prompt_tokens = await run_in_threadpool(prepare)
         else:
             self.prompt_tokens = prepare()
+        self.prompt_chars = size
         self.rec.prompt_tokens = sum(self.prompt_tokens)
         self.prompt_text = last_user_text(self.messages)
 
@@ -183,13 +193,20 @@ class CompletionHandler:
                            code="logprobs_with_output_rails", param="logprobs")
 
     def check_context(self) -> None:
+        """400 when a prompt and max_tokens do not fit the model's context. The refusal counts as one of the
+        key's requests per minute: the tokenizing cost work, so repeating it is not free."""
         longest = max(self.prompt_tokens)
         limit = self.route.max_model_len
         if longest + self.max_tokens > limit:
+            if self.key is not None:
+                self.state.limiter.count_refused(self.key.id)
+            # a very long prompt is counted on a prefix first: its count is then a lower bound
+            bound = "at least " if self.prompt_chars > PREFIX_CHARS_PER_TOKEN * (limit - self.max_tokens + 1) \
+                else ""
             raise APIError(
                 400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{longest + self.max_tokens} tokens ({longest} in the prompt, {self.max_tokens} for the "
-                "completion). Please reduce the prompt or max_tokens.",
+                f"{bound}{longest + self.max_tokens} tokens ({bound}{longest} in the prompt, {self.max_tokens} for "
+                "the completion). Please reduce the prompt or max_tokens.",
                 code="context_length_exceeded", param="messages" if self.chat else "prompt")
 
     def admit(self) -> None:

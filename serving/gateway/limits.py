@@ -52,6 +52,13 @@ class RateLimiter:
                 raise self._limited(f"Rate limit of {tpm} tokens per minute reached", wait)
             q.append((now, tokens))
 
+    def count_refused(self, key_id: str, now: float | None = None) -> None:
+        """A request refused after it cost work (e.g. tokenizing a prompt too long for the model) counts as one
+        request of the key's per-minute budget, with no tokens."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._events.setdefault(key_id, deque()).append((now, 0))
+
     def acquire(self, key_id: str, cap: int) -> None:
         """Count one more request in flight for the key (release it with :meth:`release`).
 

@@ -23,6 +23,27 @@ from serving.router import Router
 log = logging.getLogger(__name__)
 
 
+# A prompt's prefix of this many characters per allowed token is tokenized first: prose runs at 3-5 characters
+# per token, so a prompt far over the limit is refused on the prefix's count alone.
+PREFIX_CHARS_PER_TOKEN = 8
+# BPE and SentencePiece pre-tokenizers split before whitespace, so a prefix cut there has no more tokens than
+# the whole text; the margin covers tokenizers whose pre-token may carry trailing newlines.
+PREFIX_MARGIN_TOKENS = 4
+
+
+def text_prefix(text: str, chars: int) -> tuple[str, bool]:
+    """At most ``chars`` characters of ``text``, cut just before a whitespace run that follows a word, and
+    whether such a cut was found in the second half of that span (else the prefix is unusable as a bound)."""
+    if len(text) <= chars:
+        return text, True
+    i = max(text.rfind(ws, chars // 2, chars + 1) for ws in " \n\t")
+    while i > chars // 2 and text[i - 1].isspace():
+        i -= 1
+    if i <= chars // 2:
+        return text[:chars], False
+    return text[:i], True
+
+
 @dataclass
 class ModelRoute:
     public: str
@@ -155,7 +176,14 @@ class GatewayState:
         return changed
 
     # ---------------------------------------------------------------- tokens
-    def count_chat(self, group: str, messages: list[dict]) -> int:
+    def count_chat(self, group: str, messages: list[dict], at_most: int | None = None) -> int:
+        """Prompt tokens of a conversation as the engine's chat template renders it.
+
+        With ``at_most``, a conversation much longer in characters than that many tokens is first counted on a
+        prefix of its text (see :func:`text_prefix`): when the prefix alone has more than ``at_most`` tokens,
+        that count, a lower bound, is returned without tokenizing the rest. Refusing a 2 MB prompt then costs
+        the tokenization of a few thousand characters, not of the whole body.
+        """
         tok = self.tokenizers.get(group)
         if tok is None:
             return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)
@@ -163,6 +191,27 @@ class GatewayState:
         messages = [{**m, "content": "\n".join(p["text"] for p in m["content"] if isinstance(p, dict)
                                                 and isinstance(p.get("text"), str))}
                     if isinstance(m.get("content"), list) else m for m in messages]
+        if at_most is not None:
+            window = PREFIX_CHARS_PER_TOKEN * (at_most + 1)
+            if sum(len(str(m.get("content") or "")) for m in messages) > window:
+                head, left = [], window
+                for m in messages:
+                    text = str(m.get("content") or "")
+                    if len(text) >= left:
+                        cut, exact = text_prefix(text, left)
+                        if not exact:
+                            break
+                        head.append({**m, "content": cut})
+                        break
+                    head.append(m)
+                    left -= len(text)
+                bound = self._chat_tokens(tok, head)
+                if bound > at_most + PREFIX_MARGIN_TOKENS:
+                    return bound
+        return self._chat_tokens(tok, messages)
+
+    @staticmethod
+    def _chat_tokens(tok, messages: list[dict]) -> int:
         try:
             ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
             if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
@@ -189,9 +238,19 @@ class GatewayState:
                            code="invalid_prompt", param="prompt")
         return tok.decode(ids, skip_special_tokens=False)
 
-    def count_text(self, group: str, prompt: str) -> int:
+    def count_text(self, group: str, prompt: str, at_most: int | None = None) -> int:
+        """Tokens of a completion prompt; with ``at_most``, a lower bound above it may come back instead (a
+        prefix is counted first, as in :meth:`count_chat`)."""
         tok = self.tokenizers.get(group)
-        return len(tok.encode(prompt)) if tok is not None else len(prompt) // 4 + 1
+        if tok is None:
+            return len(prompt) // 4 + 1
+        if at_most is not None and len(prompt) > PREFIX_CHARS_PER_TOKEN * (at_most + 1):
+            cut, exact = text_prefix(prompt, PREFIX_CHARS_PER_TOKEN * (at_most + 1))
+            if exact:
+                bound = len(tok.encode(cut))
+                if bound > at_most + PREFIX_MARGIN_TOKENS:
+                    return bound
+        return len(tok.encode(prompt))
 
     def log_request(self, rec, prompt_text: str | None = None) -> None:
         """Write the record; with ``request_log.prompt_embeddings`` embed the prompt first, off the

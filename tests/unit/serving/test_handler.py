@@ -13,12 +13,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.testclient import TestClient
 
 from llmops.contracts import VerdictRecord, read_request_log
 from serving.config import ServingConfig
 from serving.gateway.app import create_app
 from serving.gateway.auth import hash_key
-from serving.gateway.state import GatewayState
+from serving.gateway.state import GatewayState, text_prefix
 
 # ------------------------------------------------------------------------------------- fake engine
 ENGINE_SEEN: list[dict] = []
@@ -395,3 +396,110 @@ def test_an_engine_that_does_not_answer_in_time_is_a_504_logged_as_such(gateway)
     assert "router.timeout_s" in data["error"]["message"]
     rec = gateway.log().iloc[0]
     assert (rec.status, rec.error_code) == (504, "engine_timeout")
+
+
+# ------------------------------------------------------------------- bounded work on very long prompts
+class CountingTokenizer:
+    """The model's real tokenizer, recording how many characters it was asked to tokenize."""
+
+    def __init__(self, tok):
+        self.tok, self.chars = tok, 0
+
+    def encode(self, text, *a, **kw):
+        self.chars += len(text)
+        return self.tok.encode(text, *a, **kw)
+
+    def apply_chat_template(self, messages, *a, **kw):
+        self.chars += sum(len(str(m.get("content") or "")) for m in messages)
+        return self.tok.apply_chat_template(messages, *a, **kw)
+
+    def __len__(self):
+        return len(self.tok)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(base_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def test_a_prompt_list_far_over_the_context_is_refused_after_tokenizing_a_small_part(gateway, smollm2_tokenizer):
+    tok = gateway.state.tokenizers["m"] = CountingTokenizer(smollm2_tokenizer)
+    prompts = ["word " * 6000] * 64  # ~1.9 MB: 64 prompts of 30k characters, each far over 256 tokens
+    status, data = gateway.call("/v1/completions", {"model": "m", "prompt": prompts, "max_tokens": 16})
+    assert status == 400 and data["error"]["code"] == "context_length_exceeded"
+    assert "at least" in data["error"]["message"]
+    assert 0 < tok.chars <= 8 * 256  # one prefix of one prompt, not 1.9 MB
+    tok.chars = 0
+    status, data = gateway.call("/v1/chat/completions", {**chat("word " * 300_000), "max_tokens": 16})
+    assert status == 400 and data["error"]["code"] == "context_length_exceeded" and 0 < tok.chars <= 8 * 256
+    assert not ENGINE_SEEN
+
+
+def test_prompts_at_the_context_edge_are_counted_exactly(gateway, smollm2_tokenizer):
+    gateway.state.tokenizers["m"] = CountingTokenizer(smollm2_tokenizer)
+    prompt = "The capital of France is " * 30
+    exact = len(smollm2_tokenizer.encode(prompt))
+    status, data = gateway.call("/v1/completions", {"model": "m", "prompt": ["Hi", prompt], "max_tokens": 256 - exact})
+    assert status == 200 and ENGINE_SEEN[-1]["prompt"] == ["Hi", prompt]
+    status, data = gateway.call("/v1/completions", {"model": "m", "prompt": ["Hi", prompt],
+                                                    "max_tokens": 257 - exact})
+    assert status == 400 and "you requested 257 tokens" in data["error"]["message"]
+
+
+def test_refusals_that_cost_tokenizing_count_against_the_keys_requests_per_minute(engine_url, tmp_path,
+                                                                                  smollm2_tokenizer):
+    port = int(engine_url.rsplit(":", 1)[1])
+    cfg = ServingConfig.model_validate({
+        "engines": [{"served_name": "m", "port": port, "max_model_len": 256}],
+        "embeddings": {"enabled": False},
+        "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k"), "rpm": 2}], "keys_env": "NO_SUCH_ENV",
+                 "keys_file": str(tmp_path / "keys.json")},
+        "request_log": {"enabled": False}})
+    engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready", api_key="engine-secret")
+    state = GatewayState(cfg, [engine], {})
+    state.tokenizers["m"] = smollm2_tokenizer
+    state.hook = FakeGuard()
+    client = TestClient(create_app(state))
+    auth = {"Authorization": "Bearer sk-k"}
+    codes = [client.post("/v1/completions", headers=auth, json={"model": "m", "prompt": "x " * 5000}).status_code
+             for _ in range(2)]
+    r = client.post("/v1/completions", headers=auth, json={"model": "m", "prompt": "Hi", "max_tokens": 4})
+    assert codes == [400, 400] and r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "tiny-llama"])
+def test_a_prefix_count_never_exceeds_the_whole_prompts_count(model, repo_root):
+    """The bound that refuses a prompt early is a true lower bound: over prose, code, Markdown tables, text
+    without spaces and mixed scripts, with the limit at many places, ``count_text`` either returns the exact
+    count or a number that is above the limit and not above the exact count."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(repo_root / "models" / model)
+    state = SimpleNamespace(tokenizers={"g": tok})
+    docs = "\n\n".join(p.read_text() for p in sorted((repo_root / "docs").glob("*.md")))
+    samples = [docs, docs.replace(" ", "\t"), "def f(x):\n    return x  # ok\n" * 300,
+               "Приве́т, ми́р! 你好世界。" * 400 + " tail", "abc" * 5000, "a\n\n\n.\n\n" * 2000]
+    rng = random.Random(0)
+    for text in samples:
+        for _ in range(12):
+            start = rng.randrange(0, max(1, len(text) - 3000))
+            piece = text[start:start + rng.randrange(600, 20_000)]
+            exact = len(tok.encode(piece))
+            at_most = rng.randrange(8, 1500)
+            got = GatewayState.count_text(state, "g", piece, at_most)
+            assert got == exact or at_most < got <= exact, (model, text[:20], at_most, got, exact)
+            chars = rng.randrange(50, len(piece))
+            cut, usable = text_prefix(piece, chars)
+            if usable:  # cut just before whitespace that follows a word, in the span's second half
+                assert chars // 2 < len(cut) <= chars and piece[len(cut)].isspace() and not cut[-1].isspace()
+                assert len(tok.encode(cut)) <= exact
+            else:
+                assert not any(piece[i].isspace() and not piece[i - 1].isspace()
+                               for i in range(chars // 2 + 1, chars + 1))
