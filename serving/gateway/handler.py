@@ -84,6 +84,8 @@ class CompletionHandler:
         streaming = False
         try:
             self.authenticate(request)
+            if self.key is not None:  # a key over its rate is refused before its body is read and parsed
+                self.state.limiter.check_rate(self.key.id, self.key.rpm or self.state.cfg.limits.default_rpm)
             await self.parse(request)
             self.check_streamed_logprobs()
             self.check_context()

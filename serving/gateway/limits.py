@@ -52,6 +52,24 @@ class RateLimiter:
                 raise self._limited(f"Rate limit of {tpm} tokens per minute reached", wait)
             q.append((now, tokens))
 
+    def check_rate(self, key_id: str, rpm: int, now: float | None = None) -> None:
+        """Refuse a key whose last minute already holds ``rpm`` requests, before its body is even read (a
+        client that repeats expensive requests is stopped at the cost of a header lookup). Records nothing.
+
+        Raises:
+            APIError: 429 with Retry-After.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.get(key_id)
+            if not q:
+                return
+            while q and q[0][0] <= now - WINDOW_S:
+                q.popleft()
+            if len(q) >= rpm:
+                wait = q[len(q) - rpm][0] + WINDOW_S - now
+                raise self._limited(f"Rate limit of {rpm} requests per minute reached", wait)
+
     def count_refused(self, key_id: str, now: float | None = None) -> None:
         """A request refused after it cost work (e.g. tokenizing a prompt too long for the model) counts as one
         request of the key's per-minute budget, with no tokens."""
