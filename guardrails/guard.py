@@ -19,6 +19,7 @@ from typing import Any, Literal
 from guardrails.policy import PolicyConfig
 from guardrails.rails import RAILS
 from guardrails.rails.base import CheckContext, Rail
+from guardrails.rails.content_safety import ContentSafetyRail
 from guardrails.rails.schema import JsonSchemaRail
 from guardrails.stream import StreamGuard
 from guardrails.verdict import Finding, Verdict
@@ -142,12 +143,17 @@ class Guard:
 
     # -------------------------------------------------------------- internals
     def _active(self, rails: list[Rail], model: str | None, key: str | None) -> list[Rail]:
-        off = set()
-        if model and model in self.policy.per_model:
-            off |= set(self.policy.per_model[model].disable)
-        if key and key in self.policy.per_key:
-            off |= set(self.policy.per_key[key].disable)
-        return [r for r in rails if r.name not in off]
+        """The rails that apply to this model and key: disabled ones left out, content_safety with the
+        category actions of the model's and then the key's overrides (the key's win)."""
+        off, categories = set(), {}
+        for table, name in ((self.policy.per_model, model), (self.policy.per_key, key)):
+            if name and name in table:
+                off |= set(table[name].disable)
+                categories.update(table[name].categories)
+        out = [r for r in rails if r.name not in off]
+        if categories:
+            out = [r.with_categories(categories) if isinstance(r, ContentSafetyRail) else r for r in out]
+        return out
 
     def _run(self, rails: list[Rail], text: str, stage: Literal["input", "output"],
              context: list[str] | None = None, data: bool = False):
@@ -156,6 +162,8 @@ class Guard:
         ctx = CheckContext.of(text, stage, context, self.embed)
         action, rail_name, reason, findings = "allow", None, None, []
         for rail in rails:
+            if data and not rail.judges_passages:
+                continue
             try:
                 res = rail.check(text, ctx)
             except Exception as e:  # noqa: BLE001 - one broken rail must not hide the others
@@ -176,12 +184,13 @@ class Guard:
                     return action, rail_name, reason, DROPPED_PASSAGE, findings
                 continue
             findings += res.findings
-            if rail.cfg.action == "redact" and res.text is not None:
+            act = res.action or rail.cfg.action
+            if act == "redact" and res.text is not None:
                 text = res.text
                 ctx = CheckContext.of(text, stage, context, self.embed)
-            if _ORDER[rail.cfg.action] > _ORDER[action]:
-                action, rail_name, reason = rail.cfg.action, rail.name, res.reason
-            if rail.cfg.action == "block":
+            if _ORDER[act] > _ORDER[action]:
+                action, rail_name, reason = act, rail.name, res.reason
+            if act == "block":
                 break
         return action, rail_name, reason, text, findings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from guardrails.rails import RAILS
 from guardrails.rails.selfcheck import JudgeConfig
@@ -20,9 +20,22 @@ RailConfig = Annotated[Union[tuple(cfg for cfg, _ in RAILS.values())], Field(dis
 
 
 class Overrides(StrictModel):
-    """Rails switched off for a model or an API key."""
+    """Rails switched off, and content-safety categories' actions, for a model or an API key."""
 
     disable: list[RailName] = Field(default_factory=list, description="Rails not applied.")
+    categories: dict[str, Literal["block", "warn", "allow"]] = Field(
+        default_factory=dict, description="content_safety: action per category for this model or key (a key's "
+        "override wins over its model's).")
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, v: dict[str, str]) -> dict[str, str]:
+        from guardrails.datasets.safety import CATEGORIES
+
+        unknown = sorted(set(v) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; the taxonomy is {sorted(CATEGORIES)}")
+        return v
 
 
 class PolicyConfig(StrictModel):

@@ -7,6 +7,7 @@ subclass, added to :data:`RAILS`; the policy's discriminated union is built from
 from __future__ import annotations
 
 from guardrails.rails.base import Rail
+from guardrails.rails.content_safety import ContentSafetyConfig, ContentSafetyRail
 from guardrails.rails.grounded import GroundednessConfig, GroundednessRail
 from guardrails.rails.injection import InjectionConfig, InjectionRail
 from guardrails.rails.length import LengthConfig, LengthRail
@@ -23,6 +24,7 @@ RAILS: dict[str, tuple[type, type[Rail]]] = {
     "pii": (PiiConfig, PiiRail),
     "topics": (TopicsConfig, TopicsRail),
     "toxicity": (ToxicityConfig, ToxicityRail),
+    "content_safety": (ContentSafetyConfig, ContentSafetyRail),
     "json_schema": (JsonSchemaConfig, JsonSchemaRail),
     "groundedness": (GroundednessConfig, GroundednessRail),
     "self_check": (SelfCheckConfig, SelfCheckRail),

@@ -49,12 +49,14 @@ class CheckContext:
 
 @dataclass
 class RailResult:
-    """``fired``: the rail found something; ``text``: the redacted text (pii with action redact)."""
+    """``fired``: the rail found something; ``text``: the redacted text (pii with action redact); ``action``:
+    the action the rail chose for this finding (content_safety's per-category actions), else the config's."""
 
     fired: bool
     findings: list[Finding] = field(default_factory=list)
     text: str | None = None
     reason: str | None = None
+    action: str | None = None  # this finding's action when the rail decides it (per category); else cfg.action
 
 
 class Rail:
@@ -64,6 +66,7 @@ class Rail:
     stages: ClassVar[frozenset[str]] = frozenset({"input", "output"})
     whole_answer: ClassVar[bool] = False  # judges a whole answer only (skipped on pieces of a stream)
     blocking_io: ClassVar[bool] = False  # makes a network call (callers on an event loop use a thread)
+    judges_passages: ClassVar[bool] = True  # also runs on retrieved passages (RAG context marked as data)
 
     def __init__(self, cfg: Any, registry: RegistryAPI | None = None) -> None:
         self.cfg = cfg

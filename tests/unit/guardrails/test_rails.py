@@ -108,8 +108,9 @@ def test_redaction_keeps_the_rest(guard):
 
 
 def test_output_toxicity_and_groundedness(guard):
-    v = guard.check_output("You are an idiot, go to hell.")
-    assert not v.allowed and v.rail == "toxicity" and v.text == guard.policy.refusal_text
+    v = guard.check_output("You are an idiot, go to hell.")  # the default policy: content_safety's lexicon
+    assert not v.allowed and v.rail == "content_safety" and v.text == guard.policy.refusal_text
+    assert [f.label for f in v.findings] == ["toxicity"] and v.reason == "harmful content: toxicity"
     context = ["Qdrant supports hybrid search with dense and sparse vectors."]
     grounded = guard.check_output("Qdrant supports hybrid search with dense and sparse vectors.", context)
     assert grounded.action == "allow"
@@ -203,7 +204,8 @@ def test_policy_errors(tmp_path):
     bad.write_text("input_rails:\n  - rail: topics\n    banned: [x]\n    entities: [EMAIL]\n")
     with pytest.raises(ConfigError) as e:
         Guard.from_config(bad)
-    assert "line 4, input_rails.0.entities: unknown key; allowed keys here: action, banned, rail" in str(e.value)
+    assert ("line 4, input_rails.0.entities: unknown key; allowed keys here: action, banned, descriptions, "
+            "embedding_model, rail, similarity") in str(e.value)
     bad.write_text("input_rails:\n  - action: block\n")
     with pytest.raises(ConfigError, match=r"line 2, input_rails\.0\.rail: required field is missing"):
         Guard.from_config(bad)

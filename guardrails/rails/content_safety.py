@@ -1,0 +1,193 @@
+"""Content safety: harmful requests and harmful or toxic answers, named by category, on both sides.
+
+The taxonomy is :data:`guardrails.datasets.safety.CATEGORIES` (violence, self_harm, sexual, hate, crime,
+privacy, toxicity). Two signals name a category:
+
+- a classifier (hashed n-grams + multinomial logistic regression, ``classic_ml.text``) that the project
+  trains on public labelled material (``llmops guardrails data --set safety``) and registers as
+  ``content-safety-classifier``. It fires when the probability that a text belongs to a category that is
+  not allowed reaches ``threshold``; the category is the likeliest of those;
+- a lexicon for toxicity: abuse and profanity that never belong in an assistant's answer, and insults
+  addressed to someone ("you ... idiot", "go die"), on the normalised text (leetspeak and look-alike
+  letters undone).
+
+An answer that opens by declining ("I'm sorry, but I can't ...") is not given to the classifier: refusals
+name what they refuse. Each category has its own action (``block``, ``warn`` or ``allow``), also per model and per key through
+the policy's overrides. Retrieved passages (RAG context) are not judged here: a document may describe what
+a request may not ask for; the answer is judged on the output side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from guardrails.datasets.safety import CATEGORIES, SAFE
+from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
+from guardrails.verdict import Finding
+from llmops.contracts import RegistryAPI
+from llmops.textnorm import HOMOGLYPHS, LEET, LEETISH, head_and_tail
+
+log = logging.getLogger(__name__)
+CategoryAction = Literal["block", "warn", "allow"]
+PROBE_CHARS = 4000  # a long text is read as its first 3,000 and last 1,000 characters
+
+# Abuse that is toxic wherever it appears, and insults that are toxic when addressed to someone.
+_ABUSE = (r"fuck(?:ing|er|ers|ed)?|motherfucker|cunt|bitch(?:es)?|asshole|dickhead|twat|wanker|bastard|"
+          r"faggot|nigg(?:er|a)s?|kike|spic|chink|retard(?:ed)?|slut|whore|piss off|go to hell|kill yourself|kys|"
+          r"go (?:and )?die|drop dead|shut (?:the fuck )?up")
+_INSULT = (r"idiots?|morons?|stupid|dumb(?:ass)?|imbeciles?|worthless|pathetic|losers?|useless|jackass|"
+           r"cretins?|halfwits?|dimwits?|fools?|ugly|disgusting|trash|garbage|scum|pig|clown")
+_TOXIC = [
+    re.compile(rf"\b(?:{_ABUSE})\b", re.I),
+    # "you are a worthless idiot", "you stupid moron", "your dumb question", "I hate you"
+    re.compile(rf"\b(?:you|you're|youre|ur|u|your)\b(?:\s+(?:are|r|is|a|an|such|so|the|most|really|complete|"
+               rf"total|fucking|little|big|an?)){{0,4}}\s+(?:{_INSULT})\b", re.I),
+    re.compile(r"\bi (?:hate|despise|loathe) you\b", re.I),
+]
+
+
+# An answer that opens by declining is safe for the classifier: refusals name the topic they refuse ("I can't help
+# with making explosives ..."). The toxicity lexicon still reads it.
+_REFUSAL = re.compile(r"^\W*(?:I['’]?m sorry|I am sorry|sorry|I can(?:no|['’])t|I cannot|I won['’]?t|I will not|"
+                      r"I['’]?m not able|I am not able|I['’]?m unable|I am unable|I must decline|"
+                      r"I['’]?m not going to|I am not going to)\b", re.I)
+
+
+def toxic_spans(forms: list[str]) -> list[str]:
+    """The toxic phrases the lexicon finds in the normalised text (``forms[0]``), its look-alike letters folded
+    and its leetspeak undone (rot13 and reversed forms, which only add noise here, are not read)."""
+    base = forms[0]
+    texts = [base, base.translate(HOMOGLYPHS)]
+    if LEETISH.search(base):
+        texts.append(base.lower().translate(LEET))
+    found = []
+    for text in dict.fromkeys(texts):
+        for rx in _TOXIC:
+            found += [m.group().lower() for m in rx.finditer(text)]
+    return sorted(set(found))
+
+
+class ContentSafetyConfig(BaseRailConfig):
+    """Harmful requests and harmful or toxic answers, by category (the classifier plus the toxicity lexicon)."""
+
+    rail: Literal["content_safety"] = Field(description="This rail.")
+    classifier: str | None = Field(
+        None, description="Registry ref of the content-safety classifier (e.g. content-safety-classifier@champion).")
+    classifier_required: bool = Field(
+        False, description="Fail loading when the classifier cannot be resolved (else the lexicon only).")
+    threshold: Threshold = Field(0.5, description="Probability that a text is not 'safe' from which it fires.")
+    categories: dict[str, CategoryAction] = Field(
+        default_factory=dict, description="Action per category (violence, self_harm, sexual, hate, crime, privacy, "
+        "toxicity); a category not listed takes the rail's action. allow: not flagged at all.")
+    lexicon: bool = Field(True, description="Toxic phrases and insults addressed to someone name 'toxicity'.")
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; the taxonomy is {sorted(CATEGORIES)}")
+        return v
+
+
+class ContentSafetyRail(Rail):
+    name: ClassVar[str] = "content_safety"
+    judges_passages: ClassVar[bool] = False
+    cfg: ContentSafetyConfig
+
+    def __init__(self, cfg: ContentSafetyConfig, registry: RegistryAPI | None = None,
+                 scorer: Any = None) -> None:
+        super().__init__(cfg)
+        self.scorer = scorer if scorer is not None else load_scorer(cfg, registry) if cfg.classifier else None
+        self.actions = {c: cfg.categories.get(c, cfg.action) for c in CATEGORIES}
+
+    def with_categories(self, overrides: dict[str, str]) -> ContentSafetyRail:
+        """The same rail (and classifier) with some categories' actions changed (per model / per key)."""
+        view = ContentSafetyRail.__new__(ContentSafetyRail)
+        view.cfg, view.scorer = self.cfg, self.scorer
+        view.actions = {**self.actions, **{c: a for c, a in overrides.items() if c in CATEGORIES}}
+        return view
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Probability per class (``safe`` and each category); empty without a classifier."""
+        return self.scorer(head_and_tail(text, PROBE_CHARS)) if self.scorer is not None else {}
+
+    def check(self, text: str, ctx: CheckContext) -> RailResult:
+        found: dict[str, Finding] = {}
+        if self.cfg.lexicon and self.actions["toxicity"] != "allow":
+            hits = toxic_spans(ctx.forms)
+            if hits:
+                found["toxicity"] = Finding(self.name, "toxicity", None, 1.0)
+        declines = ctx.stage == "output" and _REFUSAL.search(text[:200]) is not None
+        probs = {} if declines else self.scores(ctx.forms[0])
+        if probs:  # an allowed category counts as safe: its probability does not make a text unsafe
+            ranked = sorted(((p, c) for c, p in probs.items() if c != SAFE and self.actions.get(c) != "allow"),
+                            reverse=True)
+            unsafe = sum(p for p, _ in ranked)
+            if ranked and unsafe >= self.cfg.threshold and ranked[0][1] not in found:
+                found[ranked[0][1]] = Finding(self.name, ranked[0][1], None, round(unsafe, 4))
+        found = {c: f for c, f in found.items() if self.actions.get(c, "block") != "allow"}
+        if not found:
+            return RailResult(False)
+        order = {"block": 2, "warn": 1}
+        worst = max(found, key=lambda c: order[self.actions[c]])
+        what = "request" if ctx.stage == "input" else "content"
+        return RailResult(True, list(found.values()), None, f"harmful {what}: {', '.join(sorted(found))}",
+                          action=self.actions[worst])
+
+
+def load_scorer(cfg: ContentSafetyConfig, registry: RegistryAPI | None = None) -> Any:
+    """text -> {class: probability} from the registered classifier, or None (lexicon only) when it cannot
+    be loaded and it is not required.
+
+    Raises:
+        RegistryError: ``classifier_required`` and the classifier cannot be resolved.
+    """
+    try:
+        from llmops.registry import Registry, load_sklearn_model
+
+        registry = registry or Registry()
+        model, _ = load_sklearn_model(registry.resolve(cfg.classifier).local_path)
+        return multiclass_scorer(model)
+    except Exception as e:
+        if cfg.classifier_required:
+            raise
+        log.warning("content-safety classifier %s unavailable (%s); using the toxicity lexicon only. Train it with "
+                    "`llmops guardrails data --set safety` and `llmops classic train-text --config "
+                    "configs/classic/safety.yaml`.", cfg.classifier, e)
+        return None
+
+
+def multiclass_scorer(model: Any):
+    """text -> {class: probability}. For the hashed n-gram + logistic-regression pipeline of classic_ml.text
+    this skips sklearn's per-call machinery (a few ms per call); anything else goes through predict_proba."""
+    import numpy as np
+    import pandas as pd
+    from scipy.sparse import hstack
+
+    classes = [str(c) for c in model.classes_]
+    try:
+        union = model.named_steps["features"].transformers_[0][1]
+        vectorizers = [v for _, v in union.transformer_list]
+        lr = model.named_steps["model"]
+        coef, bias = lr.coef_.T.copy(), lr.intercept_
+        if coef.shape[1] != len(classes):
+            raise ValueError("not a multinomial model")
+
+        def score(text: str) -> dict[str, float]:
+            x = hstack([v.transform([text]) for v in vectorizers]).tocsr()
+            z = np.asarray(x @ coef).ravel() + bias
+            e = np.exp(z - z.max())
+            return dict(zip(classes, (e / e.sum()).tolist(), strict=True))
+
+        score("probe")  # fail here, not in a request, if the shape is not the expected one
+        return score
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        def slow(text: str) -> dict[str, float]:
+            p = model.predict_proba(pd.DataFrame({"text": [text]}))[0]
+            return dict(zip(classes, p.tolist(), strict=True))
+        return slow
