@@ -96,12 +96,17 @@ def _plots(result: Any) -> list[tuple[str, str]]:
             out.append((f"{name} distributions", _png(fig)))
         if r.by_tag:
             tags = list(r.by_tag)
-            metric = next(k for k in r.by_tag[tags[0]] if k != "n")
-            fig, ax = plt.subplots(figsize=(5.5, 2.8), dpi=80)
-            ax.bar(range(len(tags)), [r.by_tag[t][metric] for t in tags], color="#4c72b0")
+            metrics = sorted({k for row in r.by_tag.values() for k in row if k != "n"})
+            fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(tags)), 2.8), dpi=80)
+            width = 0.8 / len(metrics)
+            for j, metric in enumerate(metrics):  # a tag without the metric (no such rows) has no bar
+                xs = [i for i, t in enumerate(tags) if metric in r.by_tag[t]]
+                ax.bar([i + j * width - 0.4 + width / 2 for i in xs], [r.by_tag[tags[i]][metric] for i in xs],
+                       width=width, label=metric)
             ax.set_xticks(range(len(tags)), [t[:14] for t in tags], rotation=45, ha="right", fontsize=7)
             ax.set_ylim(0, 1)
-            ax.set_title(f"{name}: {metric} per tag", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.set_title(f"{name}: per tag", fontsize=9)
             out.append((f"{name} per tag", _png(fig)))
     base = result.baseline.get("metrics")
     if base:
@@ -146,6 +151,12 @@ def to_html(result: Any) -> str:
         parts.append("<table><tr><th>metric</th><th>value</th><th>baseline</th></tr>" + "".join(
             f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td><td>{_fmt(base.get(f'{name}.{k}'))}</td></tr>"
             for k, v in r.metrics.items()) + "</table>")
+        if r.by_tag:
+            cols = sorted({k for row in r.by_tag.values() for k in row if k != "n"})
+            parts.append("<table><tr><th>tag</th><th>rows</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) +
+                         "</tr>" + "".join(f"<tr><td>{e(t)}</td><td>{int(row.get('n', 0))}</td>" + "".join(
+                             f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>" for t, row in r.by_tag.items())
+                         + "</table>")
         rows = "".join(
             f"<tr><td>{e(p['id'])}</td><td>{e(p['question'][:200])}</td><td>{e(p['output'][:300])}</td>"
             f"<td>{e(str(p.get('reference') or ''))[:200]}</td><td>{e(p.get('error') or p.get('error_code') or '')}"

@@ -172,14 +172,20 @@ def score_suite(suite: SuiteConfig, samples: list[Sample]) -> tuple[dict[str, fl
     metrics["output_tok_per_s"] = (sum(s.completion_tokens for s in ok) / tok_time) if tok_time else None
     metrics["error_rate"] = sum(s.error is not None for s in samples) / len(samples)
     by_tag: dict[str, dict[str, float]] = {}
-    main = next((m for m in ("token_f1", "refused", "redacted") if m in names), None)
-    if main:
-        tags = sorted({t for p in per for t in p["tags"]})
-        for t in tags:
-            vals = [p.get(main) for p in per if t in p["tags"]]
+    # per tag: the suite's main metric; a safety suite shows refusal, redaction and false-refusal rates side
+    # by side (a category's tag on harmful and on ordinary rows: how much it catches, how much it over-blocks)
+    shown = ["refused", "redacted", "false_refusal"] if suite.kind == "safety" else \
+        [next((m for m in ("token_f1", "refused", "redacted") if m in names), "")]
+    for t in sorted({t for p in per for t in p["tags"]}):
+        row: dict[str, float] = {}
+        for name in (n for n in shown if n in names):
+            vals = [p.get(name) for p in per if t in p["tags"]]
             m = _mean(vals)
             if m is not None:
-                by_tag[t] = {rename.get(main, main): m, "n": float(sum(v is not None for v in vals))}
+                row[rename.get(name, name)] = m
+                row["n"] = row.get("n", 0.0) + float(sum(v is not None for v in vals))
+        if row:
+            by_tag[t] = row
     return metrics, per, by_tag
 
 
