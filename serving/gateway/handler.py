@@ -378,7 +378,7 @@ class CompletionHandler:
         checkers = _Checkers(self.hook, route.public, rec.key_id)
         passthrough = self.hook.passthrough
         rename = route.upstream != route.public
-        flushed = False
+        flushed = done = False
         try:
             async for line in resp.aiter_lines():
                 if not line.startswith("data: "):
@@ -390,6 +390,7 @@ class CompletionHandler:
                         for tail in await self.flush(checkers):
                             yield tail
                     yield "data: [DONE]\n\n"
+                    done = True
                     break
                 if passthrough and not rename and rec.ttft_ms is not None and '"usage"' not in payload:
                     yield line + "\n\n"  # hot path: nothing to learn from this event, relay it as is
@@ -427,11 +428,13 @@ class CompletionHandler:
                             yield "data: [DONE]\n\n"
                             return
                 yield sse(event)
+            if not done:  # the engine closed the stream cleanly but early (it stopped, or a proxy cut it)
+                raise httpx.RemoteProtocolError("the engine's stream ended before [DONE]")
         except Exception as e:  # noqa: BLE001 - a broken upstream ends the stream with an error event
             log.warning("stream from the engine failed: %s", e)
             timeout = isinstance(e, httpx.TimeoutException)
             rec.status, rec.error_code = (504, "engine_timeout") if timeout else (502, "engine_error")
-            yield sse({"error": {"message": f"The engine stream failed: {type(e).__name__}",
+            yield sse({"error": {"message": f"The engine stream failed: {type(e).__name__}; retry the request.",
                                  "type": "server_error", "code": rec.error_code, "param": None}})
         finally:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation

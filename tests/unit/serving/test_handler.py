@@ -43,6 +43,15 @@ def _engine_app() -> FastAPI:
             await asyncio.sleep(3)
         if text == "__NOT_JSON__":
             return PlainTextResponse("<html>proxy error</html>")
+        if text in ("__DIES__", "__ENDS__"):  # an engine killed mid-stream / a stream cut without [DONE]
+            async def dying():
+                for _ in range(2):
+                    yield "data: " + json.dumps({"id": "x", "model": body["model"], "choices": [
+                        {"index": 0, "delta": {"content": "part "}}]}) + "\n\n"
+                    await asyncio.sleep(0.05)
+                if text == "__DIES__":
+                    raise RuntimeError("engine killed")  # the server drops the connection mid-body
+            return StreamingResponse(dying(), media_type="text/event-stream")
         if text == "__SLOW__":  # a stream that holds its connection for a while
             async def slow():
                 for _ in range(8):
@@ -503,3 +512,13 @@ def test_a_prefix_count_never_exceeds_the_whole_prompts_count(model, repo_root):
             else:
                 assert not any(piece[i].isspace() and not piece[i - 1].isspace()
                                for i in range(chars // 2 + 1, chars + 1))
+
+
+@pytest.mark.parametrize("how", ["__DIES__", "__ENDS__"])
+def test_an_engine_stream_that_breaks_off_ends_with_a_clean_sse_error(gateway, how):
+    ANSWERS.append(how)
+    status, text = gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert status == 200 and events[-1]["error"]["code"] == "engine_error" and "retry" in events[-1]["error"]["message"]
+    assert "PART" in "".join(c["delta"]["content"] for e in events[:-1] for c in e["choices"])
+    assert list(gateway.log().status) == [502] and gateway.state.limiter.in_flight("k") == 0
