@@ -98,9 +98,7 @@ def main() -> None:
         "input_rails": [r for r in policy.input_rails if r.rail == "content_safety"],
         "output_rails": [r for r in policy.output_rails if r.rail == "content_safety"]})
     full, rail = Guard(policy, registry), Guard(only, registry)
-    lexicon = Guard(only.model_copy(update={
-        "input_rails": [r.model_copy(update={"classifier": None}) for r in only.input_rails],
-        "output_rails": [r.model_copy(update={"classifier": None}) for r in only.output_rails]}))
+    lexicon = Guard(only.without_classifiers())
 
     def judged(g):
         def run(r):

@@ -127,12 +127,13 @@ def main() -> None:
     held = [r for r in rows if r["split"] == "heldout"] + project
     registry = Registry(RegistryConfig(root=tempfile.mkdtemp(prefix="bench-guard-")))
     train_text(TextClassifierConfig(data=str(data)), registry)
+    # the shipped policy without content_safety (benchmarks/content_safety.py measures it): an attack counts as
+    # caught when the injection rail blocks it, so no other rail may block it first
     policy = load_config(ROOT / "configs/guardrails/default.yaml", PolicyConfig)
+    policy.input_rails = [r for r in policy.input_rails if r.rail != "content_safety"]
+    policy.output_rails = [r for r in policy.output_rails if r.rail != "content_safety"]
     full = Guard(policy, registry)
-    rules_policy = policy.model_copy(deep=True)
-    rules_policy.input_rails = [r.model_copy(update={"classifier": None}) if r.rail == "injection" else r
-                                for r in rules_policy.input_rails]
-    rules = Guard(rules_policy)
+    rules = Guard(policy.without_classifiers())
 
     def guard_blocks(g):
         return lambda t: g.check_input([{"role": "user", "content": t}]).rail == "injection"

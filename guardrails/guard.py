@@ -42,6 +42,10 @@ class Guard:
         self.input_rails = [RAILS[c.rail][1](c, registry) for c in policy.input_rails]
         self.output_rails = [RAILS[c.rail][1](c, registry) for c in policy.output_rails]
         self.embed = None  # optional callable(list[str]) -> np.ndarray for groundedness
+        overridden = [n for table in (policy.per_model, policy.per_key) for n, o in table.items() if o.categories]
+        if overridden and not any(isinstance(r, ContentSafetyRail) for r in self.input_rails + self.output_rails):
+            log.warning("per_model / per_key 'categories' for %s have no effect: the policy has no content_safety "
+                        "rail", ", ".join(sorted(overridden)))
         # a self_check rail makes a network call: callers on an event loop run the guard in a thread
         self.blocking_io = any(r.blocking_io for r in self.input_rails + self.output_rails)
 
@@ -113,7 +117,8 @@ class Guard:
             rails = self._active(self.output_rails, model, key)
             if partial:
                 rails = [r for r in rails if not r.whole_answer]
-            action, rail_name, reason, new_text, findings = self._run(rails, text, "output", context)
+            action, rail_name, reason, new_text, findings = self._run(rails, text, "output", context,
+                                                                      partial=partial)
             return self._verdict(action != "block", action, rail_name, findings, new_text, t0, reason)
         except Exception as e:  # noqa: BLE001
             return self._error(e, t0)
@@ -156,10 +161,11 @@ class Guard:
         return out
 
     def _run(self, rails: list[Rail], text: str, stage: Literal["input", "output"],
-             context: list[str] | None = None, data: bool = False):
+             context: list[str] | None = None, data: bool = False, partial: bool = False,
+             role: str | None = None):
         """Apply rails in order -> (action, rail, reason, text after redaction, findings). ``data``: the
         text is a retrieved passage; an injection finding there drops the passage or only flags it."""
-        ctx = CheckContext.of(text, stage, context, self.embed)
+        ctx = CheckContext.of(text, stage, context, self.embed, partial, role)
         action, rail_name, reason, findings = "allow", None, None, []
         for rail in rails:
             if data and not rail.judges_passages:
@@ -187,7 +193,7 @@ class Guard:
             act = res.action or rail.cfg.action
             if act == "redact" and res.text is not None:
                 text = res.text
-                ctx = CheckContext.of(text, stage, context, self.embed)
+                ctx = CheckContext.of(text, stage, context, self.embed, partial, role)
             if _ORDER[act] > _ORDER[action]:
                 action, rail_name, reason = act, rail.name, res.reason
             if act == "block":
@@ -216,6 +222,7 @@ class _Decision:
     def __init__(self, guard: Guard, rails: list[Rail]) -> None:
         self.guard, self.rails = guard, rails
         self.action, self.rail, self.reason = "allow", None, None
+        self.role: str | None = None  # the role of the message being judged (rails may read it)
         self.findings: list[Finding] = []
         self.words: list[str] = []  # every text judged as the user's words, in request order
 
@@ -234,7 +241,7 @@ class _Decision:
             return text
         if record and not data:
             self.words.append(text)
-        a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data)
+        a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data, role=self.role)
         if record:
             self.findings += found
         if _ORDER[a] > _ORDER[self.action]:
@@ -254,6 +261,13 @@ class _Decision:
                 self.action, self.rail, self.reason = a, r, why
 
     def message(self, m: dict) -> dict:
+        self.role = m.get("role") if isinstance(m.get("role"), str) else None
+        try:
+            return self._message(m)
+        finally:
+            self.role = None
+
+    def _message(self, m: dict) -> dict:
         out = dict(m)
         for k, v in m.items():  # name, reasoning, tool_call_id, tools ...: all reach the template, name first
             if k not in ("role", "content", "tool_calls") and not self.blocked:

@@ -59,6 +59,15 @@ class PolicyConfig(StrictModel):
     per_model: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by model id.")
     per_key: dict[str, Overrides] = Field(default_factory=dict, description="Overrides by API key id.")
 
+    def without_classifiers(self) -> PolicyConfig:
+        """A copy with every rail's registered classifier switched off (rules and lexicons only): what they
+        catch on their own, whatever a registry holds (tests, benchmark baselines)."""
+        out = self.model_copy(deep=True)
+        for rail in out.input_rails + out.output_rails:
+            if getattr(rail, "classifier", None) is not None:
+                rail.classifier = None
+        return out
+
     @model_validator(mode="after")
     def _stages(self) -> PolicyConfig:
         bad = [r.rail for r in self.input_rails if "input" not in RAILS[r.rail][1].stages]

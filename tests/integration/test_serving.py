@@ -319,12 +319,14 @@ def test_request_log_and_metrics(gateway):
 
     start = time.time()
     client = OpenAI(base_url=gateway["base"] + "/v1", api_key=LOG_KEY, max_retries=0)
-    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
-    list(client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3, stream=True))
+    # refused before admission: these use none of the key's 2 requests a minute
     assert post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG}, key="sk-nope").status_code == 401
     assert post(gateway, "/v1/chat/completions", {"model": "nope", "messages": MSG}, key=LOG_KEY).status_code == 404
     assert post(gateway, "/v1/chat/completions", raw=b"x" * 30_000, key=LOG_KEY).status_code == 413
-    assert post(gateway, "/v1/chat/completions", {"model": "tiny", "messages": MSG}, key=LOG_KEY).status_code == 429
+    client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
+    list(client.chat.completions.create(model="tiny-lora", messages=MSG, max_tokens=3, stream=True))
+    # at the limit, a request is refused before its body is read (even one that would be a 404)
+    assert post(gateway, "/v1/chat/completions", {"model": "nope", "messages": MSG}, key=LOG_KEY).status_code == 429
     time.sleep(1.0)  # the writer thread commits in the background
     log = read_request_log(gateway["tmp"] / "requests.sqlite")
     mine = log[(log.ts >= start) & ((log.key_id == "logged") | log.key_id.isna())]
@@ -343,7 +345,8 @@ def test_request_log_and_metrics(gateway):
     assert {"prompt_tokens", "latency_ms", "status_class", "model"} <= {c.column for c in drift.columns}
     metrics = httpx.get(gateway["base"] + "/metrics").text
     assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="200"}' in metrics
-    assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="429"}' in metrics
+    # refused before its body was read: the model it asked for is not known
+    assert 'llmops_requests_total{endpoint="chat",key="logged",model="unknown",status="429"}' in metrics
     assert "llmops_time_to_first_token_seconds_bucket" in metrics
     assert 'llmops_tokens_total{direction="completion",key="logged",model="tiny"}' in metrics
 

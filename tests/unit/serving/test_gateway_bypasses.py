@@ -57,7 +57,7 @@ def engine_url(serve_on_loopback):
 
 @pytest.fixture(scope="module")
 def policy_guard():
-    return Guard(load_config("configs/guardrails/default.yaml", PolicyConfig, ["input_rails.1.classifier=null"]))
+    return Guard(load_config("configs/guardrails/default.yaml", PolicyConfig).without_classifiers())
 
 
 @pytest.fixture

@@ -419,7 +419,8 @@ class CountingTokenizer:
         return self.tok.encode(text, *a, **kw)
 
     def apply_chat_template(self, messages, *a, **kw):
-        self.chars += sum(len(str(m.get("content") or "")) for m in messages)
+        if kw.get("tokenize", True):  # rendering to text is not tokenizing
+            self.chars += sum(len(str(m.get("content") or "")) for m in messages)
         return self.tok.apply_chat_template(messages, *a, **kw)
 
     def __len__(self):
@@ -442,10 +443,14 @@ def test_a_prompt_list_far_over_the_context_is_refused_after_tokenizing_a_small_
     status, data = gateway.call("/v1/completions", {"model": "m", "prompt": prompts, "max_tokens": 16})
     assert status == 400 and data["error"]["code"] == "context_length_exceeded"
     assert "at least" in data["error"]["message"]
-    assert 0 < tok.chars <= 8 * 256  # one prefix of one prompt, not 1.9 MB
+    assert tok.chars <= 8 * 256  # at most one prefix of one prompt (its length alone may do), not 1.9 MB
     tok.chars = 0
     status, data = gateway.call("/v1/chat/completions", {**chat("word " * 300_000), "max_tokens": 16})
-    assert status == 400 and data["error"]["code"] == "context_length_exceeded" and 0 < tok.chars <= 8 * 256
+    assert status == 400 and data["error"]["code"] == "context_length_exceeded" and tok.chars <= 8 * 256
+    # no whitespace to cut at (one letter, base64, CJK): refused on its length alone, nothing tokenized
+    tok.chars = 0
+    status, data = gateway.call("/v1/completions", {"model": "m", "prompt": "a" * 1_500_000, "max_tokens": 16})
+    assert status == 400 and "at least" in data["error"]["message"] and tok.chars == 0
     assert not ENGINE_SEEN
 
 
@@ -457,6 +462,14 @@ def test_prompts_at_the_context_edge_are_counted_exactly(gateway, smollm2_tokeni
     assert status == 200 and ENGINE_SEEN[-1]["prompt"] == ["Hi", prompt]
     status, data = gateway.call("/v1/completions", {"model": "m", "prompt": ["Hi", prompt],
                                                     "max_tokens": 257 - exact})
+    assert status == 400 and "you requested 257 tokens" in data["error"]["message"]
+    # long in characters, few in tokens (runs of spaces): past the prefix window, still counted exactly
+    sparse = ("x" + " " * 40) * 60
+    exact = len(smollm2_tokenizer.encode(sparse))
+    assert len(sparse) > 8 * (exact + 1)
+    status, _ = gateway.call("/v1/completions", {"model": "m", "prompt": sparse, "max_tokens": 256 - exact})
+    assert status == 200 and ENGINE_SEEN[-1]["prompt"] == sparse
+    status, data = gateway.call("/v1/completions", {"model": "m", "prompt": sparse, "max_tokens": 257 - exact})
     assert status == 400 and "you requested 257 tokens" in data["error"]["message"]
 
 
@@ -477,7 +490,8 @@ def test_refusals_that_cost_tokenizing_count_against_the_keys_requests_per_minut
     auth = {"Authorization": "Bearer sk-k"}
     codes = [client.post("/v1/completions", headers=auth, json={"model": "m", "prompt": "x " * 5000}).status_code
              for _ in range(2)]
-    r = client.post("/v1/completions", headers=auth, json={"model": "m", "prompt": "Hi", "max_tokens": 4})
+    # the key is at its limit: refused before the body is read, so even a body that is not JSON gets the 429
+    r = client.post("/v1/completions", headers=auth, content=b"{not json")
     assert codes == [400, 400] and r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
 
 
