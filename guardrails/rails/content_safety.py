@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from guardrails.datasets.safety import CATEGORIES, SAFE
+from guardrails.datasets.safety import CATEGORIES, SAFE, check_categories
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
 from llmops.contracts import RegistryAPI
@@ -100,13 +100,7 @@ class ContentSafetyConfig(BaseRailConfig):
         "toxicity); a category not listed takes the rail's action. allow: not flagged at all.")
     lexicon: bool = Field(True, description="Toxic phrases and insults addressed to someone name 'toxicity'.")
 
-    @field_validator("categories")
-    @classmethod
-    def _known(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; the taxonomy is {sorted(CATEGORIES)}")
-        return v
+    _known = field_validator("categories")(classmethod(lambda cls, v: check_categories(v)))
 
 
 class ContentSafetyRail(Rail):
