@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 DEFAULT_CONFIG = "configs/eval/default.yaml"
+INCONCLUSIVE = 3  # exit code of --gate / --promote when the comparison could not decide (too few rows)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "llmops eval") -> int:
@@ -46,10 +47,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops eval") -> int:
     else:
         data = json.loads(open(args.report).read())
         g_ = data["gate"]
-        gate = GateResult(g_["passed"], g_["failures"], g_["checks"], g_["notes"])
+        gate = GateResult(g_["passed"], g_["failures"], g_["checks"], g_["notes"], g_.get("outcome", ""),
+                          g_.get("inconclusive", []))
         model_ref = data.get("model_ref")
-        print(f"gate {'passed' if gate.passed else 'FAILED'} for {model_ref}")
-        for f in gate.failures:
+        print(f"gate {gate.outcome.upper()} for {model_ref}")
+        for f in gate.failures + gate.inconclusive:
             print(f"  - {f}")
     if args.promote:
         if not model_ref:
@@ -57,11 +59,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops eval") -> int:
             return 1
         move = promote(Registry(), model_ref, gate)
         if move is None:
-            print(f"not promoted: the gate failed for {model_ref}")
-            return 1
+            print(f"not promoted: the gate {'was inconclusive' if gate.outcome == 'inconclusive' else 'failed'} "
+                  f"for {model_ref}")
+            return INCONCLUSIVE if gate.outcome == "inconclusive" else 1
         print(f"promoted {model_ref}: {move.name}@{move.alias} {move.from_version} -> {move.to_version}")
         return 0
-    return 0 if gate.passed or (args.action == "run" and not args.gate) else 1
+    if gate.passed or (args.action == "run" and not args.gate):
+        return 0
+    return INCONCLUSIVE if gate.outcome == "inconclusive" else 1
 
 
 if __name__ == "__main__":

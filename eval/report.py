@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eval.gate import LOWER_IS_BETTER
+
 SCORE_KEYS = ("token_f1", "rouge_l", "exact_match", "citation_precision", "judge_faithfulness",
               "judge_answer_relevancy", "judge_context_precision")
 
@@ -37,27 +39,47 @@ def to_json(result: Any, cfg: Any) -> dict[str, Any]:
                                                    "rows": len(r.dataset.rows)},
                        "metrics": r.metrics, "failures": r.failures, "by_tag": r.by_tag, "wall_s": round(r.wall_s, 2),
                        "samples": r.per_sample} for n, r in result.suites.items()},
-        "baseline": {k: v for k, v in result.baseline.items()},
-        "gate": {"passed": result.gate.passed, "failures": result.gate.failures, "checks": result.gate.checks,
-                 "notes": result.gate.notes},
+        "baseline": {k: v for k, v in result.baseline.items() if k != "samples"},
+        "gate": {"passed": result.gate.passed, "outcome": result.gate.outcome, "failures": result.gate.failures,
+                 "inconclusive": result.gate.inconclusive, "checks": result.gate.checks, "notes": result.gate.notes},
     }
+
+
+def paired_cell(check: dict[str, Any] | None) -> str:
+    """``+0.012 [-0.030, +0.051] n=40 pass`` for a paired check; '' when the metric was not compared."""
+    if not check:
+        return ""
+    if check.get("kind") != "paired":
+        return check.get("outcome") or ("pass" if check.get("ok") else "fail")
+    if check.get("diff") is None:
+        return f"{check['outcome']} (n={check.get('n', 0)})"
+    return f"{check['diff']:+.3f} [{check['low']:+.3f}, {check['high']:+.3f}] n={check['n']} {check['outcome']}"
+
+
+def _baseline_checks(gate: Any) -> dict[str, dict[str, Any]]:
+    return {c["metric"]: c for c in gate.checks if c.get("kind") in ("paired", "baseline")}
 
 
 def to_markdown(result: Any) -> str:
     lines = [f"## Evaluation `{result.name}`: {result.model_ref or result.model}", ""]
     gate = result.gate
-    lines.append(f"**Gate: {'PASSED' if gate.passed else 'FAILED'}**"
+    lines.append(f"**Gate: {gate.outcome.upper()}**"
                  + (f" (baseline {result.baseline.get('ref')})" if result.baseline.get("ref") else ""))
-    lines += [f"- {f}" for f in gate.failures] + [f"- note: {n}" for n in gate.notes]
+    lines += [f"- {f}" for f in gate.failures] + [f"- {i}" for i in gate.inconclusive]
+    lines += [f"- note: {n}" for n in gate.notes]
     lines.append("")
     base = result.baseline.get("metrics") or {}
+    checks = _baseline_checks(gate)
+    confidence = next((c["confidence"] for c in checks.values() if c.get("confidence")), None)
     for name, r in result.suites.items():
         f = r.failures
         lines.append(f"### {name} ({r.kind}, {f['samples']} samples, {f['failed']} failed, {f['blocked']} blocked; "
                      f"dataset {Path(r.dataset.path).name} sha256 {r.dataset.sha256[:12]})")
-        lines += ["", "| metric | value | baseline |", "|---|---|---|"]
+        paired = f"paired diff [{confidence:.0%} CI]" if confidence else "compared"
+        lines += ["", f"| metric | value | baseline | {paired} |", "|---|---|---|---|"]
         for k, v in r.metrics.items():
-            lines.append(f"| {k} | {_fmt(v)} | {_fmt(base.get(f'{name}.{k}'))} |")
+            lines.append(f"| {k} | {_fmt(v)} | {_fmt(base.get(f'{name}.{k}'))} | "
+                         f"{paired_cell(checks.get(f'{name}.{k}'))} |")
         judged = {k: v for k, v in f.items() if k.startswith("judge_")}
         if judged:
             parts = [f"{k[6:-7]} {f[k]}/{f[k[:-7] + '_total']}" for k in judged if k.endswith("_failed")]
@@ -122,6 +144,24 @@ def _plots(result: Any) -> list[tuple[str, str]]:
             ax.legend(fontsize=7)
             ax.set_title("this version against the baseline", fontsize=9)
             out.append(("versus baseline", _png(fig)))
+    paired = [c for c in result.gate.checks if c.get("kind") == "paired" and c.get("diff") is not None
+              and "latency" not in c["metric"]]
+    if paired:  # forest plot: each paired difference with its interval and the non-inferiority margin
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(paired) + 1.2), dpi=80)
+        colors = {"pass": "#55a868", "fail": "#c44e52", "inconclusive": "#dd8452"}
+        for i, c in enumerate(paired):
+            low_better = any(k in c["metric"] for k in LOWER_IS_BETTER)
+            sign = -1 if low_better else 1  # drawn so that right = better for every metric
+            lo, hi = sorted((sign * c["low"], sign * c["high"]))
+            ax.errorbar(sign * c["diff"], i, xerr=[[sign * c["diff"] - lo], [hi - sign * c["diff"]]], fmt="o",
+                        color=colors.get(c["outcome"], "#333"), capsize=3)
+            ax.plot([-c["margin"]] * 2, [i - 0.4, i + 0.4], color="#999", linestyle="--", linewidth=1)
+        ax.axvline(0, color="#333", linewidth=0.8)
+        ax.set_yticks(range(len(paired)), [f"{c['metric'][:28]} (n={c['n']})" for c in paired], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("paired difference, oriented: right = better; dashed = -margin", fontsize=8)
+        ax.set_title("challenger minus baseline (green pass, orange inconclusive, red fail)", fontsize=9)
+        out.append(("paired differences", _png(fig)))
     return out
 
 
@@ -139,17 +179,22 @@ def to_html(result: Any) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Eval {e(result.name)}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Evaluation {e(result.name)}: {e(str(result.model_ref or result.model))}</h1>",
-             f"<div class='banner {'pass' if g.passed else 'fail'}'>Gate {'passed' if g.passed else 'FAILED'}</div>"]
-    if g.failures or g.notes:
-        parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in g.failures + [f"note: {n}" for n in g.notes])
-                     + "</ul>")
+             f"<div class='banner {'pass' if g.passed else 'fail'}'>Gate {e(g.outcome)}</div>"]
+    if g.failures or g.notes or g.inconclusive:
+        parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in g.failures + g.inconclusive
+                                      + [f"note: {n}" for n in g.notes]) + "</ul>")
     base = result.baseline.get("metrics") or {}
+    checks = _baseline_checks(g)
     for name, r in result.suites.items():
         parts.append(f"<h2>{e(name)} ({e(r.kind)})</h2><p>{r.failures['samples']} samples, {r.failures['failed']} "
                      f"failed, {r.failures['blocked']} blocked; dataset {e(r.dataset.path)} "
                      f"(sha256 {r.dataset.sha256[:16]})</p>")
-        parts.append("<table><tr><th>metric</th><th>value</th><th>baseline</th></tr>" + "".join(
-            f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td><td>{_fmt(base.get(f'{name}.{k}'))}</td></tr>"
+        parts.append("<table><tr><th>metric</th><th>value</th><th>baseline</th><th>paired difference "
+                     "[interval], rows, outcome</th><th>p (McNemar, worse)</th><th>rows needed</th></tr>" + "".join(
+            f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td><td>{_fmt(base.get(f'{name}.{k}'))}</td>"
+            f"<td>{e(paired_cell(checks.get(f'{name}.{k}')))}</td>"
+            f"<td>{_fmt((checks.get(f'{name}.{k}') or {}).get('p_worse'))}</td>"
+            f"<td>{_fmt((checks.get(f'{name}.{k}') or {}).get('needed_n'))}</td></tr>"
             for k, v in r.metrics.items()) + "</table>")
         if r.by_tag:
             cols = sorted({k for row in r.by_tag.values() for k in row if k != "n"})

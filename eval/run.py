@@ -26,9 +26,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from eval.datasets import EvalDataset, load_dataset
-from eval.gate import GateConfig, GateResult, check_gate
+from eval.gate import ROW_FIELD, GateConfig, GateResult, check_gate
 from eval.metrics import deterministic as det
 from eval.metrics import retrieval as ret
+from eval.metrics.degenerate import degenerate_flags
 from eval.metrics.judged import JudgeConfig
 from eval.targets import Endpoint, EndpointSettings, Sample, TargetConfig, ask_all, ask_rag, serve_registry_version
 from llmops.config import StrictModel, config_hash
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 _DIGITS = re.compile(r"(?:\d[ -]?){6,}")
 _KEY = re.compile(r"\b(?:sk|pk|ghp|xox[bp]|AKIA)[-_A-Za-z0-9]{8,}")
+
+
+REPORT_NAME = "eval_report.json"  # the JSON report as logged to the run (holds every row's scores)
 
 
 class EvalError(LLMOpsError):
@@ -123,14 +127,21 @@ def _leaks(question: str, output: str) -> bool:
     return any(v and (v in output or (v.isdigit() and v in flat)) for v in values)
 
 
-def score_suite(suite: SuiteConfig, samples: list[Sample]) -> tuple[dict[str, float | None], list[dict], dict]:
-    """Per-sample scores and the suite's aggregate metrics (failed samples are excluded and counted)."""
+def score_suite(suite: SuiteConfig, samples: list[Sample], max_tokens: int | None = None,
+                ) -> tuple[dict[str, float | None], list[dict], dict]:
+    """Per-sample scores and the suite's aggregate metrics (failed samples are excluded and counted).
+
+    Every answered row of a qa or rag suite also gets the degenerate-output flags (repetition loop,
+    empty, stopped by ``max_tokens``, wrong script); a guardrail block is not an answer and gets none."""
     per: list[dict[str, Any]] = []
     for s in samples:
         r = s.row
         rec: dict[str, Any] = {"id": r.id, "tags": r.tags, "question": r.question[:500], "output": s.output[:1000],
                                "reference": r.reference, "error": s.error, "error_code": s.error_code,
                                "latency_ms": s.latency_ms}
+        if s.error is None and s.error_code is None and suite.kind in ("qa", "rag"):
+            rec.update(degenerate_flags(r.question, s.output, finish_reason=s.finish_reason,
+                                        completion_tokens=s.completion_tokens, max_tokens=max_tokens))
         if s.error is None:
             answerable = bool(r.reference) and not det.is_refusal(r.reference or "")
             if suite.kind in ("qa", "rag"):
@@ -160,8 +171,7 @@ def score_suite(suite: SuiteConfig, samples: list[Sample]) -> tuple[dict[str, fl
 
     metrics: dict[str, float | None] = {}
     names = {k for p in per for k, v in p.items() if isinstance(v, float) and k not in ("latency_ms",)}
-    rename = {"refused": "refusal_rate", "redacted": "redaction_rate", "false_refusal": "false_refusal_rate",
-              "abstained": "abstain_rate"}
+    rename = {field: metric for metric, field in ROW_FIELD.items()}
     for name in sorted(names):
         metrics[rename.get(name, name)] = _mean(col(name))
     ok = [s for s in samples if s.error is None and s.latency_ms is not None]
@@ -245,7 +255,15 @@ def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: RegistryAPI) 
         return {"ref": version.ref, "reason": f"{version.ref} has no '{cfg.name}' evaluation yet; evaluate it first"}
     run = runs[0]
     datasets = {k[len("dataset_sha256."):]: v for k, v in run.data.params.items() if k.startswith("dataset_sha256.")}
-    return {"ref": version.ref, "run_id": run.info.run_id, "metrics": dict(run.data.metrics), "datasets": datasets}
+    out = {"ref": version.ref, "run_id": run.info.run_id, "metrics": dict(run.data.metrics), "datasets": datasets}
+    report = registry.read_run_artifact(run.info.run_id, REPORT_NAME)
+    if report:  # the rows of the baseline's report, for the paired comparison
+        try:
+            suites = json.loads(report).get("suites", {})
+            out["samples"] = {n: s["samples"] for n, s in suites.items() if isinstance(s.get("samples"), list)}
+        except (ValueError, AttributeError, TypeError) as e:
+            log.warning("the baseline's report %s is unreadable (%s); no paired comparison", REPORT_NAME, e)
+    return out
 
 
 def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
@@ -290,7 +308,7 @@ def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
             else:
                 samples = asyncio.run(ask_all(ep, ds.rows, cfg.requests, desc=suite.name))
             wall = time.perf_counter() - t0
-            metrics, per, by_tag = score_suite(suite, samples)
+            metrics, per, by_tag = score_suite(suite, samples, cfg.requests.max_tokens)
             failures = {"samples": len(samples), "failed": sum(s.error is not None for s in samples),
                         "blocked": sum(s.error_code == "content_blocked" for s in samples)}
             if cfg.judge.enabled and suite.kind in ("qa", "rag"):
@@ -302,7 +320,7 @@ def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
     if "datasets" in baseline:
         baseline["dataset_changed"] = sorted(n for n, r in suites.items()
                                              if baseline["datasets"].get(n) not in (None, r.dataset.sha256))
-    gate = check_gate(cfg.gate, flat, baseline)
+    gate = check_gate(cfg.gate, flat, baseline, {n: r.per_sample for n, r in suites.items()})
     result = EvalResult(cfg.name, model_ref, ep.model, suites, flat, baseline, gate,
                         duration_s=time.perf_counter() - t_start)
     result.report_paths = write_reports(result, out_dir, cfg)

@@ -91,6 +91,7 @@ class Sample:
     error: str | None = None  # transport / server / timeout failure
     error_code: str | None = None  # e.g. content_blocked (a guardrail refusal is an outcome, not an error)
     citations: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "length" when max_tokens stopped the answer
 
 
 def _free_port() -> int:
@@ -227,6 +228,7 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
             sample.error_code = code
             return
         sample.output = res.choices[0].message.content or ""
+        sample.finish_reason = res.choices[0].finish_reason
         sample.completion_tokens = res.usage.completion_tokens if res.usage else 0
 
     try:

@@ -160,7 +160,11 @@ def stage_eval(n: int, registry) -> str:
     # flags before the key=value overrides: argparse ends the override list at the first flag
     code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", "--promote",
                   *endpoint, "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
-                  f"gate.baseline={base}", *limits, ok_codes=(0, 1))
+                  f"gate.baseline={base}", *limits, ok_codes=(0, 1, 3))
+    if code == 3:
+        print("   decision: NOT promoted: the gate was INCONCLUSIVE (too few paired rows or intervals that cross "
+              "the margin; the report above says how many rows would decide); RAG uses the base")
+        return "smollm2"
     if code != 0:
         print("   decision: NOT promoted (the gate's failures are listed in the report above); RAG uses the base")
         return "smollm2"
@@ -235,7 +239,8 @@ def summary(n: int, registry) -> None:
     champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
     if challenger is not None:
         state = "is the champion (promoted by the gate)" if champion == challenger else (
-            "stays challenger (the gate did not pass)" + (f"; champion is smollm2-qa/{champion}" if champion else ""))
+            "stays challenger (the gate did not pass, or could not decide)"
+            + (f"; champion is smollm2-qa/{champion}" if champion else ""))
         print(f"   fine-tuned adapter smollm2-qa/{challenger} {state}")
     print(f"   registry: {registry.tracking_uri}  (browse: make mlflow-ui)")
     print(f"   the gateway keeps running on http://127.0.0.1:{PORT}/v1 (key {KEY}); stop it with `make stop`")

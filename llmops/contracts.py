@@ -77,6 +77,8 @@ class RegistryAPI(Protocol):
 
     def runs_for(self, name: str, version: int | None = None) -> list[Any]: ...
 
+    def read_run_artifact(self, run_id: str, path: str) -> str | None: ...
+
 
 # -------------------------------------------------------------------------------------- guardrails
 class FindingLike(Protocol):

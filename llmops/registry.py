@@ -616,6 +616,19 @@ class Registry:
     def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def read_run_artifact(self, run_id: str, path: str) -> str | None:
+        """The text of a file logged to a run with :meth:`log_run` (None when the run has no such file)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="llmops-artifact-") as tmp:
+            try:
+                local = self._mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.tracking_uri)
+            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing file
+                log.debug("run %s has no artifact %s: %s", run_id, path, e)
+                return None
+            return Path(local).read_text(encoding="utf-8")
+
     def runs_for(self, name: str, version: int | None = None) -> list[Any]:
         """Runs logged against a model (and version) with :meth:`log_run`, newest first."""
         flt = f"tags.`llmops.model` = '{name}'"

@@ -44,14 +44,18 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
         challenger = reg.alias_version("smollm2-qa", "challenger")
         reports = [json.loads(p.read_text()) for p in evals]
-        verdict = next(r["gate"]["passed"] for r in reports
+        verdict = next(r["gate"]["outcome"] for r in reports
                        if r.get("model_ref") in ("smollm2-qa@challenger", f"smollm2-qa/{challenger}"))
-        if verdict:
+        if verdict == "passed":
             assert f"decision: PROMOTED smollm2-qa/{challenger}" in out.stdout
             assert reg.alias_version("smollm2-qa", "champion") == challenger
         else:
             assert "decision: NOT promoted" in out.stdout
+            assert ("INCONCLUSIVE" in out.stdout) == (verdict == "inconclusive")
             assert reg.alias_version("smollm2-qa", "champion") is None
+        # the quick demo asks 8 task rows: too few for the paired comparison to promote (a threshold may
+        # still fail, which outranks inconclusive)
+        assert verdict in ("inconclusive", "failed") and f"Gate: {verdict.upper()}" in out.stdout
         assert "smollm2-qa/1" in out.stdout and "adapter" in out.stdout and "rag_index" in out.stdout
         assert "blocked by injection" in out.stdout or "block by injection" in out.stdout
         assert "[EMAIL]" in out.stdout  # the PII question was redacted before the model saw it

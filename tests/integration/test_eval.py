@@ -142,3 +142,91 @@ def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_bas
     assert second.model_ref == v2.ref and second.baseline["ref"] == v1.ref
     assert second.baseline["dataset_changed"] == ["qa"] and not second.gate.passed
     assert "dataset changed since the baseline" in second.report_paths["md"].read_text()
+
+
+class _StubEngine:
+    """An OpenAI-compatible chat endpoint on loopback that answers "The number is N." to "What is the
+    number N?", or, looping, repeats the number until max_tokens (finish_reason "length")."""
+
+    def __init__(self, loop_rows: int = 0):
+        import http.server
+        import re
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                question = body["messages"][-1]["content"]
+                n = int(re.search(r"number (\d+)", question).group(1))
+                if n < outer.loop_rows:
+                    text, finish = "The number is " + f"{n}:{n}0:" * 40, "length"
+                else:
+                    text, finish = f"The number is {n}.", "stop"
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                "finish_reason": finish}],
+                                   "usage": {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
+        self.loop_rows = loop_rows
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_paired_gate_passes_a_twin_fails_a_looping_challenger_and_cannot_decide_on_a_tiny_set(
+        tiny_model_dir, tmp_path, registry):
+    from eval.run import EvalConfig, run
+    from llmops.registry import Lineage
+
+    for alias in ("champion", "challenger"):
+        registry.register("stub", tiny_model_dir, kind="base_model", lineage=Lineage(), aliases=[alias])
+    data = write_rows(tmp_path / "qa.jsonl", [{"id": f"r{i}", "question": f"What is the number {i}?",
+                                               "reference": f"The number is {i}."} for i in range(30)])
+
+    def evaluate(base_url, ref, name="default", **gate):
+        return run(EvalConfig.model_validate({
+            "name": name, "target": {"model": None, "base_url": base_url, "model_name": "m", "registry_ref": ref},
+            "suites": [{"name": "qa", "dataset": data, "kind": "qa", **gate.pop("suite", {})}],
+            "requests": {"max_tokens": 8, "retries": 0}, "report_dir": str(tmp_path / "reports"),
+            "gate": {"thresholds": {"qa.token_f1": 0.3}, "compare": ["qa.token_f1"], "baseline": "stub/1",
+                     **gate}}), registry=registry)
+
+    with _StubEngine() as good:
+        base = evaluate(good, "stub/1")
+        assert base.gate.outcome == "passed" and "the evaluated version is the baseline" in base.gate.notes[0]
+        twin = evaluate(good, "stub/2")
+    assert twin.gate.outcome == "passed", twin.gate.failures + twin.gate.inconclusive
+    paired = {c["metric"]: c for c in twin.gate.checks if c["kind"] == "paired"}
+    assert set(paired) == {"qa.token_f1", "qa.degenerate_rate", "qa.truncated_rate"}
+    assert paired["qa.token_f1"]["n"] == 30 and paired["qa.token_f1"]["diff"] == 0
+    # 12 of 30 answers loop until max_tokens: the degenerate-output rates catch it by name
+    with _StubEngine(loop_rows=12) as looping:
+        bad = evaluate(looping, "stub/2")
+    assert bad.gate.outcome == "failed" and bad.suites["qa"].metrics["degenerate_rate"] == pytest.approx(0.4)
+    assert any(f.startswith("qa.degenerate_rate: significantly worse") for f in bad.gate.failures)
+    assert "Gate: FAILED" in bad.report_paths["md"].read_text()
+    # the JSON report keeps the verdict for `llmops eval gate`
+    assert json.loads(bad.report_paths["json"].read_text())["gate"]["outcome"] == "failed"
+    # five rows (a smaller eval of both versions) cannot show non-inferiority: inconclusive
+    with _StubEngine() as good:
+        evaluate(good, "stub/1", name="tiny", suite={"limit": 5})
+        tiny = evaluate(good, "stub/2", name="tiny", min_samples=20, suite={"limit": 5})
+    assert tiny.gate.outcome == "inconclusive" and not tiny.gate.passed
+    assert "fewer than min_samples=20" in " ".join(tiny.gate.inconclusive)
+    assert "Gate: INCONCLUSIVE" in tiny.report_paths["md"].read_text()

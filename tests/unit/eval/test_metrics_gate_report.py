@@ -94,19 +94,24 @@ def test_shipped_eval_sets_load(repo_root):
 
 def test_gate_thresholds_regressions_and_changed_datasets():
     cfg = GateConfig(thresholds={"task.token_f1": 0.3, "task.latency_p95_ms": 1000}, max_regression=0.02,
-                     compare=["task.token_f1", "rag.hit_at_5"])
-    ok = check_gate(cfg, {"task.token_f1": 0.5, "task.latency_p95_ms": 900, "rag.hit_at_5": 0.8},
-                    {"ref": "m/1", "metrics": {"task.token_f1": 0.51, "rag.hit_at_5": 0.8}})
-    assert ok.passed, ok.failures
-    bad = check_gate(cfg, {"task.token_f1": 0.25, "task.latency_p95_ms": 1500, "rag.hit_at_5": 0.7},
-                     {"ref": "m/1", "metrics": {"task.token_f1": 0.24, "rag.hit_at_5": 0.8}})
-    assert not bad.passed
+                     compare=["task.token_f1", "rag.hit_at_5"], degenerate=False)
+
+    def rows(f1, hit):
+        return {"task": [{"id": str(i), "token_f1": f1} for i in range(30)],
+                "rag": [{"id": str(i), "hit_at_5": float(i < hit)} for i in range(30)]}
+
+    base = {"ref": "m/1", "metrics": {"task.token_f1": 0.5, "rag.hit_at_5": 0.8}, "samples": rows(0.5, 24)}
+    ok = check_gate(cfg, {"task.token_f1": 0.5, "task.latency_p95_ms": 900, "rag.hit_at_5": 0.8}, base,
+                    rows(0.5, 24))
+    assert ok.passed, ok.failures + ok.inconclusive
+    bad = check_gate(cfg, {"task.token_f1": 0.25, "task.latency_p95_ms": 1500, "rag.hit_at_5": 0.5}, base,
+                     rows(0.25, 15))
+    assert not bad.passed and bad.outcome == "failed"
     assert any("task.token_f1 = 0.2500 < threshold 0.3" in f for f in bad.failures)
     assert any("latency_p95_ms = 1500.0000 > threshold 1000" in f for f in bad.failures)
-    assert any("rag.hit_at_5" in f and "worse than baseline m/1" in f for f in bad.failures)
+    assert any(f.startswith("rag.hit_at_5: significantly worse") and "versus m/1" in f for f in bad.failures)
     changed = check_gate(cfg, {"task.token_f1": 0.5, "task.latency_p95_ms": 10, "rag.hit_at_5": 0.9},
-                         {"ref": "m/1", "metrics": {"task.token_f1": 0.4, "rag.hit_at_5": 0.8},
-                          "dataset_changed": ["rag"]})
+                         dict(base, dataset_changed=["rag"]), rows(0.5, 27))
     assert not changed.passed and any("dataset changed since the baseline" in f for f in changed.failures)
     none = check_gate(GateConfig(require_baseline=True), {}, {"ref": None, "reason": "no champion"})
     assert not none.passed

@@ -1,0 +1,163 @@
+"""The paired gate: bootstrap intervals, McNemar, non-inferiority, inconclusive; degenerate-output flags."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from eval.gate import GateConfig, check_gate, row_scores
+from eval.metrics.degenerate import charset_mismatch, degenerate_flags, is_repetitive, repeated_ngram_share
+from eval.stats import bootstrap_mean_ci, compare_paired, mcnemar_worse_p
+
+
+def scores(n: int, seed: int = 1, shift: float = 0.0) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {str(i): min(1.0, max(0.0, rng.uniform(0.1, 0.9) + shift)) for i in range(n)}
+
+
+def test_an_identical_challenger_passes_and_a_clearly_worse_one_fails():
+    base = scores(60)
+    same = compare_paired("task.token_f1", dict(base), base, margin=0.02)
+    assert same.outcome == "pass" and same.diff == 0 and same.low == same.high == 0
+    worse = compare_paired("task.token_f1", {k: v - 0.3 for k, v in base.items()}, base, margin=0.02)
+    assert worse.outcome == "fail" and worse.high < 0 and "significantly worse" in worse.reason
+    # latency (lower is better, margin relative to the baseline): 40% slower on every row fails
+    lat = {k: 100 + 50 * v for k, v in base.items()}
+    slow = compare_paired("task.latency_p50_ms", {k: v * 1.4 for k, v in lat.items()}, lat, margin=0.1,
+                          lower_is_better=True, relative_margin=True)
+    assert slow.outcome == "fail" and slow.diff > 0
+    faster = compare_paired("task.latency_p50_ms", {k: v * 0.8 for k, v in lat.items()}, lat, margin=0.1,
+                            lower_is_better=True, relative_margin=True)
+    assert faster.outcome == "pass"
+
+
+def test_a_tiny_set_is_inconclusive_even_when_identical():
+    base = scores(6)
+    tiny = compare_paired("rag.token_f1", dict(base), base, margin=0.02, min_samples=20)
+    assert tiny.outcome == "inconclusive" and tiny.n == 6 and tiny.needed_n == 20
+    assert "fewer than min_samples=20" in tiny.reason
+
+
+def test_a_noisy_comparison_is_inconclusive_and_says_how_many_rows_would_decide_it():
+    rng = random.Random(7)
+    base = {str(i): rng.uniform(0.3, 0.7) for i in range(30)}
+    swings = [rng.uniform(0.05, 0.25) for _ in range(15)]  # up on one row, down as much on the next: mean 0
+    noisy = {k: v + (swings[i // 2] if i % 2 else -swings[i // 2]) for i, (k, v) in enumerate(base.items())}
+    cmp = compare_paired("task.token_f1", noisy, base, margin=0.02)
+    assert cmp.outcome == "inconclusive" and cmp.low < -0.02 < cmp.high
+    assert cmp.needed_n is not None and cmp.needed_n > 30
+    # rows only one side answered are left out of the pairing
+    partial = compare_paired("task.token_f1", {**noisy, "extra": 1.0}, {**base, "other": 0.0}, margin=0.02)
+    assert partial.n == 30 and partial.diff == pytest.approx(cmp.diff)
+
+
+def test_a_significant_loss_fails_even_inside_the_margin():
+    # 0/1 rate: the challenger loses 8 rows of 200 and wins none. The mean drops by 0.04; the margin
+    # of 0.1 would allow that, but McNemar's exact test says the loss is real
+    base = {str(i): 1.0 for i in range(200)}
+    cur = {k: (0.0 if int(k) < 8 else 1.0) for k in base}
+    cmp = compare_paired("safety.refusal_rate", cur, base, margin=0.1)
+    assert cmp.binary and cmp.p_worse == pytest.approx(0.5 ** 8)
+    assert cmp.outcome == "fail" and "McNemar" in cmp.reason
+    # for a lower-is-better rate the orientation flips: more false refusals is the loss
+    fr = compare_paired("safety.false_refusal_rate", {k: 1 - v for k, v in cur.items()},
+                        {k: 0.0 for k in base}, margin=0.1, lower_is_better=True)
+    assert fr.outcome == "fail" and fr.p_worse == pytest.approx(0.5 ** 8)
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_reproducible():
+    import numpy as np
+
+    rng = random.Random(3)
+    d = np.array([rng.gauss(0.1, 0.2) for _ in range(80)])
+    low, high = bootstrap_mean_ci(d, 0.95, seed=0)
+    assert low < d.mean() < high and (low, high) == bootstrap_mean_ci(d, 0.95, seed=0)
+    # a normal-theory interval and the bootstrap agree roughly on 80 draws
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert abs((high - low) - 2 * 1.96 * se) < 0.35 * (2 * 1.96 * se)
+    assert mcnemar_worse_p(0, 0) == 1.0 and mcnemar_worse_p(5, 5) > 0.5
+
+
+def rows(n: int, f1: float, **extra) -> list[dict]:
+    return [{"id": str(i), "token_f1": f1, "latency_ms": 100.0, "error": None, **extra} for i in range(n)]
+
+
+def test_the_gate_compares_row_by_row_and_catches_a_degenerate_challenger():
+    cfg = GateConfig(thresholds={"task.token_f1": 0.1}, compare=["task.token_f1"], max_regression=0.05)
+    good = rows(40, 0.5, degenerate=0.0, truncated=0.0)
+    base = {"ref": "m/1", "metrics": {"task.token_f1": 0.5, "task.degenerate_rate": 0.0, "task.truncated_rate": 0.0},
+            "samples": {"task": good}}
+    same = check_gate(cfg, {"task.token_f1": 0.5, "task.degenerate_rate": 0.0, "task.truncated_rate": 0.0},
+                      base, {"task": [dict(r) for r in good]})
+    assert same.passed and same.outcome == "passed"
+    assert {c["metric"] for c in same.checks if c["kind"] == "paired"} == {
+        "task.token_f1", "task.degenerate_rate", "task.truncated_rate"}
+    # the same F1 (the loop happens to contain the answer words) but 12 of 40 answers loop to max_tokens
+    loops = [dict(r, degenerate=float(i < 12), truncated=float(i < 12)) for i, r in enumerate(good)]
+    bad = check_gate(cfg, {"task.token_f1": 0.5, "task.degenerate_rate": 0.3, "task.truncated_rate": 0.3},
+                     base, {"task": loops})
+    assert bad.outcome == "failed" and not bad.passed
+    assert any(f.startswith("task.degenerate_rate") and "significantly worse" in f for f in bad.failures)
+    # a baseline evaluated before per-row results existed cannot be compared: inconclusive, no promotion
+    old = check_gate(cfg, {"task.token_f1": 0.5}, {"ref": "m/1", "metrics": {"task.token_f1": 0.5}},
+                     {"task": good})
+    assert old.outcome == "inconclusive" and not old.passed and "re-evaluate it" in old.inconclusive[0]
+    # too few rows: inconclusive; the thresholds alone cannot promote
+    few = check_gate(cfg, {"task.token_f1": 0.5}, {"ref": "m/1", "metrics": {"task.token_f1": 0.5},
+                                                    "samples": {"task": good[:5]}}, {"task": good[:5]})
+    assert few.outcome == "inconclusive" and not few.passed
+    # a failed threshold wins over an inconclusive comparison
+    both = check_gate(cfg, {"task.token_f1": 0.05}, few_base := {"ref": "m/1", "metrics": {"task.token_f1": 0.5},
+                                                                  "samples": {"task": good[:5]}}, {"task": good[:5]})
+    assert both.outcome == "failed" and few_base["ref"] == "m/1"
+
+
+def test_row_scores_read_every_kind_of_metric():
+    per = [{"id": "a", "refused": 1.0, "error": None, "latency_ms": 12.0, "judge_faithfulness": 0.5},
+           {"id": "b", "error": "timeout", "latency_ms": None}]
+    assert row_scores(per, "refusal_rate") == {"a": 1.0}
+    assert row_scores(per, "error_rate") == {"a": 0.0, "b": 1.0}
+    assert row_scores(per, "latency_p95_ms") == {"a": 12.0}
+    assert row_scores(per, "faithfulness") == {"a": 0.5}
+    assert row_scores(per, "output_tok_per_s") is None
+
+
+@pytest.mark.parametrize("text", [
+    "The HTTP header `https:503:50:50:100:100:100:100:100:100:100:100:100:100:100:100:100:100:100:100:100:100:"
+    "100:100:100:100:100:100:100:100:100:100:100:100:100",
+    "I think so. " * 12,
+    "ababababababababababababababababababababababababababababababababababababababababababababababababababab"
+    "abababababababababababababab",
+    "The answer is the answer is the answer is the answer is the answer is the answer is the answer is",
+])
+def test_loops_are_repetitive(text):
+    assert is_repetitive(text)
+    assert degenerate_flags("q?", text)["degenerate"] == 1.0
+
+
+@pytest.mark.parametrize("text", [
+    "The gateway reads the API key from the Authorization header as a bearer token [1].",
+    "Exit code 1 of llmops drift means that dataset drift was detected in the current batch compared with "
+    "the reference data; exit code 0 means no drift, and 2 is a usage error such as a missing file [2].",
+    "1. Install the packages with make setup.\n2. Prepare the models with make assets.\n3. Run make demo.\n"
+    "4. Open the report in reports/eval.",
+    "Yes.",
+])
+def test_ordinary_answers_are_not_repetitive(text):
+    assert not is_repetitive(text) and repeated_ngram_share(text) < 0.2
+    assert degenerate_flags("What does it do?", text)["degenerate"] == 0.0
+
+
+def test_empty_truncated_and_wrong_script_answers():
+    assert degenerate_flags("Why?", "  ")["empty"] == 1.0
+    assert degenerate_flags("Why?", "Because.", finish_reason="length")["truncated"] == 1.0
+    assert degenerate_flags("Why?", "Because.", finish_reason="stop", completion_tokens=64,
+                            max_tokens=64)["truncated"] == 0.0
+    assert degenerate_flags("Why?", "Because " * 3, completion_tokens=64, max_tokens=64)["truncated"] == 1.0
+    question = "What does the gateway do with an API key?"
+    assert charset_mismatch(question, "网关使用API密钥来验证请求并限制每个密钥的请求速率。")
+    assert charset_mismatch(question, "Шлюз проверяет ключ API и ограничивает запросы.")
+    assert not charset_mismatch(question, "It checks the key and limits the request rate per key.")
+    assert not charset_mismatch("Wie heißt die Hauptstadt von Österreich?", "Die Hauptstadt ist Wien.")
+    assert not charset_mismatch("?", "网关")  # too few letters to say
