@@ -107,7 +107,9 @@ def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None
 
 # Per-sample scores of an eval report that are tracked across versions.
 EVAL_SCORES = ("token_f1", "rouge_l", "exact_match", "citation_precision", "mrr", "context_recall", "refused",
-               "redacted", "false_refusal", "abstained", "latency_ms")
+               "redacted", "false_refusal", "abstained", "latency_ms",
+               # degenerate output (eval.metrics.degenerate): loops, empty, cut at max_tokens, wrong script
+               "repetitive", "empty", "truncated", "charset_mismatch", "degenerate")
 
 
 def read_eval_scores(path: str | Path) -> pd.DataFrame:

@@ -113,3 +113,19 @@ def test_eval_scores_over_versions_drift_and_cli(tmp_path):
 
     with pytest.raises(DriftInputError, match="not an eval report"):
         read_eval_scores(bad)
+
+
+def test_degenerate_answers_drift_between_eval_reports(tmp_path):
+    import json
+
+    from llmops.monitoring.llm import eval_scores_drift
+
+    def report(path, loops):
+        samples = [{"id": str(i), "token_f1": 0.6, "degenerate": float(i < loops), "truncated": float(i < loops),
+                    "error": None} for i in range(200)]
+        path.write_text(json.dumps({"suites": {"rag": {"samples": samples}}}))
+        return path
+
+    result = eval_scores_drift(report(tmp_path / "a.json", 2), report(tmp_path / "b.json", 80))
+    drifted = {col.column for col in result.columns if col.drifted}
+    assert {"rag.degenerate", "rag.truncated"} <= drifted and "rag.token_f1" not in drifted
