@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import os
 import secrets
@@ -68,6 +69,8 @@ class EndpointSettings(StrictModel):
     retries: int = Field(1, ge=0, description="Retries of a failed request (connection errors, 5xx, 429).")
     max_tokens: int = Field(128, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="More request fields sent as they are, "
+                                       "to qa and rag suites alike (e.g. vLLM's repetition_penalty).")
 
 
 @dataclass
@@ -220,7 +223,8 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
     async def fill(row: EvalRow, sample: Sample) -> None:
         try:
             res = await client.chat.completions.create(model=ep.model, messages=messages_for(row, ep.mark_context),
-                                                       max_tokens=s.max_tokens, temperature=s.temperature)
+                                                       max_tokens=s.max_tokens, temperature=s.temperature,
+                                                       extra_body=s.extra_body or None)
         except openai.APIStatusError as e:
             code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
             if code != "content_blocked":  # a guardrail block is an outcome, not an error
@@ -248,6 +252,8 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
                  "generation.api_key_env=LLMOPS_EVAL_KEY", f"generation.mark_context={str(ep.mark_context).lower()}",
                  # the gateway guards the requests (passages marked as data); no second check here
                  "guardrails.enabled=false"]
+    if s.extra_body:
+        overrides.append(f"generation.extra_body={json.dumps(s.extra_body)}")
     pipe = RAGPipeline.from_config(rag_config, overrides)
     if ingest:
         pipe.ingest(ingest)
