@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops classic") -> int
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p = sub.add_parser("train-text", help="train and register a text classifier (the injection classifier)")
     p.add_argument("--config", help="YAML (configs/classic/text.yaml)")
+    p.add_argument("--reuse", action="store_true", help="keep the alias's version when it was trained on the same "
+                   "data (sha256) and config; train otherwise")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p = sub.add_parser("predict", help="score a CSV/Parquet batch with a registered model")
     p.add_argument("--model", default="credit-risk@champion", help="registry reference")
@@ -50,8 +52,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops classic") -> int
         from classic_ml.text import run as train_text
         from llmops.config import load_config
 
-        result = train_text(load_config(args.config, TextClassifierConfig, args.overrides))
-        print(f"registered {result.version.ref} aliases={list(result.version.aliases)}")
+        result = train_text(load_config(args.config, TextClassifierConfig, args.overrides), reuse=args.reuse)
+        if result.reused:
+            print(f"reused {result.version.ref} aliases={list(result.version.aliases)} (trained on the same data "
+                  "and config)")
+        else:
+            print(f"registered {result.version.ref} aliases={list(result.version.aliases)}")
         for k, v in result.metrics.items():
             print(f"  {k:10s} {v:.4f}")
     elif args.action == "predict":

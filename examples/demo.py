@@ -265,12 +265,13 @@ def main(argv=None) -> int:
         llmops(2, "classic train", "classic", "train", "--config", "configs/classic/default.yaml")
         llmops(2, "guardrails data (public attack and benign sets, split by source)", "guardrails", "data")
         folds = ["cv_folds=2"] if quick() else []  # the integration test: fewer cross-validation fits
+        # --reuse: a second demo keeps the classifiers trained on the same data and config
         llmops(2, "classic train-text (the guardrails' injection classifier)", "classic", "train-text",
-               "--config", "configs/classic/text.yaml", *folds)
+               "--config", "configs/classic/text.yaml", "--reuse", *folds)
         llmops(2, "guardrails data --set safety (public harmful and ordinary text, by category)", "guardrails",
                "data", "--set", "safety")
         llmops(2, "classic train-text (the guardrails' content-safety classifier)", "classic", "train-text",
-               "--config", "configs/classic/safety.yaml", *folds)
+               "--config", "configs/classic/safety.yaml", "--reuse", *folds)
         llmops(2, "classic make-data", "classic", "make-data", "--rows", "2000", "--shift", "1.0",
                "--out", "data/classic/current.parquet")
         llmops(2, "classic predict", "classic", "predict", "--model", "credit-risk@champion", "--input",

@@ -69,6 +69,8 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         assert "smollm2-135m-instruct/1" in again.stdout and "smollm2-135m-instruct/2" not in again.stdout
         assert "credit-risk/2" in again.stdout  # a new training run is a new version
+        # the guardrail classifiers were trained on the same data and config: kept, not retrained
+        assert again.stdout.count("reused ") >= 2 and "injection-classifier/2" not in again.stdout
     finally:
         subprocess.run([sys.executable, "-m", "llmops", "serve", "stop"], cwd=tmp_path, env=env,
                        capture_output=True, timeout=120)
