@@ -47,8 +47,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops eval") -> int:
     else:
         data = json.loads(open(args.report).read())
         g_ = data["gate"]
-        gate = GateResult(g_["passed"], g_["failures"], g_["checks"], g_["notes"], g_.get("outcome", ""),
-                          g_.get("inconclusive", []))
+        if "outcome" in g_:
+            gate = GateResult(g_["passed"], g_["failures"], g_["checks"], g_["notes"], g_["outcome"],
+                              g_.get("inconclusive", []))
+        else:  # written before paired comparisons: its "passed" compared means only, which no longer promotes
+            gate = GateResult(False, g_["failures"], g_["checks"], g_["notes"], "failed" if g_["failures"]
+                              else "inconclusive", ["the report predates paired comparisons; re-run the eval"])
         model_ref = data.get("model_ref")
         print(f"gate {gate.outcome.upper()} for {model_ref}")
         for f in gate.failures + gate.inconclusive:

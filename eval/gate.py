@@ -15,6 +15,7 @@ compared silently: the gate fails and says so. Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ LOWER_IS_BETTER = ("latency", "error_rate", "false_refusal_rate", "repetition_ra
                    "charset_mismatch_rate", "degenerate_rate")
 # the degenerate-output rates compared by default in every suite that has them (``degenerate: true``)
 DEGENERATE_COMPARED = ("degenerate_rate", "truncated_rate")
+# compared in every suite whatever the config says: a challenger that fails more requests is not better
+ALWAYS_COMPARED = ("error_rate",)
 # suite metric -> per-row field of the report's samples (the rest have the same name)
 ROW_FIELD = {"refusal_rate": "refused", "redaction_rate": "redacted", "false_refusal_rate": "false_refusal",
              "abstain_rate": "abstained", "repetition_rate": "repetitive", "empty_rate": "empty",
@@ -39,8 +42,10 @@ class GateConfig(StrictModel):
 
     thresholds: dict[str, float] = Field(default_factory=dict, description="<suite>.<metric>: minimum value "
                                          "(maximum for latency / error / false-refusal metrics).")
-    max_regression: float = Field(0.02, ge=0, description="Non-inferiority margin: the largest loss versus the "
-                                  "baseline that still passes, absolute (relative to the baseline for latency).")
+    max_regression: float = Field(0.02, ge=0, description="Non-inferiority margin: how far the worst end of the "
+                                  "paired interval may fall below the baseline, absolute (relative to the baseline "
+                                  "for latency); a loss that is significant (interval below 0) fails even "
+                                  "inside it.")
     margins: dict[str, float] = Field(default_factory=dict, description="<suite>.<metric>: its own margin.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals (the "
                               "tests are one-sided at (1 - confidence) / 2).")
@@ -80,18 +85,22 @@ def row_scores(samples: list[dict[str, Any]], metric: str) -> dict[str, float] |
     if metric == "error_rate":
         return {str(p["id"]): float(p.get("error") is not None) for p in samples}
     if metric.startswith("latency"):
-        return {str(p["id"]): float(p["latency_ms"]) for p in samples if p.get("latency_ms") is not None}
+        # a percentile of the suite is not a mean of per-row scores: it is compared on the suite figures
+        return None
     key = ROW_FIELD.get(metric, metric)
     if not any(key in p for p in samples) and any(f"judge_{metric}" in p for p in samples):
         key = f"judge_{metric}"  # ragas metrics are stored per row as judge_<name>
     if not any(key in p for p in samples):
         return None if metric in ("output_tok_per_s",) else {}
-    return {str(p["id"]): float(p[key]) for p in samples if isinstance(p.get(key), (int, float))}
+    return {str(p["id"]): float(p[key]) for p in samples
+            if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])}
 
 
 def compared_metrics(cfg: GateConfig, metrics: dict[str, float]) -> list[str]:
-    """The metrics the gate compares: ``compare`` (or the thresholds), plus each suite's degenerate rates."""
+    """The metrics the gate compares: ``compare`` (or the thresholds), plus each suite's error rate and
+    (``degenerate: true``) degenerate-output rates."""
     names = list(cfg.compare or cfg.thresholds)
+    names += [m for m in metrics if m.split(".", 1)[-1] in ALWAYS_COMPARED and m not in names]
     if cfg.degenerate:
         names += [m for m in metrics if m.split(".", 1)[-1] in DEGENERATE_COMPARED and m not in names]
     return names
@@ -125,6 +134,7 @@ def check_gate(cfg: GateConfig, metrics: dict[str, float], baseline: dict[str, A
             failures.append(f"baseline required but unavailable ({baseline.get('reason')})")
         return GateResult(not failures, failures, checks, notes)
     ref = baseline.get("ref")
+    explicit = set(cfg.compare or cfg.thresholds)
     for name in compared_metrics(cfg, metrics):
         suite, _, metric = name.partition(".")
         value, before = metrics.get(name), base.get(name)
@@ -164,6 +174,8 @@ def check_gate(cfg: GateConfig, metrics: dict[str, float], baseline: dict[str, A
         if cmp.outcome == "fail":
             failures.append(f"{name}: {cmp.reason}; difference {cmp.diff:+.4f} over {cmp.n} paired rows "
                             f"versus {ref}")
+        elif cmp.outcome == "inconclusive" and name not in explicit and metric in ALWAYS_COMPARED:
+            notes.append(f"{name}: {cmp.reason} (guards against a significant loss only)")
         elif cmp.outcome == "inconclusive":
             inconclusive.append(f"{name}: inconclusive, {cmp.reason}")
     return GateResult(not failures and not inconclusive, failures, checks, notes, inconclusive=inconclusive)

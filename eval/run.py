@@ -332,7 +332,8 @@ def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
             f"eval-{cfg.name}", model_ref=model_ref, params=params,
             metrics=flat,
             artifacts=[p for p in result.report_paths.values()],
-            tags={"llmops.eval_name": cfg.name, "llmops.gate_passed": str(gate.passed).lower()})
+            tags={"llmops.eval_name": cfg.name, "llmops.gate_passed": str(gate.passed).lower(),
+                  "llmops.gate_outcome": gate.outcome})
         for n, r in suites.items():  # the eval sets as MLflow datasets of the run (digest = sha256)
             registry.log_dataset(result.run_id, n, r.dataset.sha256, str(Path(r.dataset.path).resolve()),
                                  rows=len(r.dataset.rows), context="evaluation")
@@ -340,5 +341,5 @@ def run(cfg: EvalConfig, registry: RegistryAPI | None = None) -> EvalResult:
         data = json.loads(json_path.read_text())
         data["mlflow_run_id"] = result.run_id
         json_path.write_text(json.dumps(data, indent=2))
-    log.info("eval %s done in %.0f s; gate %s", cfg.name, result.duration_s, "passed" if gate.passed else "FAILED")
+    log.info("eval %s done in %.0f s; gate %s", cfg.name, result.duration_s, gate.outcome.upper())
     return result

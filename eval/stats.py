@@ -9,8 +9,9 @@ per metric is one of three::
     pass          the interval's lower bound is above -margin (non-inferior) and no significant loss
     fail          significantly worse (the interval lies below 0, or McNemar's one-sided p < alpha / 2),
                   or worse than the margin with confidence (upper bound below -margin)
-    inconclusive  fewer paired rows than ``min_samples``, or the interval straddles -margin; the
-                  result says roughly how many rows would decide it
+    inconclusive  fewer paired rows than ``min_samples`` (unless an exact test already shows a loss:
+                  McNemar for rates, the sign test otherwise), or the interval straddles -margin;
+                  the result says roughly how many rows would decide it
 
 Example::
 
@@ -83,6 +84,12 @@ def mcnemar_worse_p(worse: int, better: int) -> float:
     return float(binomtest(worse, total, 0.5, alternative="greater").pvalue)
 
 
+def sign_test_worse_p(worse: int, better: int) -> float:
+    """One-sided exact sign test that more rows got worse than better (ties left out); the same
+    binomial test as McNemar's, on the signs of continuous differences."""
+    return mcnemar_worse_p(worse, better)
+
+
 def compare_paired(metric: str, current: dict[str, float], baseline: dict[str, float], *, margin: float,
                    confidence: float = 0.95, min_samples: int = 20, lower_is_better: bool = False,
                    relative_margin: bool = False, resamples: int = 2000, seed: int = 0) -> PairedComparison:
@@ -119,7 +126,14 @@ def compare_paired(metric: str, current: dict[str, float], baseline: dict[str, f
     # oriented: positive = better
     o_low, o_high = sorted((sign * low, sign * high))
     o_mean = sign * float(d.mean())
-    if n < min_samples:
+    small = n < min_samples
+    if small:
+        # a small set may still show a clear loss, but only an exact test says so (a bootstrap of a handful
+        # of rows is too narrow): McNemar for rates, the sign test on the row differences otherwise
+        p_exact = p_worse if binary else sign_test_worse_p(int(np.sum(sign * d < 0)), int(np.sum(sign * d > 0)))
+        if p_exact < alpha / 2:
+            return result("fail", f"significantly worse than the baseline on only {n} paired rows "
+                          f"({'McNemar' if binary else 'sign test'} p={p_exact:.3g})", **stats)
         return result("inconclusive", f"{n} paired rows, fewer than min_samples={min_samples}",
                       needed_n=min_samples, **stats)
     if o_high < 0 or (p_worse is not None and p_worse < alpha / 2):
@@ -128,13 +142,15 @@ def compare_paired(metric: str, current: dict[str, float], baseline: dict[str, f
         return result("fail", f"significantly worse than the baseline ({why})", **stats)
     if o_high < -abs_margin:
         return result("fail", f"worse than the margin {abs_margin:.4g} with {confidence:.0%} confidence", **stats)
-    if o_low > -abs_margin:
+    if o_low > -abs_margin or (abs_margin == 0 and o_low == 0):
         return result("pass", f"non-inferior: the interval's worst end {sign * o_low:+.4f} is within the margin "
                       f"{abs_margin:.4g}", **stats)
     half = (o_high - o_low) / 2
     room = o_mean + abs_margin
-    needed = math.ceil(n * (half / room) ** 2) if room > 0 and half > 0 else None
+    # the half-width shrinks like 1/sqrt(n): rows at which it would fit between the mean and the margin
+    needed = max(n + 1, math.ceil(n * (half / room) ** 2)) if room > 0 and half > 0 else None
     more = (f"about {needed} paired rows would decide it" if needed else
             "the observed difference is beyond the margin; more rows would decide it either way")
-    return result("inconclusive", f"the interval [{low:+.4f}, {high:+.4f}] crosses the margin -{abs_margin:.4g}; "
+    bound = -sign * abs_margin  # the margin on the metric's own scale (+ for lower-is-better)
+    return result("inconclusive", f"the interval [{low:+.4f}, {high:+.4f}] crosses the margin {bound:+.4g}; "
                   + more, needed_n=needed, **stats)

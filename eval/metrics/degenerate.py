@@ -16,18 +16,20 @@ import unicodedata
 import zlib
 from collections import Counter
 
-_TOKENS = re.compile(r"\w+|[^\w\s]")
+_WORDS = re.compile(r"\w+")
 NGRAM = 4
 MIN_TOKENS = 12  # shorter answers cannot loop in a way worth flagging
-REPEAT_SHARE = 0.5  # share of repeated 4-grams at which an answer is a loop (ordinary prose: < 0.1)
+REPEAT_SHARE = 0.5  # share of repeated word 4-grams at which an answer is a loop (ordinary prose: < 0.1)
 MIN_CHARS_COMPRESS = 120
 COMPRESS_RATIO = 0.12  # zlib output / input bytes; ordinary prose of this length: 0.45-0.7
 MIN_LETTERS_SCRIPT = 12
+SCRIPT_SHARE = 0.2  # an answer with less than this share of its letters in the question's script is off-script
 
 
 def repeated_ngram_share(text: str, n: int = NGRAM) -> float:
-    """Share of the answer's word n-grams that repeat an earlier one (0 for short answers)."""
-    tokens = _TOKENS.findall(text.lower())
+    """Share of the answer's word n-grams that repeat an earlier one (0 for short answers). Only words
+    count: rules (``=====``), brackets and separators of tables or lists are not a loop by themselves."""
+    tokens = _WORDS.findall(text.lower())
     if len(tokens) < max(MIN_TOKENS, n + 1):
         return 0.0
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -35,25 +37,25 @@ def repeated_ngram_share(text: str, n: int = NGRAM) -> float:
 
 
 def is_repetitive(text: str) -> bool:
-    """A loop: most word 4-grams repeat, or the text compresses like a repeated pattern (loops
-    without spaces, e.g. ``ababab...`` or ``100:100:100``)."""
+    """A loop: most word 4-grams repeat, or the words compress like a repeated pattern (loops without
+    spaces, e.g. ``ababab...``). Punctuation runs are dropped first, so a long rule or a Markdown table
+    border is not a loop."""
     if repeated_ngram_share(text) >= REPEAT_SHARE:
         return True
-    raw = text.encode("utf-8", "replace")
-    return len(raw) >= MIN_CHARS_COMPRESS and len(zlib.compress(raw, 9)) / len(raw) <= COMPRESS_RATIO
+    words = " ".join(_WORDS.findall(text)).encode("utf-8", "replace")
+    return len(words) >= MIN_CHARS_COMPRESS and len(zlib.compress(words, 9)) / len(words) <= COMPRESS_RATIO
+
+
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    script = name.split(" ", 1)[0] if name else "OTHER"
+    return "CJK" if script in ("HIRAGANA", "KATAKANA", "HANGUL", "CJK") else script
 
 
 def script_of(text: str) -> str | None:
     """The dominant writing system of the letters in ``text`` (LATIN, CYRILLIC, CJK, ...), or None
     when there are too few letters to say."""
-    counts: Counter[str] = Counter()
-    for ch in text:
-        if ch.isalpha():
-            name = unicodedata.name(ch, "")
-            script = name.split(" ", 1)[0] if name else "OTHER"
-            if script in ("HIRAGANA", "KATAKANA", "HANGUL", "CJK"):
-                script = "CJK"
-            counts[script] += 1
+    counts: Counter[str] = Counter(_script(ch) for ch in text if ch.isalpha())
     total = sum(counts.values())
     if total < MIN_LETTERS_SCRIPT:
         return None
@@ -62,9 +64,14 @@ def script_of(text: str) -> str | None:
 
 
 def charset_mismatch(question: str, answer: str) -> bool:
-    """The answer is written mostly in another script than the question."""
-    q, a = script_of(question), script_of(answer)
-    return q is not None and a is not None and q != "MIXED" and a != q
+    """The answer is written in another script than the question: almost none (< 20 %) of its letters
+    are in the question's script. A name or a quote in another script, or a question that mixes
+    scripts, is not a mismatch."""
+    q = script_of(question)
+    letters = [_script(ch) for ch in answer if ch.isalpha()]
+    if q in (None, "MIXED") or len(letters) < MIN_LETTERS_SCRIPT:
+        return False
+    return sum(s == q for s in letters) / len(letters) < SCRIPT_SHARE
 
 
 def degenerate_flags(question: str, answer: str, *, finish_reason: str | None = None,

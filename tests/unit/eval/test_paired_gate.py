@@ -39,6 +39,35 @@ def test_a_tiny_set_is_inconclusive_even_when_identical():
     assert "fewer than min_samples=20" in tiny.reason
 
 
+def test_a_clear_loss_on_a_small_set_fails_by_an_exact_test():
+    # 8 rows, every one worse: the sign test gives p = 0.5 ** 8, far below 0.025; too few rows to show
+    # non-inferiority, but enough to show a loss
+    base = scores(8)
+    cmp = compare_paired("rag.token_f1", {k: v - 0.2 for k, v in base.items()}, base, margin=0.02)
+    assert cmp.outcome == "fail" and "sign test" in cmp.reason and cmp.n == 8
+    rate = compare_paired("safety.refusal_rate", {str(i): 0.0 for i in range(7)}, {str(i): 1.0 for i in range(7)},
+                          margin=0.02)
+    assert rate.outcome == "fail" and "McNemar" in rate.reason
+    # two of eight rows worse is no evidence either way
+    mixed = {k: (v - 0.2 if i < 2 else v) for i, (k, v) in enumerate(base.items())}
+    assert compare_paired("rag.token_f1", mixed, base, margin=0.02).outcome == "inconclusive"
+
+
+def test_a_zero_margin_passes_an_identical_challenger_and_needed_rows_exceed_the_rows_at_hand():
+    base = scores(40)
+    assert compare_paired("task.token_f1", dict(base), base, margin=0.0).outcome == "pass"
+    rng = random.Random(11)
+    noisy = {k: v + rng.choice((-0.3, 0.3)) for k, v in base.items()}
+    cmp = compare_paired("task.token_f1", noisy, base, margin=0.5 * abs(
+        sum(noisy.values()) - sum(base.values())) / 40 + 0.001)
+    if cmp.outcome == "inconclusive" and cmp.needed_n is not None:
+        assert cmp.needed_n > 40
+    # the margin in the message is on the metric's own scale: + for a lower-is-better rate
+    lat = compare_paired("task.false_refusal_rate", {str(i): float(i % 3 == 0) for i in range(30)},
+                         {str(i): float(i % 4 == 0) for i in range(30)}, margin=0.02, lower_is_better=True)
+    assert lat.outcome == "inconclusive" and "margin +0.02" in lat.reason
+
+
 def test_a_noisy_comparison_is_inconclusive_and_says_how_many_rows_would_decide_it():
     rng = random.Random(7)
     base = {str(i): rng.uniform(0.3, 0.7) for i in range(30)}
@@ -113,14 +142,34 @@ def test_the_gate_compares_row_by_row_and_catches_a_degenerate_challenger():
     assert both.outcome == "failed" and few_base["ref"] == "m/1"
 
 
+def test_the_error_rate_is_always_compared_and_only_a_real_loss_blocks():
+    cfg = GateConfig(compare=["task.token_f1"], degenerate=False, max_regression=0.05)
+    good = rows(40, 0.5)
+    base = {"ref": "m/1", "metrics": {"task.token_f1": 0.5, "task.error_rate": 0.0}, "samples": {"task": good}}
+    same = check_gate(cfg, {"task.token_f1": 0.5, "task.error_rate": 0.0}, base, {"task": [dict(r) for r in good]})
+    assert same.outcome == "passed" and any(c["metric"] == "task.error_rate" for c in same.checks)
+    # 10 of 40 requests fail (their F1 rows are gone): the error rate's loss is significant
+    failing = [dict(r, error="timeout" if i < 10 else None) for i, r in enumerate(good)]
+    bad = check_gate(cfg, {"task.token_f1": 0.5, "task.error_rate": 0.25}, base, {"task": failing})
+    assert bad.outcome == "failed" and any(f.startswith("task.error_rate") for f in bad.failures)
+    # on a small suite the error rate cannot show non-inferiority: a note, not an inconclusive gate
+    small = {"ref": "m/1", "metrics": {"task.error_rate": 0.0}, "samples": {"task": good[:5]}}
+    tiny = check_gate(GateConfig(compare=[], degenerate=False), {"task.error_rate": 0.0}, small,
+                      {"task": good[:5]})
+    assert tiny.outcome == "passed" and any("task.error_rate" in n for n in tiny.notes)
+
+
 def test_row_scores_read_every_kind_of_metric():
     per = [{"id": "a", "refused": 1.0, "error": None, "latency_ms": 12.0, "judge_faithfulness": 0.5},
            {"id": "b", "error": "timeout", "latency_ms": None}]
     assert row_scores(per, "refusal_rate") == {"a": 1.0}
     assert row_scores(per, "error_rate") == {"a": 0.0, "b": 1.0}
-    assert row_scores(per, "latency_p95_ms") == {"a": 12.0}
     assert row_scores(per, "faithfulness") == {"a": 0.5}
-    assert row_scores(per, "output_tok_per_s") is None
+    # a percentile or a throughput is not a mean of per-row scores: no paired comparison
+    assert row_scores(per, "latency_p95_ms") is None and row_scores(per, "output_tok_per_s") is None
+    # a score that is not a number (NaN from a failed judge) is left out rather than poisoning the mean
+    assert row_scores([{"id": "a", "token_f1": float("nan")}, {"id": "b", "token_f1": 0.5}], "token_f1") == {
+        "b": 0.5}
 
 
 @pytest.mark.parametrize("text", [
@@ -143,6 +192,9 @@ def test_loops_are_repetitive(text):
     "1. Install the packages with make setup.\n2. Prepare the models with make assets.\n3. Run make demo.\n"
     "4. Open the report in reports/eval.",
     "Yes.",
+    "| key | value |\n|=====|=====|\n" + "=" * 150,
+    "The matrix is [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and its inverse is itself.",
+    "The address fe80::1ff:fe23:4567:890a is link-local; ::1 is the loopback address of the host.",
 ])
 def test_ordinary_answers_are_not_repetitive(text):
     assert not is_repetitive(text) and repeated_ngram_share(text) < 0.2
@@ -161,3 +213,7 @@ def test_empty_truncated_and_wrong_script_answers():
     assert not charset_mismatch(question, "It checks the key and limits the request rate per key.")
     assert not charset_mismatch("Wie heißt die Hauptstadt von Österreich?", "Die Hauptstadt ist Wien.")
     assert not charset_mismatch("?", "网关")  # too few letters to say
+    # a name in another script, code, or a question that mixes scripts is not a mismatch
+    assert not charset_mismatch(question, "It forwards the key; the Russian docs call it ключ API (the key).")
+    assert not charset_mismatch(question, "def check(key):\n    return key in KEYS  # bearer token")
+    assert not charset_mismatch("Что значит API key и rate limit в gateway?", "It checks the key and limits.")

@@ -7,10 +7,12 @@ import json
 from eval.__main__ import main
 
 
-def report(path, model_ref: str, passed: bool):
-    path.write_text(json.dumps({"model_ref": model_ref, "gate": {
-        "passed": passed, "failures": [] if passed else ["task.token_f1 = 0.1000 is below 0.3"],
-        "checks": [{"metric": "task.token_f1", "value": 0.5 if passed else 0.1, "ok": passed}], "notes": []}}))
+def report(path, model_ref: str, passed: bool, outcome: bool = True):
+    gate = {"passed": passed, "failures": [] if passed else ["task.token_f1 = 0.1000 is below 0.3"],
+            "checks": [{"metric": "task.token_f1", "value": 0.5 if passed else 0.1, "ok": passed}], "notes": []}
+    if outcome:
+        gate["outcome"] = "passed" if passed else "failed"
+    path.write_text(json.dumps({"model_ref": model_ref, "gate": gate}))
     return str(path)
 
 
@@ -25,6 +27,11 @@ def test_promote_moves_the_alias_only_on_a_passed_gate(registry, tmp_path, monke
     assert main(["gate", "--report", report(tmp_path / "fail.json", "qa/2", False), "--promote"]) == 1
     assert registry.alias_version("qa", "champion") == 1
     assert "not promoted" in capsys.readouterr().out
+
+    # a report written before paired comparisons "passed" on means alone: inconclusive now, exit 3
+    assert main(["gate", "--report", report(tmp_path / "old.json", "qa/2", True, outcome=False), "--promote"]) == 3
+    assert registry.alias_version("qa", "champion") == 1
+    assert "predates paired comparisons" in capsys.readouterr().out
 
     assert main(["gate", "--report", report(tmp_path / "pass.json", "qa/2", True), "--promote"]) == 0
     assert registry.alias_version("qa", "champion") == 2
