@@ -29,11 +29,11 @@ from eval.datasets import EvalDataset, load_dataset
 from eval.gate import ROW_FIELD, GateConfig, GateResult, check_gate
 from eval.metrics import deterministic as det
 from eval.metrics import retrieval as ret
-from eval.metrics.degenerate import degenerate_flags
 from eval.metrics.judged import JudgeConfig
 from eval.targets import Endpoint, EndpointSettings, Sample, TargetConfig, ask_all, ask_rag, serve_registry_version
 from llmops.config import StrictModel, config_hash
 from llmops.contracts import RegistryAPI
+from llmops.degenerate import degenerate_flags
 from llmops.errors import LLMOpsError
 
 log = logging.getLogger(__name__)

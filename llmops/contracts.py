@@ -287,10 +287,24 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_ms REAL,
     ttft_ms REAL,
     guardrails TEXT,
-    prompt_embedding BLOB
+    prompt_embedding BLOB,
+    finish_reason TEXT,
+    degenerate INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
+# columns added after the first release: a log written before them gets them on open (NULL in old rows)
+REQUEST_LOG_ADDED = {"finish_reason": "TEXT", "degenerate": "INTEGER"}
+
+
+def open_request_log_schema(db: sqlite3.Connection) -> None:
+    """Create the request log's table, or bring an older one up to date (added columns)."""
+    db.executescript(REQUEST_LOG_SCHEMA)
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({REQUEST_LOG_TABLE})")}
+    for name, kind in REQUEST_LOG_ADDED.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE {REQUEST_LOG_TABLE} ADD COLUMN {name} {kind}")
+    db.commit()
 
 
 @dataclass
@@ -312,6 +326,8 @@ class RequestRecord:
     ttft_ms: float | None = None
     guardrails: list[VerdictRecord] = field(default_factory=list)
     prompt_embedding: bytes | None = None
+    finish_reason: str | None = None  # the first choice's (stop, length, tool_calls, content_filter)
+    degenerate: int | None = None  # 1: an answer looped, was empty or in another script (None: not judged)
 
     @staticmethod
     def columns() -> list[str]:
@@ -350,6 +366,9 @@ def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFra
             df = pd.read_sql_query(q, db, params=(since,) if since is not None else None)
     except (sqlite3.Error, pd.errors.DatabaseError) as e:
         raise RequestLogError(f"{p} is not a request log (no readable '{REQUEST_LOG_TABLE}' table): {e}") from e
+    for name in REQUEST_LOG_ADDED:  # a read-only log written before the column existed
+        if name not in df.columns:
+            df[name] = None
     df["guardrails"] = [[VerdictRecord.from_dict(v) for v in json.loads(g or "[]")] for g in df["guardrails"]]
     df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
                               for b in df["prompt_embedding"]]

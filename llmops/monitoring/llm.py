@@ -2,7 +2,8 @@
 
 The request log is the SQLite table of :mod:`llmops.contracts` (``RequestRecord``; the gateway
 writes it, :func:`llmops.contracts.read_request_log` reads it). From it come per-request
-signals: prompt and completion tokens, latency, TTFT, status class, model, and the guardrail
+signals: prompt and completion tokens, latency, TTFT, status class, model, how answers ended
+(finish_reason) and whether they were degenerate (loops, empty, wrong script), and the guardrail
 action per rail; plus prompt-embedding drift by a domain classifier (can a model tell reference
 prompts from current ones?)::
 
@@ -22,7 +23,8 @@ from llmops.contracts import RequestLogError, read_request_log
 from llmops.monitoring.engine import ColumnResult, DriftConfig, DriftResult, detect_drift
 from llmops.monitoring.io import DriftInputError
 
-SIGNALS = ["prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "status_class", "model", "endpoint"]
+SIGNALS = ["prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "status_class", "model", "endpoint",
+           "finish_reason", "degenerate"]
 
 
 def request_signals(path: str | Path) -> pd.DataFrame:
@@ -45,6 +47,11 @@ def request_signals(path: str | Path) -> pd.DataFrame:
         "model": raw["model"].fillna("unknown").astype(str),
         "endpoint": raw["endpoint"].astype(str),
     })
+    # how answers ended and whether they looped (gateways that judge answers; older logs have neither)
+    if raw["finish_reason"].notna().any():
+        df["finish_reason"] = raw["finish_reason"].fillna("none").astype(str)
+    if raw["degenerate"].notna().any():
+        df["degenerate"] = [("yes" if int(v) else "no") if pd.notna(v) else "not judged" for v in raw["degenerate"]]
     rails: dict[str, list[str]] = {}
     for i, records in enumerate(raw["guardrails"]):
         for v in records:
@@ -108,7 +115,7 @@ def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None
 # Per-sample scores of an eval report that are tracked across versions.
 EVAL_SCORES = ("token_f1", "rouge_l", "exact_match", "citation_precision", "mrr", "context_recall", "refused",
                "redacted", "false_refusal", "abstained", "latency_ms",
-               # degenerate output (eval.metrics.degenerate): loops, empty, cut at max_tokens, wrong script
+               # degenerate output (llmops.degenerate): loops, empty, cut at max_tokens, wrong script
                "repetitive", "empty", "truncated", "charset_mismatch", "degenerate")
 
 

@@ -20,4 +20,7 @@ def finish_request(state: GatewayState, rec: RequestRecord, t0: float, prompt_te
         m.tokens.labels(model, key, "prompt").inc(rec.prompt_tokens)
     if rec.completion_tokens:
         m.tokens.labels(model, key, "completion").inc(rec.completion_tokens)
+    if rec.degenerate is not None:
+        m.answers.labels(model, rec.registry_version or "", rec.finish_reason or "",
+                         str(bool(rec.degenerate)).lower()).inc()
     state.log_request(rec, prompt_text)

@@ -27,12 +27,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmops.contracts import RequestRecord, VerdictLike, VerdictRecord, content_text, without_context_marks
+from llmops.degenerate import degenerate_flags
 from serving.gateway.accounting import finish_request
 from serving.gateway.errors import APIError
 from serving.gateway.state import GatewayState, LowerBound, ModelRoute
 from serving.gateway.validate import chat_messages, common, completion_prompts, read_json, template_fields
 
 log = logging.getLogger(__name__)
+ANSWER_CHARS = 16_384  # of a streamed answer, kept to judge it for loops (a loop shows long before this)
 
 
 class _Stream(StreamingResponse):
@@ -73,6 +75,9 @@ class CompletionHandler:
         self.wants_usage = False
         self.in_flight: str | None = None  # the key whose concurrency slot this request holds
         self._finished = False
+        self.said: dict[int, list[str]] = {}  # a guarded stream's text per choice, as the engine sent it
+        self.said_chars: dict[int, int] = {}
+        self.reasons: dict[int, str] = {}  # finish_reason per choice
 
     @property
     def path(self) -> str:
@@ -291,6 +296,7 @@ class CompletionHandler:
         reask_tokens = 0
         for choice in data.get("choices") or []:
             text = choice.get("message", {}).get("content") if self.chat else choice.get("text")
+            out = None
             if text:
                 out = await guard_call(self.hook, self.hook.check_output, text, model=self.route.public,
                                        key=self.rec.key_id)
@@ -313,6 +319,12 @@ class CompletionHandler:
                         choice["text"] = replacement
             if self.chat and not self.hook.passthrough:
                 await self.guard_tool_calls(choice)
+            index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+            if isinstance(choice.get("finish_reason"), str):
+                self.reasons[index] = choice["finish_reason"]
+            if isinstance(text, str) and (out is None or out.action != "block"):
+                self.said[index] = [text]
+        self.judge_answers()
         usage = data.get("usage") or {}
         self.rec.prompt_tokens = usage.get("prompt_tokens", self.rec.prompt_tokens)
         self.rec.completion_tokens = (usage.get("completion_tokens") or 0) + reask_tokens
@@ -389,6 +401,8 @@ class CompletionHandler:
                         flushed = True
                         for tail in await self.flush(checkers):
                             yield tail
+                    if not passthrough:
+                        self.judge_answers()
                     yield "data: [DONE]\n\n"
                     done = True
                     break
@@ -416,6 +430,7 @@ class CompletionHandler:
                     event["model"] = route.public
                 if not passthrough:
                     for c in choices:
+                        self.note_piece(c)
                         verdict, recorded = checkers.feed_choice(c), False
                         if verdict is None and c.get("finish_reason") is not None:
                             # the choice is done: what its checkers hold goes out with this chunk, before
@@ -439,6 +454,30 @@ class CompletionHandler:
         finally:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
             self.finish()
+
+    def note_piece(self, c: dict) -> None:
+        """Keep what a guarded stream's choice said (up to ANSWER_CHARS) and its finish_reason."""
+        index = c.get("index") if isinstance(c.get("index"), int) else 0
+        text = delta_text(c)
+        if text and self.said_chars.get(index, 0) < ANSWER_CHARS:
+            self.said.setdefault(index, []).append(text)
+            self.said_chars[index] = self.said_chars.get(index, 0) + len(text)
+        elif index not in self.said:
+            self.said[index] = []
+        if isinstance(c.get("finish_reason"), str):
+            self.reasons[index] = c["finish_reason"]
+
+    def judge_answers(self) -> None:
+        """The request log's finish_reason (the first choice's) and degenerate flag (1 when any answer
+        looped, was empty or was in another script than the question; tool calls are not judged)."""
+        if self.reasons:
+            self.rec.finish_reason = self.reasons.get(0) or next(iter(self.reasons.values()))
+        judged = [(i, "".join(parts)) for i, parts in self.said.items()
+                  if self.reasons.get(i) not in ("tool_calls", "content_filter")]
+        if not judged:
+            return
+        self.rec.degenerate = int(any(degenerate_flags(self.prompt_text or "", text[:ANSWER_CHARS])["degenerate"]
+                                      for _, text in judged))
 
     async def finish_choice(self, checkers: _Checkers, c: dict):
         """Finish the checkers of choice ``c`` (its text and its tool calls), appending what they held to

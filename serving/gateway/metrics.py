@@ -21,6 +21,9 @@ class Metrics:
                               ["model", "key", "direction"], registry=r)
         self.guardrail = Counter("llmops_guardrail_verdicts", "Guardrail verdicts by rail and action",
                                  ["stage", "rail", "action"], registry=r)
+        self.answers = Counter("llmops_answers", "Answers judged for degenerate output (loops, empty, wrong "
+                               "script) by model, registry version, finish reason and verdict",
+                               ["model", "version", "finish_reason", "degenerate"], registry=r)
 
 
 class EngineCollector:

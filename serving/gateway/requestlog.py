@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmops.contracts import REQUEST_LOG_SCHEMA, REQUEST_LOG_TABLE, RequestRecord
+from llmops.contracts import REQUEST_LOG_TABLE, RequestRecord, open_request_log_schema
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class RequestLog:
         self.dropped = 0  # records not written because the queue was full
         with sqlite3.connect(self.path) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(REQUEST_LOG_SCHEMA)
+            open_request_log_schema(db)
             self._prune(db)
         self._q: queue.Queue[RequestRecord | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="requestlog", daemon=True)

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from eval.gate import GateConfig, check_gate, row_scores
-from eval.metrics.degenerate import charset_mismatch, degenerate_flags, is_repetitive, repeated_ngram_share
 from eval.stats import bootstrap_mean_ci, compare_paired, mcnemar_worse_p
+from llmops.degenerate import charset_mismatch, degenerate_flags, is_repetitive, repeated_ngram_share
 
 
 def scores(n: int, seed: int = 1, shift: float = 0.0) -> dict[str, float]:

@@ -35,12 +35,14 @@ def write_log(path, embedder, shifted: bool, n: int = 80):
         text = f"{topic[rng.integers(len(topic))]} (case {rng.integers(1000)})"
         emb = embedder.encode([text], normalize_embeddings=True)[0].astype(np.float32)
         blocked = later and shifted and rng.random() < 0.4
+        looped = later and shifted and rng.random() < 0.3  # a new version that loops to max_tokens
         log.write(RequestRecord(
             id=str(i), ts=1000.0 + i, endpoint="chat", key_id="k", model="smollm2", status=200,
             prompt_tokens=int(rng.normal(120 if (later and shifted) else 40, 8)),
             completion_tokens=int(rng.normal(60, 10)), latency_ms=float(rng.normal(500, 50)),
             guardrails=[VerdictRecord("input", "block", "injection", ("rule:override",))] if blocked else [],
-            prompt_embedding=emb.tobytes()))
+            prompt_embedding=emb.tobytes(), finish_reason="length" if looped else "stop",
+            degenerate=None if blocked else int(looped)))
     log.close()
 
 
@@ -49,10 +51,10 @@ def test_request_log_drift_detects_topic_length_and_guardrail_shift(tmp_path, em
     result = request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0, cfg=DriftConfig(drift_share=0.3))
     by = {c.column: c for c in result.columns}
     assert {c.column for c in result.columns if c.drifted} == {
-        "prompt_tokens", "guardrail_input_injection", "prompt_embedding"}
+        "prompt_tokens", "guardrail_input_injection", "prompt_embedding", "finish_reason", "degenerate"}
     assert by["prompt_embedding"].statistic > 0.9
-    # 3 of the 9 signals moved: past a 30% share that is dataset drift, short of the default half it is not
-    assert result.n_columns == 9 and result.dataset_drift is True
+    # 5 of the 11 signals moved: past a 30% share that is dataset drift, short of the default half it is not
+    assert result.n_columns == 11 and result.dataset_drift is True
     assert request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0).dataset_drift is False
 
 

@@ -86,6 +86,26 @@ def test_request_log_round_trip(tmp_path):
     assert read_request_log(tmp_path / "r.sqlite", since=time.time() + 60).empty
 
 
+def test_a_request_log_from_before_the_answer_columns_is_brought_up_to_date(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first release wrote it
+        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, endpoint TEXT NOT NULL, "
+                   "key_id TEXT, model TEXT, registry_version TEXT, status INTEGER NOT NULL, error_code TEXT, "
+                   "stream INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, "
+                   "latency_ms REAL, ttft_ms REAL, guardrails TEXT, prompt_embedding BLOB)")
+        db.execute("INSERT INTO requests (id, ts, endpoint, status, guardrails) VALUES ('old', 1.0, 'chat', 200, '[]')")
+    before = read_request_log(path)  # a reader of the old file sees the new columns as empty
+    assert before.finish_reason.isna().all() and before.degenerate.isna().all()
+    log = RequestLog(path)
+    log.write(RequestRecord(id="new", ts=2.0, endpoint="chat", finish_reason="length", degenerate=1))
+    log.close()
+    df = read_request_log(path)
+    assert list(df.id) == ["old", "new"] and df.finish_reason[1] == "length" and df.degenerate[1] == 1
+    assert df.degenerate.isna()[0]
+
+
 def test_verdict_records_read_what_older_and_newer_writers_wrote():
     assert VerdictRecord.from_dict({"stage": "output", "action": "block", "rail": "toxicity", "reason": "x",
                                     "a_field_from_a_newer_writer": 1}) == VerdictRecord("output", "block", "toxicity",

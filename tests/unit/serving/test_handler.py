@@ -61,17 +61,24 @@ def _engine_app() -> FastAPI:
                 yield "data: [DONE]\n\n"
             return StreamingResponse(slow(), media_type="text/event-stream")
         chat = request.url.path.endswith("chat/completions")
+        # "LEN:" before an answer: it stops at max_tokens (finish_reason "length" on its last piece)
+        reason = "length" if text.startswith("LEN:") else "stop"
+        text = text.removeprefix("LEN:")
         if body.get("stream"):
             async def events():
-                for piece in text.split(" "):
+                pieces = text.split(" ")
+                for i, piece in enumerate(pieces):
                     delta = {"delta": {"content": piece + " "}} if chat else {"text": piece + " "}
                     event = {"id": "x", "model": body["model"], "choices": [{"index": 0, **delta}]}
+                    if reason == "length" and i == len(pieces) - 1:
+                        event["choices"][0]["finish_reason"] = reason
                     yield f"data: {json.dumps(event)}\n\n"
                 usage = {"prompt_tokens": 11, "completion_tokens": len(text.split())}
                 yield f"data: {json.dumps({'id': 'x', 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+        choice["finish_reason"] = reason
         return JSONResponse({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice],
                              "usage": {"prompt_tokens": 11, "completion_tokens": 3}})
 
@@ -204,6 +211,30 @@ def test_answer_is_forwarded_renamed_and_accounted(gateway):
     rec = gateway.log().iloc[0]
     assert (rec.endpoint, rec.status, rec.model, rec.prompt_tokens, rec.completion_tokens) == ("chat", 200, "m", 11, 3)
     assert rec.guardrails == []
+
+
+LOOP = "The header is https:503:50:50:" + ":".join(["100"] * 40)
+
+
+def test_answers_are_judged_for_loops_in_the_log_and_the_metrics(gateway):
+    ANSWERS.extend(["The gateway reads the key from the Authorization header.", "LEN:" + LOOP, "LEN:" + LOOP,
+                    "badword " * 3])
+    assert gateway.call("/v1/chat/completions", chat("Which header carries the key?"))[0] == 200
+    status, data = gateway.call("/v1/chat/completions", chat("Which header carries the key?"))
+    assert status == 200 and data["choices"][0]["finish_reason"] == "length"
+    status, text = gateway.call("/v1/chat/completions", chat("Which header carries the key?", stream=True),
+                                stream=True)
+    assert status == 200 and "[DONE]" in text
+    gateway.call("/v1/chat/completions", chat("Say something"))  # blocked by the output rail: not judged
+    metrics = gateway.state.metrics
+    df = gateway.log()
+    assert list(df.degenerate[:3]) == [0, 1, 1] and list(df.finish_reason[:3]) == ["stop", "length", "length"]
+    assert df.degenerate.isna()[3] and df.finish_reason[3] == "stop"
+    sample = metrics.registry.get_sample_value
+    assert sample("llmops_answers_total", {"model": "m", "version": "", "finish_reason": "length",
+                                           "degenerate": "true"}) == 2
+    assert sample("llmops_answers_total", {"model": "m", "version": "", "finish_reason": "stop",
+                                           "degenerate": "false"}) == 1
 
 
 def test_blocked_input_never_reaches_the_engine(gateway):

@@ -1,4 +1,5 @@
-"""Degenerate answers: repetition loops, empty answers, answers cut at max_tokens, the wrong script.
+"""Degenerate answers: repetition loops, empty answers, answers cut at max_tokens, the wrong script (core:
+the eval scores its rows with it and the gateway flags live answers in its request log).
 
 Small models fail in ways that overlap metrics like token F1 barely notice: a loop such as
 ``https:503:50:50:100:100:100...`` until ``max_tokens``, an empty message, or an answer in another
@@ -15,6 +16,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
+from functools import lru_cache
 
 _WORDS = re.compile(r"\w+")
 NGRAM = 4
@@ -23,6 +25,7 @@ REPEAT_SHARE = 0.5  # share of repeated word 4-grams at which an answer is a loo
 MIN_CHARS_COMPRESS = 120
 COMPRESS_RATIO = 0.12  # zlib output / input bytes; ordinary prose of this length: 0.45-0.7
 MIN_LETTERS_SCRIPT = 12
+SCRIPT_CHARS = 2000  # the script is read off the first characters (a loop or a long answer adds nothing)
 SCRIPT_SHARE = 0.2  # an answer with less than this share of its letters in the question's script is off-script
 
 
@@ -46,7 +49,10 @@ def is_repetitive(text: str) -> bool:
     return len(words) >= MIN_CHARS_COMPRESS and len(zlib.compress(words, 9)) / len(words) <= COMPRESS_RATIO
 
 
+@lru_cache(maxsize=4096)
 def _script(ch: str) -> str:
+    if ch.isascii():
+        return "LATIN"
     name = unicodedata.name(ch, "")
     script = name.split(" ", 1)[0] if name else "OTHER"
     return "CJK" if script in ("HIRAGANA", "KATAKANA", "HANGUL", "CJK") else script
@@ -55,7 +61,7 @@ def _script(ch: str) -> str:
 def script_of(text: str) -> str | None:
     """The dominant writing system of the letters in ``text`` (LATIN, CYRILLIC, CJK, ...), or None
     when there are too few letters to say."""
-    counts: Counter[str] = Counter(_script(ch) for ch in text if ch.isalpha())
+    counts: Counter[str] = Counter(_script(ch) for ch in text[:SCRIPT_CHARS] if ch.isalpha())
     total = sum(counts.values())
     if total < MIN_LETTERS_SCRIPT:
         return None
@@ -67,8 +73,8 @@ def charset_mismatch(question: str, answer: str) -> bool:
     """The answer is written in another script than the question: almost none (< 20 %) of its letters
     are in the question's script. A name or a quote in another script, or a question that mixes
     scripts, is not a mismatch."""
-    q = script_of(question)
-    letters = [_script(ch) for ch in answer if ch.isalpha()]
+    q = script_of(question[:SCRIPT_CHARS])
+    letters = [_script(ch) for ch in answer[:SCRIPT_CHARS] if ch.isalpha()]
     if q in (None, "MIXED") or len(letters) < MIN_LETTERS_SCRIPT:
         return False
     return sum(s == q for s in letters) / len(letters) < SCRIPT_SHARE
