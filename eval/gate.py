@@ -168,13 +168,14 @@ def check_gate(cfg: GateConfig, metrics: dict[str, float], baseline: dict[str, A
             continue
         cmp = compare_paired(name, cur_rows, old_rows, margin=margin, confidence=cfg.confidence,
                              min_samples=cfg.min_samples, lower_is_better=lower_is_better(name),
-                             relative_margin="latency" in name, resamples=cfg.resamples)
+                             resamples=cfg.resamples)
         checks.append({"kind": "paired", "ok": cmp.outcome == "pass", **cmp.to_dict(),
                        "mean_value": value, "mean_baseline": before})
         if cmp.outcome == "fail":
             failures.append(f"{name}: {cmp.reason}; difference {cmp.diff:+.4f} over {cmp.n} paired rows "
                             f"versus {ref}")
-        elif cmp.outcome == "inconclusive" and name not in explicit and metric in ALWAYS_COMPARED:
+        elif (cmp.outcome == "inconclusive" and name not in explicit and metric in ALWAYS_COMPARED
+              and cmp.n < cfg.min_samples):
             notes.append(f"{name}: {cmp.reason} (guards against a significant loss only)")
         elif cmp.outcome == "inconclusive":
             inconclusive.append(f"{name}: inconclusive, {cmp.reason}")

@@ -234,6 +234,16 @@ def _judge(cfg: EvalConfig, ep: Endpoint, suite: SuiteConfig, samples: list[Samp
         failures[f"judge_{name}_total"] = len(applicable)
 
 
+def rescore_degenerate(rows: list[dict]) -> None:
+    """Score a baseline's rows again with today's degenerate checks, from the question and answer its
+    report stored, so that a change of the checks is not read as a change of the model (``truncated``
+    is kept: it came from the engine's finish_reason)."""
+    for r in rows:
+        if "degenerate" in r and isinstance(r.get("output"), str):
+            flags = degenerate_flags(r.get("question") or "", r["output"])
+            r.update({k: flags[k] for k in ("repetitive", "empty", "charset_mismatch", "degenerate")})
+
+
 def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: RegistryAPI) -> dict[str, Any]:
     """The last evaluation (same name) of the baseline version: metrics and dataset fingerprints."""
     from llmops.registry import parse_ref
@@ -261,6 +271,8 @@ def baseline_for(cfg: EvalConfig, model_ref: str | None, registry: RegistryAPI) 
         try:
             suites = json.loads(report).get("suites", {})
             out["samples"] = {n: s["samples"] for n, s in suites.items() if isinstance(s.get("samples"), list)}
+            for rows in out["samples"].values():
+                rescore_degenerate(rows)
         except (ValueError, AttributeError, TypeError) as e:
             log.warning("the baseline's report %s is unreadable (%s); no paired comparison", REPORT_NAME, e)
     return out

@@ -303,7 +303,11 @@ def open_request_log_schema(db: sqlite3.Connection) -> None:
     have = {row[1] for row in db.execute(f"PRAGMA table_info({REQUEST_LOG_TABLE})")}
     for name, kind in REQUEST_LOG_ADDED.items():
         if name not in have:
-            db.execute(f"ALTER TABLE {REQUEST_LOG_TABLE} ADD COLUMN {name} {kind}")
+            try:
+                db.execute(f"ALTER TABLE {REQUEST_LOG_TABLE} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another gateway opening the same log added it first
+                if "duplicate column" not in str(e):
+                    raise
     db.commit()
 
 

@@ -41,12 +41,21 @@ def repeated_ngram_share(text: str, n: int = NGRAM) -> float:
 
 def is_repetitive(text: str) -> bool:
     """A loop: most word 4-grams repeat, or the words compress like a repeated pattern (loops without
-    spaces, e.g. ``ababab...``). Punctuation runs are dropped first, so a long rule or a Markdown table
-    border is not a loop."""
+    spaces, e.g. ``ababab...``). Punctuation is dropped first, so a rule or a Markdown table border in
+    an answer with words is not a loop; an answer that is almost only punctuation or symbols is
+    judged on its raw text."""
     if repeated_ngram_share(text) >= REPEAT_SHARE:
         return True
     words = " ".join(_WORDS.findall(text)).encode("utf-8", "replace")
-    return len(words) >= MIN_CHARS_COMPRESS and len(zlib.compress(words, 9)) / len(words) <= COMPRESS_RATIO
+    if len(words) >= MIN_CHARS_COMPRESS and _compresses_like_a_loop(words):
+        return True
+    # hardly any words in a long answer ("!!!!...", a run of emoji, "- - - ..."): the raw text decides
+    raw = text.encode("utf-8", "replace")
+    return len(raw) >= MIN_CHARS_COMPRESS and len(words) < 0.2 * len(raw) and _compresses_like_a_loop(raw)
+
+
+def _compresses_like_a_loop(data: bytes) -> bool:
+    return len(zlib.compress(data, 9)) / len(data) <= COMPRESS_RATIO
 
 
 @lru_cache(maxsize=4096)

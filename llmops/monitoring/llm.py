@@ -47,11 +47,15 @@ def request_signals(path: str | Path) -> pd.DataFrame:
         "model": raw["model"].fillna("unknown").astype(str),
         "endpoint": raw["endpoint"].astype(str),
     })
-    # how answers ended and whether they looped (gateways that judge answers; older logs have neither)
-    if raw["finish_reason"].notna().any():
-        df["finish_reason"] = raw["finish_reason"].fillna("none").astype(str)
-    if raw["degenerate"].notna().any():
-        df["degenerate"] = [("yes" if int(v) else "no") if pd.notna(v) else "not judged" for v in raw["degenerate"]]
+    # how answers ended and whether they looped. Rows written before the gateway judged answers have
+    # neither: they are missing values (a fall in the missing share is no drift), not a category
+    judged = raw["finish_reason"].notna() | raw["degenerate"].notna()
+    if judged.any():
+        since = raw.loc[judged, "ts"].astype(float).min()
+        before = df["ts"] < since
+        df["finish_reason"] = raw["finish_reason"].fillna("none").astype(str).where(~before)
+        df["degenerate"] = pd.Series([("yes" if int(v) else "no") if pd.notna(v) else "not judged"
+                                      for v in raw["degenerate"]], index=df.index).where(~before)
     rails: dict[str, list[str]] = {}
     for i, records in enumerate(raw["guardrails"]):
         for v in records:

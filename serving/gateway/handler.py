@@ -78,6 +78,8 @@ class CompletionHandler:
         self.said: dict[int, list[str]] = {}  # a guarded stream's text per choice, as the engine sent it
         self.said_chars: dict[int, int] = {}
         self.reasons: dict[int, str] = {}  # finish_reason per choice
+        self.tool_choices: set[int] = set()  # choices that called tools (their text is not judged)
+        self.answer_blocked = False  # an output rail blocked the answer: it is not judged
 
     @property
     def path(self) -> str:
@@ -322,6 +324,8 @@ class CompletionHandler:
             index = choice.get("index") if isinstance(choice.get("index"), int) else 0
             if isinstance(choice.get("finish_reason"), str):
                 self.reasons[index] = choice["finish_reason"]
+            if self.chat and (choice.get("message") or {}).get("tool_calls"):
+                self.tool_choices.add(index)  # a forced tool call comes with content "" and finish "stop"
             if isinstance(text, str) and (out is None or out.action != "block"):
                 self.said[index] = [text]
         self.judge_answers()
@@ -462,19 +466,21 @@ class CompletionHandler:
         if text and self.said_chars.get(index, 0) < ANSWER_CHARS:
             self.said.setdefault(index, []).append(text)
             self.said_chars[index] = self.said_chars.get(index, 0) + len(text)
-        elif index not in self.said:
-            self.said[index] = []
+        delta = c.get("delta")
+        if isinstance(delta, dict) and delta.get("tool_calls"):
+            self.tool_choices.add(index)
         if isinstance(c.get("finish_reason"), str):
             self.reasons[index] = c["finish_reason"]
+            self.said.setdefault(index, [])  # a choice that ends without text is an empty answer
 
     def judge_answers(self) -> None:
         """The request log's finish_reason (the first choice's) and degenerate flag (1 when any answer
         looped, was empty or was in another script than the question; tool calls are not judged)."""
         if self.reasons:
             self.rec.finish_reason = self.reasons.get(0) or next(iter(self.reasons.values()))
-        judged = [(i, "".join(parts)) for i, parts in self.said.items()
-                  if self.reasons.get(i) not in ("tool_calls", "content_filter")]
-        if not judged:
+        judged = [(i, "".join(parts)) for i, parts in self.said.items() if i not in self.tool_choices
+                  and self.reasons.get(i) not in ("tool_calls", "content_filter")]
+        if not judged or self.answer_blocked:
             return
         self.rec.degenerate = int(any(degenerate_flags(self.prompt_text or "", text[:ANSWER_CHARS])["degenerate"]
                                       for _, text in judged))
@@ -517,6 +523,7 @@ class CompletionHandler:
             if final is not None and final.action != "allow":
                 self.record("output", final, after_stream=True)
                 if not final.allowed:  # the held tail is not sent; the client learns why the answer stops
+                    self.answer_blocked = True
                     return [*events, blocked_event(final.rail)]
             if not tail:
                 continue

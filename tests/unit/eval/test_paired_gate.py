@@ -56,12 +56,12 @@ def test_a_clear_loss_on_a_small_set_fails_by_an_exact_test():
 def test_a_zero_margin_passes_an_identical_challenger_and_needed_rows_exceed_the_rows_at_hand():
     base = scores(40)
     assert compare_paired("task.token_f1", dict(base), base, margin=0.0).outcome == "pass"
-    rng = random.Random(11)
-    noisy = {k: v + rng.choice((-0.3, 0.3)) for k, v in base.items()}
-    cmp = compare_paired("task.token_f1", noisy, base, margin=0.5 * abs(
-        sum(noisy.values()) - sum(base.values())) / 40 + 0.001)
-    if cmp.outcome == "inconclusive" and cmp.needed_n is not None:
-        assert cmp.needed_n > 40
+    # row differences of +-0.3 that cancel out: the mean is 0, the interval about +-0.09, wider than the
+    # margin of 0.05 on the loss side; about (0.09 / 0.05)^2 x 40 rows would fit it inside
+    noisy = {k: v + (0.3 if i % 2 else -0.3) for i, (k, v) in enumerate(base.items())}
+    cmp = compare_paired("task.token_f1", noisy, base, margin=0.05)
+    assert cmp.outcome == "inconclusive" and cmp.low < -0.05 < 0 < cmp.high
+    assert cmp.needed_n is not None and 40 < cmp.needed_n < 400 and f"about {cmp.needed_n}" in cmp.reason
     # the margin in the message is on the metric's own scale: + for a lower-is-better rate
     lat = compare_paired("task.false_refusal_rate", {str(i): float(i % 3 == 0) for i in range(30)},
                          {str(i): float(i % 4 == 0) for i in range(30)}, margin=0.02, lower_is_better=True)
@@ -157,6 +157,28 @@ def test_the_error_rate_is_always_compared_and_only_a_real_loss_blocks():
     tiny = check_gate(GateConfig(compare=[], degenerate=False), {"task.error_rate": 0.0}, small,
                       {"task": good[:5]})
     assert tiny.outcome == "passed" and any("task.error_rate" in n for n in tiny.notes)
+    # on a suite large enough to decide, an error rate that may have risen beyond the margin holds the gate
+    big = rows(200, 0.5)
+    more_errors = [dict(r, error="timeout" if i < 8 else None) for i, r in enumerate(big)]
+    few_errors = [dict(r, error="timeout" if 100 <= i < 104 else None) for i, r in enumerate(big)]
+    unsure = check_gate(GateConfig(compare=[], degenerate=False), {"task.error_rate": 0.04},
+                        {"ref": "m/1", "metrics": {"task.error_rate": 0.02}, "samples": {"task": few_errors}},
+                        {"task": more_errors})
+    assert unsure.outcome == "inconclusive" and unsure.inconclusive[0].startswith("task.error_rate")
+
+
+def test_a_baselines_rows_are_rescored_with_todays_degenerate_checks():
+    from eval.run import rescore_degenerate
+
+    # scored by an older check that counted a name in another script as a mismatch, and a table as a loop
+    old = [{"id": "1", "question": "Who wrote it?", "output": "It was written by Лев Толстой in Moscow, in 1869.",
+            "degenerate": 1.0, "charset_mismatch": 1.0, "repetitive": 0.0, "empty": 0.0, "truncated": 1.0},
+           {"id": "2", "question": "q?", "output": "", "degenerate": 0.0, "empty": 0.0, "truncated": 0.0},
+           {"id": "3", "question": "q?", "output": "no flags here", "token_f1": 0.5}]
+    rescore_degenerate(old)
+    assert (old[0]["degenerate"], old[0]["charset_mismatch"], old[0]["truncated"]) == (0.0, 0.0, 1.0)
+    assert old[1]["degenerate"] == 1.0 and old[1]["empty"] == 1.0
+    assert "degenerate" not in old[2]
 
 
 def test_row_scores_read_every_kind_of_metric():
@@ -179,6 +201,9 @@ def test_row_scores_read_every_kind_of_metric():
     "ababababababababababababababababababababababababababababababababababababababababababababababababababab"
     "abababababababababababababab",
     "The answer is the answer is the answer is the answer is the answer is the answer is the answer is",
+    "!" * 400,
+    "\U0001F600" * 300,
+    "- - - " * 100,
 ])
 def test_loops_are_repetitive(text):
     assert is_repetitive(text)
@@ -192,7 +217,8 @@ def test_loops_are_repetitive(text):
     "1. Install the packages with make setup.\n2. Prepare the models with make assets.\n3. Run make demo.\n"
     "4. Open the report in reports/eval.",
     "Yes.",
-    "| key | value |\n|=====|=====|\n" + "=" * 150,
+    "| key | meaning |\n|=====|=========|\n| rpm | requests per minute of one key |\n"
+    "| tpm | tokens per minute of one key |\n| max_tokens | the longest answer asked for |\n\n" + "=" * 40,
     "The matrix is [[1, 0, 0], [0, 1, 0], [0, 0, 1]] and its inverse is itself.",
     "The address fe80::1ff:fe23:4567:890a is link-local; ::1 is the loopback address of the host.",
 ])

@@ -131,3 +131,19 @@ def test_degenerate_answers_drift_between_eval_reports(tmp_path):
     result = eval_scores_drift(report(tmp_path / "a.json", 2), report(tmp_path / "b.json", 80))
     drifted = {col.column for col in result.columns if col.drifted}
     assert {"rag.degenerate", "rag.truncated"} <= drifted and "rag.token_f1" not in drifted
+
+
+def test_rows_from_before_answers_were_judged_are_missing_not_a_category(tmp_path):
+    # the first half was written by a gateway that did not judge answers: after the upgrade the signals
+    # appear, and that alone is no drift
+    log = RequestLog(tmp_path / "log.sqlite")
+    for i in range(200):
+        judged = i >= 60
+        log.write(RequestRecord(id=str(i), ts=1000.0 + i, endpoint="chat", model="m", status=200,
+                                prompt_tokens=40 + i % 7, completion_tokens=60 + i % 5, latency_ms=500.0 + i % 11,
+                                finish_reason="stop" if judged else None, degenerate=0 if judged else None))
+    log.close()
+    df = request_signals(tmp_path / "log.sqlite")
+    assert df.degenerate[:60].isna().all() and set(df.degenerate[60:]) == {"no"}
+    by = {c.column: c for c in request_log_drift(tmp_path / "log.sqlite", split_ts=1100.0).columns}
+    assert not by["degenerate"].drifted and not by["finish_reason"].drifted

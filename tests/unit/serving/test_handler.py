@@ -79,6 +79,9 @@ def _engine_app() -> FastAPI:
             return StreamingResponse(events(), media_type="text/event-stream")
         choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
         choice["finish_reason"] = reason
+        if text == "__TOOL__":  # a forced tool call as vLLM answers it: empty content, finish_reason "stop"
+            choice["message"] = {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
         return JSONResponse({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice],
                              "usage": {"prompt_tokens": 11, "completion_tokens": 3}})
 
@@ -226,10 +229,14 @@ def test_answers_are_judged_for_loops_in_the_log_and_the_metrics(gateway):
                                 stream=True)
     assert status == 200 and "[DONE]" in text
     gateway.call("/v1/chat/completions", chat("Say something"))  # blocked by the output rail: not judged
+    ANSWERS.extend(["__TOOL__", ""])
+    assert gateway.call("/v1/chat/completions", chat("Call f"))[0] == 200  # a tool call: not judged
+    assert gateway.call("/v1/chat/completions", chat("Say something"))[0] == 200  # an empty answer
     metrics = gateway.state.metrics
     df = gateway.log()
     assert list(df.degenerate[:3]) == [0, 1, 1] and list(df.finish_reason[:3]) == ["stop", "length", "length"]
     assert df.degenerate.isna()[3] and df.finish_reason[3] == "stop"
+    assert df.degenerate.isna()[4] and df.degenerate[5] == 1
     sample = metrics.registry.get_sample_value
     assert sample("llmops_answers_total", {"model": "m", "version": "", "finish_reason": "length",
                                            "degenerate": "true"}) == 2
