@@ -69,6 +69,8 @@ class EndpointSettings(StrictModel):
     retries: int = Field(1, ge=0, description="Retries of a failed request (connection errors, 5xx, 429).")
     max_tokens: int = Field(128, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI's frequency penalty, for qa and rag "
+                                     "suites alike (the shipped configs: 0.5, as the RAG pipeline's).")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="More request fields sent as they are, "
                                        "to qa and rag suites alike (e.g. vLLM's repetition_penalty).")
 
@@ -224,6 +226,7 @@ async def ask_all(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, desc: 
         try:
             res = await client.chat.completions.create(model=ep.model, messages=messages_for(row, ep.mark_context),
                                                        max_tokens=s.max_tokens, temperature=s.temperature,
+                                                       frequency_penalty=s.frequency_penalty or openai.NOT_GIVEN,
                                                        extra_body=s.extra_body or None)
         except openai.APIStatusError as e:
             code = (e.body or {}).get("code") if isinstance(e.body, dict) else None
@@ -249,6 +252,7 @@ async def ask_rag(ep: Endpoint, rows: list[EvalRow], s: EndpointSettings, rag_co
     os.environ["LLMOPS_EVAL_KEY"] = ep.api_key
     overrides = [f"generation.base_url={ep.base_url}", f"generation.model={ep.model}",
                  f"generation.max_tokens={s.max_tokens}", f"generation.timeout_s={s.timeout_s}",
+                 f"generation.frequency_penalty={s.frequency_penalty}",
                  "generation.api_key_env=LLMOPS_EVAL_KEY", f"generation.mark_context={str(ep.mark_context).lower()}",
                  # the gateway guards the requests (passages marked as data); no second check here
                  "guardrails.enabled=false"]

@@ -55,6 +55,9 @@ class GenerationConfig(StrictModel):
     api_key_env: str = Field("LLMOPS_API_KEY", description="Environment variable with the endpoint's key.")
     max_tokens: int = Field(256, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI's frequency penalty; the shipped "
+                                     "config sets 0.5, which cut the default model's repetition loops on RAG "
+                                     "answers from 25% to 5% with no loss of token F1 (docs/eval.md).")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_context_chars: int = Field(6000, ge=200, description="Context passages are cut to fit this budget.")
     mark_context: bool = Field(
@@ -328,6 +331,8 @@ class RAGPipeline:
         hits = [Hit(c.chunk_id, c.score, c.text, {"source": c.source}) for c in contexts]
         request = {"model": g.model, "messages": build_messages(question, hits, g.max_context_chars, g.mark_context),
                    "max_tokens": g.max_tokens, "temperature": g.temperature}
+        if g.frequency_penalty:
+            request["frequency_penalty"] = g.frequency_penalty
         if g.extra_body:
             request["extra_body"] = dict(g.extra_body)
         return request
