@@ -104,8 +104,9 @@ def new_keys() -> None:
     path = load_config("configs/serving/default.yaml", ServingConfig).auth.keys_file
     for key_id in ("demo", "rag"):
         revoke_key(path, key_id)
-    KEY = create_key(path, "demo")
-    os.environ["LLMOPS_RAG_API_KEY"] = create_key(path, "rag")  # read by `llmops rag ask`
+    # generated: made up for this machine, so `llmops serve` refuses to bind beyond loopback with them
+    KEY = create_key(path, "demo", generated=True)
+    os.environ["LLMOPS_RAG_API_KEY"] = create_key(path, "rag", generated=True)  # read by `llmops rag ask`
     print(f"   API keys for this run: demo = {KEY} (and one for RAG), kept as sha256 in {path}")
 
 

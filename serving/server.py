@@ -65,7 +65,8 @@ def check_exposure(cfg: ServingConfig, insecure: bool) -> None:
     keys = KeyStore(cfg.auth).keys if cfg.auth.enabled else []
     if keys and not all(k.generated for k in keys):
         return
-    why = "auth is off" if not cfg.auth.enabled else "its only keys are the generated local default"
+    why = "auth is off" if not cfg.auth.enabled else ("it has no keys" if not keys else
+                                                      "its only keys are generated local ones (default, demo)")
     if not insecure:
         raise EngineError(f"The gateway would listen on {cfg.host}, reachable from other machines, and {why}. Create "
                           "keys for the people who use it (`llmops serve keys create --id NAME`), or pass --insecure "

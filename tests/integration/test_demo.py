@@ -59,6 +59,17 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         assert "smollm2-qa/1" in out.stdout and "adapter" in out.stdout and "rag_index" in out.stdout
         assert "blocked by injection" in out.stdout or "block by injection" in out.stdout
         assert "[EMAIL]" in out.stdout  # the PII question was redacted before the model saw it
+        # the demo's keys were made up on this machine: with them alone the gateway stays on loopback
+        from llmops.config import load_config
+        from serving.config import ServingConfig
+        from serving.engine import EngineError
+        from serving.server import check_exposure
+
+        cfg = load_config(repo_root / "configs/serving/default.yaml", ServingConfig,
+                          ["host=0.0.0.0", f"auth.keys_file={tmp_path / 'data/serving/keys.json'}",
+                           "auth.keys_env=LLMOPS_TEST_NO_KEYS"])
+        with pytest.raises(EngineError, match="generated local ones"):
+            check_exposure(cfg, insecure=False)
         # the gateway keeps running after the demo
         import httpx
 

@@ -56,10 +56,16 @@ async def embeddings(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     t0 = time.perf_counter()
     rec = RequestRecord(id=uuid.uuid4().hex, ts=time.time(), endpoint="embeddings")
+    limits = state.cfg.limits
+    in_flight = None
     try:
         key = state.keys.authenticate(request.headers.get("authorization"))
         rec.key_id = key.id if key else None
-        body = await read_json(request, state.cfg.limits.max_body_bytes)
+        if key is not None:  # a key over its rate or its concurrency is refused before its body is read
+            state.limiter.check_rate(key.id, key.rpm or limits.default_rpm)
+            state.limiter.acquire(key.id, limits.max_concurrent_per_key)
+            in_flight = key.id
+        body = await read_json(request, limits.max_body_bytes)
         route = state.route(body.get("model"), ("embedding",))
         rec.model = route.public
         model = state.embedder
@@ -71,14 +77,18 @@ async def embeddings(request: Request) -> Response:
         if body.get("dimensions") not in (None, dim):
             raise bad_request(f"This model has {dim} dimensions; 'dimensions' cannot change that.",
                               "dimensions")
-        tokens = sum(len(model.tokenizer.encode(t)) for t in texts)
+        long_input = sum(map(len, texts)) > limits.inline_tokenize_chars
+
+        def count() -> int:
+            return sum(len(model.tokenizer.encode(t)) for t in texts)
+
+        tokens = await run_in_threadpool(count) if long_input else count()  # long input: off the event loop
         rec.prompt_tokens = tokens
         if key is not None:
-            state.limiter.admit(key.id, tokens, key.rpm or state.cfg.limits.default_rpm,
-                                key.tpm or state.cfg.limits.default_tpm)
+            state.limiter.admit(key.id, tokens, key.rpm or limits.default_rpm, key.tpm or limits.default_tpm)
         check = getattr(state.hook, "check_embeddings", None)
         if check is not None and not state.hook.passthrough:
-            if sum(map(len, texts)) > state.cfg.limits.inline_tokenize_chars:  # long input: off the event loop
+            if long_input:
                 verdict = await run_in_threadpool(check, texts, model=route.public, key=rec.key_id)
             else:
                 verdict = check(texts, model=route.public, key=rec.key_id)
@@ -109,4 +119,6 @@ async def embeddings(request: Request) -> Response:
         return APIError(500, f"Internal error in the gateway ({type(e).__name__}); it is logged.",
                         "server_error", "internal_error").response()
     finally:
+        if in_flight is not None:
+            state.limiter.release(in_flight)
         finish_request(state, rec, t0)

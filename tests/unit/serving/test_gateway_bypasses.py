@@ -291,6 +291,23 @@ def test_embeddings_input_goes_through_the_pii_rail(gw):
     assert gw.call("/v1/embeddings", {"model": "minilm", "input": INJECTION})[0] == 200
 
 
+def test_embeddings_keep_the_keys_concurrency_and_rate_limits(gw):
+    limiter, limits = gw.state.limiter, gw.state.cfg.limits
+    body = {"model": "minilm", "input": "hello"}
+    for _ in range(limits.max_concurrent_per_key):  # the key's slots are all taken by other requests
+        limiter.acquire("k", limits.max_concurrent_per_key)
+    status, data = gw.call("/v1/embeddings", body)
+    assert status == 429 and data["error"]["code"] == "concurrency_limit_exceeded"
+    for _ in range(limits.max_concurrent_per_key):
+        limiter.release("k")
+    assert gw.call("/v1/embeddings", body)[0] == 200 and gw.call("/v1/embeddings", body)[0] == 200
+    assert "k" not in limiter._inflight  # every slot given back
+    for _ in range(limits.default_rpm):  # the key's requests of this minute are used up
+        limiter.count_refused("k")
+    status, data = gw.call("/v1/embeddings", body)
+    assert status == 429 and "per minute" in data["error"]["message"]
+
+
 def test_answer_token_ids_are_refused_while_output_rails_apply(gw):
     status, data = gw.call("/v1/chat/completions", chat({"role": "user", "content": "hi"}, return_token_ids=True))
     assert status == 400 and data["error"]["code"] == "token_ids_with_output_rails"

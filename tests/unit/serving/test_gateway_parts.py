@@ -257,7 +257,7 @@ def test_first_serve_creates_a_key_and_other_machines_need_chosen_keys(tmp_path,
     assert KeyStore(cfg.auth).authenticate(f"Bearer {created}").generated
     check_exposure(cfg, insecure=False)  # loopback: fine
     public = cfg.model_copy(update={"host": "0.0.0.0"})
-    with pytest.raises(EngineError, match="generated local default"):
+    with pytest.raises(EngineError, match="generated local ones"):
         check_exposure(public, insecure=False)
     check_exposure(public, insecure=True)  # allowed, logged loudly
     no_auth = public.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
