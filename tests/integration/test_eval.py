@@ -213,7 +213,7 @@ def test_the_paired_gate_passes_a_twin_fails_a_looping_challenger_and_cannot_dec
         twin = evaluate(good, "stub/2")
     assert twin.gate.outcome == "passed", twin.gate.failures + twin.gate.inconclusive
     paired = {c["metric"]: c for c in twin.gate.checks if c["kind"] == "paired"}
-    assert set(paired) == {"qa.token_f1", "qa.degenerate_rate", "qa.truncated_rate"}
+    assert set(paired) == {"qa.token_f1", "qa.degenerate_rate", "qa.truncated_rate", "qa.error_rate"}
     assert paired["qa.token_f1"]["n"] == 30 and paired["qa.token_f1"]["diff"] == 0
     # 12 of 30 answers loop until max_tokens: the degenerate-output rates catch it by name
     with _StubEngine(loop_rows=12) as looping:
