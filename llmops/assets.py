@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -318,6 +319,28 @@ def resolve_model(ref: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> str:
             "HF_HUB_OFFLINE=1 forbids fetching it from the hub. Use a local model folder."
         )
     return ref  # a hub id: transformers / vLLM fetch it where a hub is reachable
+
+
+_SENTENCE_MODELS: dict[str, object] = {}
+_SENTENCE_LOCK = threading.Lock()
+# Held around encode() calls from request threads: a fast tokenizer used by two threads at once can fail
+# ("Already borrowed"), and on a small CPU two encodes side by side are no faster than one after the other.
+ENCODE_LOCK = threading.Lock()
+
+
+def sentence_model(ref: str):
+    """One sentence-transformers model per reference in this process, on the CPU (the guardrails' rails and
+    the classifiers trained for them share it). ``ref``: as for :func:`resolve_model`.
+
+    Raises:
+        AssetError: as :func:`resolve_model`.
+    """
+    with _SENTENCE_LOCK:
+        if ref not in _SENTENCE_MODELS:
+            from sentence_transformers import SentenceTransformer
+
+            _SENTENCE_MODELS[ref] = SentenceTransformer(resolve_model(ref), device="cpu")
+        return _SENTENCE_MODELS[ref]
 
 
 def register_defaults(result: AssetsResult, registry) -> dict[str, object]:

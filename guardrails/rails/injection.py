@@ -3,13 +3,17 @@
 The rules catch the families seen in public jailbreak corpora (instruction override, persona
 jailbreaks such as DAN / developer mode, system-prompt extraction, chat-template token smuggling,
 safety-bypass requests). The classifier (TF-IDF + logistic regression, trained by
-``classic_ml.text`` and registered in the registry) scores what the rules do not name.
+``classic_ml.text`` and registered in the registry) scores what the rules do not name; where it is
+unsure, the classifier's embedding stage (a sentence embedding plus its score) decides.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -107,6 +111,15 @@ class InjectionConfig(BaseRailConfig):
         None, description="Registry ref of the text classifier (e.g. injection-classifier@champion).")
     classifier_required: bool = Field(
         False, description="Fail loading when the classifier cannot be resolved (else rules only).")
+    second_stage: bool = Field(
+        True, description="Use the classifier's embedding stage, when its registered version has one, for prompts "
+        "scored in [unsure_from, threshold): ~10-40 ms per prompt that reaches it.")
+    unsure_from: Threshold = Field(
+        0.3, description="Classifier probability from which the embedding stage is consulted (0.3: ~1% of ordinary "
+        "prompts reach it; from 0.1, 13% do, for the same held-out recall).")
+    second_stage_threshold: Threshold = Field(
+        0.9, description="Embedding-stage probability from which it fires (0.9: at most 0.15% of the training "
+        "sources' benign rows blocked, cross-validated; benchmarks/results/guardrails.md).")
     classifier_min_words: int = Field(
         1, ge=1, description="Prompts with fewer words are judged by the rules only. 1 (the default): every "
         "prompt goes to the classifier, which learns short ordinary turns from its multilingual chat data.")
@@ -119,7 +132,9 @@ class InjectionRail(Rail):
 
     def __init__(self, cfg: InjectionConfig, registry: RegistryAPI | None = None) -> None:
         super().__init__(cfg)
-        self.classifier = load_classifier(cfg, registry) if cfg.classifier else None
+        self.classifier, self.second = load_classifier(cfg, registry) if cfg.classifier else (None, None)
+        if self.second is not None:
+            self.blocking_io = True  # an embedding takes 10-40 ms: callers on an event loop use a worker thread
 
     def check(self, text: str, ctx: CheckContext) -> RailResult:
         forms = ctx.forms
@@ -128,28 +143,73 @@ class InjectionRail(Rail):
             p = self.classifier(head_and_tail(forms[0], PROBE_CHARS))
             if p >= self.cfg.threshold:
                 fs.append(Finding(self.name, "classifier", None, round(p, 4)))
+            elif self.second is not None and not fs and p >= self.cfg.unsure_from:
+                q = self.second(forms[0], p)
+                if q >= self.cfg.second_stage_threshold:
+                    fs.append(Finding(self.name, "classifier:embedding", None, round(q, 4)))
         return RailResult(bool(fs), fs, None, "prompt injection or jailbreak attempt")
 
 
-def load_classifier(cfg: InjectionConfig, registry: RegistryAPI | None = None) -> Any:
-    """text -> probability from the registered classifier, or None (rules only) when it cannot be
-    loaded and it is not required.
+def load_classifier(cfg: InjectionConfig, registry: RegistryAPI | None = None) -> tuple[Any, Any]:
+    """(text -> probability, (text, probability) -> probability of the embedding stage or None) from the
+    registered classifier; (None, None) (rules only) when it cannot be loaded and it is not required.
 
     Raises:
-        RegistryError: ``classifier_required`` and the classifier cannot be resolved.
+        RegistryError: ``classifier_required`` and the classifier cannot be resolved, or its embedding stage
+            is broken (a stage that cannot load is never silently dropped from a required classifier).
     """
     try:
         from llmops.registry import Registry, load_sklearn_model
 
         registry = registry or Registry()
-        model, _ = load_sklearn_model(registry.resolve(cfg.classifier).local_path)
-        return fast_scorer(model)
+        path = Path(registry.resolve(cfg.classifier).local_path)
+        model, _ = load_sklearn_model(path)
+        second = load_second_stage(path) if cfg.second_stage else None
+        return fast_scorer(model), second
     except Exception as e:
         if cfg.classifier_required:
             raise
         log.warning("injection classifier %s unavailable (%s); using rules only. Train it with "
                     "`llmops classic train-text`.", cfg.classifier, e)
+        return None, None
+
+
+def load_second_stage(model_dir: Path) -> Any:
+    """(text, first-stage probability) -> probability, from the registered folder's embedding stage; None when
+    the version has none.
+
+    Raises:
+        RegistryError: the stage file is malformed or does not fit its embedding model.
+    """
+    import numpy as np
+
+    from llmops.assets import ENCODE_LOCK, sentence_model
+    from llmops.errors import RegistryError
+
+    spec_file = model_dir / "second_stage.json"  # written by classic_ml.text (SECOND_STAGE_FILE)
+    if not spec_file.is_file():
         return None
+    try:
+        spec = json.loads(spec_file.read_text())
+        coef = np.asarray(spec["coef"], dtype=np.float32)
+        bias, scale, chars = float(spec["intercept"]), float(spec["logit_scale"]), int(spec["max_chars"])
+        model = sentence_model(str(spec["embedding_model"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RegistryError(f"{spec_file}: not a usable embedding stage ({e}); train the classifier again.") from e
+    if coef.shape != (model.get_sentence_embedding_dimension() + 1,):
+        raise RegistryError(f"{spec_file}: {coef.shape[0]} weights do not fit {spec['embedding_model']} "
+                            f"({model.get_sentence_embedding_dimension()} dimensions + the n-gram score).")
+    weights, w_score = coef[:-1], float(coef[-1])
+
+    def score(text: str, p: float) -> float:
+        with ENCODE_LOCK:
+            vec = model.encode([head_and_tail(text, chars)], normalize_embeddings=True, show_progress_bar=False)[0]
+        q = min(max(p, 1e-4), 1 - 1e-4)
+        z = float(vec @ weights) + w_score * math.log(q / (1 - q)) / scale + bias
+        return 1 / (1 + math.exp(-min(max(z, -50.0), 50.0)))
+
+    score("probe", 0.5)  # fail at load, not in a request
+    return score
 
 
 def fast_scorer(model: Any):

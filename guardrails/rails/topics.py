@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult
 from guardrails.verdict import Finding
+from llmops.assets import ENCODE_LOCK, sentence_model
 
 
 def compile_banned(terms: list[str]) -> re.Pattern | None:
@@ -44,21 +44,7 @@ class TopicsConfig(BaseRailConfig):
                                  "a prepared default name or a local folder (loaded once per process).")
 
 
-_MODELS: dict[str, Any] = {}
-_MODELS_LOCK = threading.Lock()
 MAX_PIECES = 8  # a long text is judged on its first and last four pieces of about a sentence
-
-
-def sentence_model(ref: str) -> Any:
-    """One sentence-transformers model per reference in this process (the gateway's rails share it)."""
-    with _MODELS_LOCK:
-        if ref not in _MODELS:
-            from sentence_transformers import SentenceTransformer
-
-            from llmops.assets import resolve_model
-
-            _MODELS[ref] = SentenceTransformer(resolve_model(ref), device="cpu")
-        return _MODELS[ref]
 
 
 def pieces(text: str, words: int = 48) -> list[str]:
@@ -98,7 +84,8 @@ class TopicsRail(Rail):
         parts = pieces(text)
         if self.model is None or not parts:
             return []
-        vecs = self.model.encode(parts, normalize_embeddings=True, show_progress_bar=False)
+        with ENCODE_LOCK:
+            vecs = self.model.encode(parts, normalize_embeddings=True, show_progress_bar=False)
         return (vecs @ self.topics.T).max(axis=0).tolist()
 
     def check(self, text: str, ctx: CheckContext) -> RailResult:
