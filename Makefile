@@ -71,7 +71,7 @@ GUARD_STAMP := mlruns/.guardrail-classifiers
 guardrail-classifiers: $(GUARD_STAMP)
 
 $(GUARD_STAMP): configs/classic/text.yaml configs/classic/safety.yaml guardrails/datasets/public.py \
-		guardrails/datasets/safety.py classic_ml/text.py | setup
+		guardrails/datasets/safety.py classic_ml/text.py llmops/textnorm.py | setup assets
 	$(BIN)/llmops guardrails data
 	$(BIN)/llmops classic train-text --config configs/classic/text.yaml
 	$(BIN)/llmops guardrails data --set safety

@@ -180,24 +180,34 @@ def main() -> None:
 
     # latency over the held-out prompts as they come (short chat to long jailbreaks), and on a long prompt
     sample = random.Random(0).sample(held, min(400, len(held)))
-    for r in sample[:20]:
-        full.check_input([{"role": "user", "content": r["text"]}])
-    times = []
-    for r in sample:
-        t = time.perf_counter()
-        full.check_input([{"role": "user", "content": r["text"]}])
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
+
+    def mixed_latency(g) -> dict:
+        for r in sample[:20]:
+            g.check_input([{"role": "user", "content": r["text"]}])
+        times = []
+        for r in sample:
+            t = time.perf_counter()
+            g.check_input([{"role": "user", "content": r["text"]}])
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        return {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
+                "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3), "prompts": len(times)}
+
+    ngrams_latency = mixed_latency(ngrams)  # the baseline, timed in the same run
+    mixed = mixed_latency(full)
     rail = next(r for r in full.input_rails if r.name == "injection")
-    if rail.classifier is not None and rail.second is not None:  # the share of prompts the embedding stage reads
+
+    def share_reaching(rows) -> float:
+        """Share of ``rows`` whose n-gram score falls where the embedding stage is consulted."""
+        if rail.classifier is None or rail.second is None or not rows:
+            return 0.0
         lo, hi = rail.cfg.unsure_from, rail.cfg.threshold
-        probs = [rail.classifier(head_and_tail(normalize(r["text"]), PROBE_CHARS)) for r in sample]
-        second_share = round(sum(lo <= p < hi for p in probs) / len(probs), 4)
-    else:
-        second_share = 0.0
-    mixed = {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
-             "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3), "prompts": len(times),
-             "share_reaching_embedding_stage": second_share}
+        probs = [rail.classifier(head_and_tail(normalize(r["text"]), PROBE_CHARS)) for r in rows]
+        return round(sum(lo <= p < hi for p in probs) / len(probs), 4)
+
+    mixed["share_reaching_embedding_stage"] = share_reaching(sample)
+    mixed["benign_share_reaching_embedding_stage"] = share_reaching([r for r in held if r["label"] == 0])
+    mixed["ngrams_only"] = ngrams_latency
     words = ("the quarterly report shows revenue growth in all regions and the team plans to expand "
              "hiring next year while keeping costs under control ").split()
     prompt = " ".join(random.Random(0).choice(words) for _ in range(750))  # about 1,000 tokens
@@ -245,7 +255,10 @@ def main() -> None:
     md += ["", f"PII findings on benign prompts: {pii_false:.1%}", "",
            f"Input rails over {mixed['prompts']} held-out prompts of every length: p50 {mixed['p50_ms']} ms, p95 "
            f"{mixed['p95_ms']} ms, p99 {mixed['p99_ms']} ms ({mixed['share_reaching_embedding_stage']:.1%} of them "
-           f"reach the embedding stage); on a {latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
+           f"reach the embedding stage; {mixed['benign_share_reaching_embedding_stage']:.1%} of all held-out benign "
+           f"rows do). Same prompts, same run, rules + n-grams only: p50 {ngrams_latency['p50_ms']} ms, p95 "
+           f"{ngrams_latency['p95_ms']} ms, p99 {ngrams_latency['p99_ms']} ms. On a "
+           f"{latency['prompt_chars']}-character prompt: p50 {latency['p50_ms']} ms, "
            f"p99 {latency['p99_ms']} ms", "", "| goal | value | target | met |", "| --- | --- | --- | --- |"]
     md += [f"| {k} | {v['value']} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
     if presidio_cmp is not None:

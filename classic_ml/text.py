@@ -24,7 +24,7 @@ from pydantic import Field
 
 from classic_ml.data import DataError
 from llmops.config import StrictModel, config_hash
-from llmops.contracts import RegistryAPI
+from llmops.contracts import SECOND_STAGE_FILE, EmbeddingStageSpec, RegistryAPI
 from llmops.errors import LLMOpsError
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ class EmbeddingStage(StrictModel):
     text plus the n-gram model's score. It is trained on, and consulted for, only the texts the n-gram model is
     unsure of, which keeps its cost (one embedding, ~10-40 ms on 2 cores) off most requests."""
 
-    embedding_model: str = Field("all-MiniLM-L6-v2", description="Sentence-transformers model: a prepared default "
-                                 "name or a local folder (the one the topics rail and RAG already load).")
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="Sentence-transformers model prepared by `make "
+                                 "assets` (the one the topics rail and RAG already load), by name: the stage "
+                                 "records its manifest's sha256 and the rail refuses another model.")
     max_chars: int = Field(1000, ge=50, description="What the embedding reads of a text: its head and tail up to "
                            "this many characters (MiniLM reads 256 word pieces at most).")
     train_from: float = Field(0.0, ge=0, lt=1, description="Training rows: those whose cross-validated n-gram "
@@ -45,7 +46,6 @@ class EmbeddingStage(StrictModel):
     c: float = Field(4.0, gt=0, description="Inverse regularisation of the stage's logistic regression.")
 
 
-SECOND_STAGE_FILE = "second_stage.json"  # in the registered model folder: plain numbers, nothing executable
 LOGIT_SCALE = 4.0  # the n-gram score enters the second stage as logit(p) / LOGIT_SCALE
 
 
@@ -159,45 +159,56 @@ def embedding_cache_dir() -> Path:
 def embed(stage: EmbeddingStage, texts: list[str], cache: bool = True) -> Any:
     """Unit-length sentence embeddings of the texts' heads and tails, as the rail computes them.
 
-    With ``cache``, the matrix is kept under :func:`embedding_cache_dir`, keyed by the model's files and the
-    exact texts: a second training run on the same data (another C, the demo after the tests) reads it back
-    instead of embedding again (~2 minutes for the injection set on 2 cores). A cache that cannot be read or
-    written is skipped."""
+    With ``cache``, the matrix is kept under :func:`embedding_cache_dir`, keyed by the model's manifest (every
+    file's sha256) and the exact texts: a second training run on the same data (another C, the demo after the
+    tests) reads it back instead of embedding again (~2 minutes for the injection set on 2 cores). A cache
+    entry that cannot be read is redone; one that cannot be written is skipped.
+
+    Raises:
+        AssetError: the embedding model is not prepared (`make assets`).
+    """
     import numpy as np
 
-    from llmops.assets import MANIFEST, resolve_model, sentence_model
+    from llmops.assets import prepared_model, sentence_model
     from llmops.textnorm import head_and_tail
 
+    _, model_sha = prepared_model(stage.embedding_model)
     inputs = [head_and_tail(t, stage.max_chars) for t in texts]
     path = None
     if cache:
-        folder = Path(resolve_model(stage.embedding_model))
-        h = hashlib.sha256(str(folder).encode())
-        if (folder / MANIFEST).is_file():
-            h.update((folder / MANIFEST).read_bytes())
+        h = hashlib.sha256(model_sha.encode())
         for t in inputs:
             h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
         path = embedding_cache_dir() / f"{h.hexdigest()[:32]}.npy"
         try:
             found = np.load(path, allow_pickle=False)
-            if found.shape[0] == len(inputs):
+            if found.shape[0] == len(inputs) and np.isfinite(found).all():
                 return found
-        except (OSError, ValueError):
-            pass
+        except Exception as e:  # noqa: BLE001 - a damaged entry (empty, truncated, not .npy) is redone
+            if path.exists():
+                log.warning("embedding cache %s unreadable (%s); embedding again", path, e)
+    log.info("embedding %d texts with %s", len(inputs), stage.embedding_model)
     vectors = sentence_model(stage.embedding_model).encode(inputs, batch_size=32, normalize_embeddings=True,
-                                                           show_progress_bar=False)
+                                                           show_progress_bar=len(inputs) >= 1000)
     if path is not None:
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                tmp = f.name
                 np.save(f, vectors, allow_pickle=False)
-            os.replace(f.name, path)  # whole or absent: never a half-written matrix
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # whole or absent: never a half-written matrix
         except OSError as e:
             log.warning("embedding cache %s not written (%s)", path, e)
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
     return vectors
 
 
-def fit_second_stage(stage: EmbeddingStage, texts: list[str], y: Any, first: Any, folds: int) -> tuple[dict, dict]:
+def fit_second_stage(stage: EmbeddingStage, texts: list[str], y: Any, first: Any,
+                     folds: int) -> tuple[EmbeddingStageSpec, dict]:
     """Train the embedding stage on the rows whose cross-validated first-stage probability ``first`` is at least
     ``stage.train_from``. Returns (the stage as plain numbers, its cross-validated metrics)."""
     import numpy as np
@@ -216,10 +227,19 @@ def fit_second_stage(stage: EmbeddingStage, texts: list[str], y: Any, first: Any
     oof = cross_val_predict(lr, features, ys, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
                             method="predict_proba")[:, 1]
     lr.fit(features, ys)
-    spec = {"embedding_model": stage.embedding_model, "max_chars": stage.max_chars, "logit_scale": LOGIT_SCALE,
-            "train_from": stage.train_from, "dimension": features.shape[1] - 1,
-            "coef": [float(c) for c in lr.coef_.ravel()], "intercept": float(lr.intercept_[0])}
-    return spec, {"second_stage_rows": float(len(rows)), "second_stage_roc_auc": float(roc_auc_score(ys, oof))}
+    from llmops.assets import prepared_model
+
+    spec = EmbeddingStageSpec(
+        embedding_model=stage.embedding_model, model_sha256=prepared_model(stage.embedding_model)[1],
+        max_chars=stage.max_chars, logit_scale=LOGIT_SCALE, train_from=stage.train_from,
+        dimension=features.shape[1] - 1, coef=[float(c) for c in lr.coef_.ravel()], intercept=float(lr.intercept_[0]))
+    metrics = {"second_stage_rows": float(len(rows)), "second_stage_roc_auc": float(roc_auc_score(ys, oof))}
+    # where the rail consults it by default (n-gram score in [0.3, 0.8)): how it separates those rows
+    band = (first[rows] >= 0.3) & (first[rows] < 0.8)
+    if band.any() and len(set(ys[band].tolist())) == 2:
+        metrics["second_stage_band_rows"] = float(band.sum())
+        metrics["second_stage_band_roc_auc"] = float(roc_auc_score(ys[band], oof[band]))
+    return spec, metrics
 
 
 def _cv_metrics(y: Any, proba: Any, classes: Any, binary: bool) -> dict[str, float]:
@@ -286,7 +306,7 @@ def run(cfg: TextClassifierConfig, registry: RegistryAPI | None = None, reuse: b
     try:
         model_dir = save_sklearn_model(pipe, tmp / cfg.registry_name, X.head(3))
         if stage is not None:
-            (model_dir / SECOND_STAGE_FILE).write_text(json.dumps(stage))
+            (model_dir / SECOND_STAGE_FILE).write_text(stage.model_dump_json(exclude_none=True))
         version = registry.register(
             cfg.registry_name, model_dir, kind="guardrail_model",
             lineage=Lineage(dataset_sha256=digest, config_hash=config_hash(cfg), extra={"data": cfg.data}),

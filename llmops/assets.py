@@ -321,6 +321,21 @@ def resolve_model(ref: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> str:
     return ref  # a hub id: transformers / vLLM fetch it where a hub is reachable
 
 
+def prepared_model(name: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> tuple[str, str]:
+    """(folder, sha256 of its asset manifest) of a model prepared by `make assets`: what pins a model that a
+    registered artefact was built with (the manifest names every file's sha256).
+
+    Raises:
+        AssetError: ``name`` is not a prepared model's name (a path, a registry reference, a hub id) or it is
+            not prepared in ``models_dir``.
+    """
+    folder = Path(models_dir) / name
+    if "/" in name or "@" in name or name.startswith(".") or not (folder / MANIFEST).is_file():
+        raise AssetError(f"{name!r} is not a model prepared in {models_dir}/ (run `make assets`; only prepared "
+                         "models can be pinned by their manifest).")
+    return str(folder.resolve()), sha256_file(folder / MANIFEST)
+
+
 _SENTENCE_MODELS: dict[str, object] = {}
 _SENTENCE_LOCK = threading.Lock()
 # Held around encode() calls from request threads: a fast tokenizer used by two threads at once can fail

@@ -7,6 +7,8 @@ not on another package's internals.
 - :class:`VerdictRecord`: one guardrail decision as it is logged, the same for gateway and RAG.
 - :class:`RequestRecord` + :data:`REQUEST_LOG_SCHEMA` + :func:`read_request_log`: the request log
   the gateway writes and monitoring reads (one schema, one reader).
+- :class:`EmbeddingStageSpec` + :data:`SECOND_STAGE_FILE`: a text classifier's embedding stage as
+  classic_ml writes it into the registered folder and the injection rail reads it.
 
 Example::
 
@@ -24,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,7 +130,8 @@ class GuardHook(Protocol):
     """What the gateway and the RAG pipeline call. ``model`` (public model name) and ``key`` (API key
     id) select per-model / per-key policies.
 
-    ``blocking_io``: some check makes a network call (run it off the event loop);
+    ``blocking_io``: some check makes a network call or runs a model for milliseconds (run it off the
+    event loop);
     ``passthrough``: the hook never changes anything (streams can be relayed untouched)."""
 
     blocking_io: bool
@@ -378,3 +383,44 @@ def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFra
                               for b in df["prompt_embedding"]]
     df["stream"] = df["stream"].astype(bool)
     return df
+
+
+SECOND_STAGE_FILE = "second_stage.json"  # in a registered text classifier's folder: plain numbers, nothing executable
+
+
+class EmbeddingStageSpec(BaseModel):
+    """A text classifier's embedding stage: ``sigmoid(coef[:-1] . embed(head_and_tail(text, max_chars)) +
+    coef[-1] * logit(p) / logit_scale + intercept)``, ``p`` the n-gram model's probability (clipped to
+    [1e-4, 1 - 1e-4]). ``embedding_model`` is a prepared default's name, pinned by the sha256 of its asset
+    manifest; a version whose model differs is refused at load."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    embedding_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    max_chars: int = Field(ge=50, le=100_000)
+    logit_scale: float = Field(gt=0)
+    dimension: int = Field(ge=1, le=65_536)
+    coef: list[float]
+    intercept: float
+    train_from: float = Field(0.0, ge=0, lt=1)
+    _weights: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _fits(self) -> EmbeddingStageSpec:
+        if len(self.coef) != self.dimension + 1:
+            raise ValueError(f"{len(self.coef)} weights for {self.dimension} dimensions + the n-gram score")
+        return self
+
+    def score(self, vector: Any, p: float) -> float:
+        """The stage's probability for a unit-length embedding ``vector`` and n-gram probability ``p``."""
+        import math
+
+        import numpy as np
+
+        if self._weights is None:
+            self._weights = np.asarray(self.coef[:-1], dtype=np.float32)
+        q = min(max(float(p), 1e-4), 1 - 1e-4)
+        z = float(np.asarray(vector, dtype=np.float32) @ self._weights)
+        z += self.coef[-1] * math.log(q / (1 - q)) / self.logit_scale + self.intercept
+        return 1 / (1 + math.exp(-min(max(z, -50.0), 50.0)))

@@ -69,7 +69,7 @@ class Rail:
     name: ClassVar[str]
     stages: ClassVar[frozenset[str]] = frozenset({"input", "output"})
     whole_answer: ClassVar[bool] = False  # judges a whole answer only (skipped on pieces of a stream)
-    blocking_io: ClassVar[bool] = False  # makes a network call (callers on an event loop use a thread)
+    blocking_io: ClassVar[bool] = False  # a network call or a slow local model (callers on an event loop use a thread)
     judges_passages: ClassVar[bool] = True  # also runs on retrieved passages (RAG context marked as data)
 
     def __init__(self, cfg: Any, registry: RegistryAPI | None = None) -> None:

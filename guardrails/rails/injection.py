@@ -9,14 +9,14 @@ unsure, the classifier's embedding stage (a sentence embedding plus its score) d
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
-import math
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
@@ -99,6 +99,7 @@ def rule_hits(variants: list[str]) -> list[tuple[str, tuple[int, int] | None]]:
     return hits
 
 
+VECTOR_CACHE = 2048  # embeddings of recent texts the stage keeps (~3 MB)
 PROBE_CHARS = 4000  # the classifier reads a long prompt's first 3,000 and last 1,000 characters
 
 
@@ -118,11 +119,18 @@ class InjectionConfig(BaseRailConfig):
         0.3, description="Classifier probability from which the embedding stage is consulted (0.3: ~1% of ordinary "
         "prompts reach it; from 0.1, 13% do, for the same held-out recall).")
     second_stage_threshold: Threshold = Field(
-        0.9, description="Embedding-stage probability from which it fires (0.9: at most 0.15% of the training "
-        "sources' benign rows blocked, cross-validated; benchmarks/results/guardrails.md).")
+        0.9, description="Embedding-stage probability from which it fires (0.9: chosen on the training sources' "
+        "cross-validated scores, not on the held-out ones; benchmarks/results/guardrails.md).")
     classifier_min_words: int = Field(
         1, ge=1, description="Prompts with fewer words are judged by the rules only. 1 (the default): every "
         "prompt goes to the classifier, which learns short ordinary turns from its multilingual chat data.")
+
+    @model_validator(mode="after")
+    def _band(self) -> InjectionConfig:
+        if self.unsure_from > self.threshold:
+            raise ValueError(f"unsure_from ({self.unsure_from}) must not exceed threshold ({self.threshold}): the "
+                             "embedding stage judges the scores between them")
+        return self
 
 
 class InjectionRail(Rail):
@@ -152,26 +160,38 @@ class InjectionRail(Rail):
 
 def load_classifier(cfg: InjectionConfig, registry: RegistryAPI | None = None) -> tuple[Any, Any]:
     """(text -> probability, (text, probability) -> probability of the embedding stage or None) from the
-    registered classifier; (None, None) (rules only) when it cannot be loaded and it is not required.
+    registered classifier. When it is not required, a classifier that cannot be loaded gives (None, None)
+    (rules only) and an embedding stage that cannot be loaded gives (n-grams, None); both are logged.
 
     Raises:
         RegistryError: ``classifier_required`` and the classifier cannot be resolved, or its embedding stage
-            is broken (a stage that cannot load is never silently dropped from a required classifier).
+            is broken (a required classifier never silently loses its stage).
     """
+    from llmops.errors import RegistryError
+
     try:
         from llmops.registry import Registry, load_sklearn_model
 
         registry = registry or Registry()
         path = Path(registry.resolve(cfg.classifier).local_path)
-        model, _ = load_sklearn_model(path)
-        second = load_second_stage(path) if cfg.second_stage else None
-        return fast_scorer(model), second
+        scorer = fast_scorer(load_sklearn_model(path)[0])
     except Exception as e:
         if cfg.classifier_required:
             raise
         log.warning("injection classifier %s unavailable (%s); using rules only. Train it with "
                     "`llmops classic train-text`.", cfg.classifier, e)
         return None, None
+    if not cfg.second_stage:
+        return scorer, None
+    try:
+        return scorer, load_second_stage(path)
+    except Exception as e:
+        if cfg.classifier_required:
+            raise e if isinstance(e, RegistryError) else RegistryError(
+                f"{cfg.classifier}: its embedding stage cannot be loaded ({e}).") from e
+        log.warning("the embedding stage of %s is unavailable (%s); using rules and n-grams only. Run `make "
+                    "assets` (it needs the prepared embedding model) or set second_stage: false.", cfg.classifier, e)
+        return scorer, None
 
 
 def load_second_stage(model_dir: Path) -> Any:
@@ -179,36 +199,55 @@ def load_second_stage(model_dir: Path) -> Any:
     the version has none.
 
     Raises:
-        RegistryError: the stage file is malformed or does not fit its embedding model.
+        RegistryError: the stage file is malformed, or its embedding model is not the prepared one it was
+            trained with (manifest sha256), or does not fit its weights.
     """
-    import numpy as np
+    import pydantic
 
-    from llmops.assets import ENCODE_LOCK, sentence_model
-    from llmops.errors import RegistryError
+    from llmops.assets import ENCODE_LOCK, prepared_model, sentence_model
+    from llmops.contracts import SECOND_STAGE_FILE, EmbeddingStageSpec
+    from llmops.errors import AssetError, RegistryError
 
-    spec_file = model_dir / "second_stage.json"  # written by classic_ml.text (SECOND_STAGE_FILE)
+    spec_file = model_dir / SECOND_STAGE_FILE
     if not spec_file.is_file():
         return None
     try:
-        spec = json.loads(spec_file.read_text())
-        coef = np.asarray(spec["coef"], dtype=np.float32)
-        bias, scale, chars = float(spec["intercept"]), float(spec["logit_scale"]), int(spec["max_chars"])
-        model = sentence_model(str(spec["embedding_model"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        spec = EmbeddingStageSpec.model_validate_json(spec_file.read_bytes())
+    except (OSError, pydantic.ValidationError) as e:
         raise RegistryError(f"{spec_file}: not a usable embedding stage ({e}); train the classifier again.") from e
-    if coef.shape != (model.get_sentence_embedding_dimension() + 1,):
-        raise RegistryError(f"{spec_file}: {coef.shape[0]} weights do not fit {spec['embedding_model']} "
-                            f"({model.get_sentence_embedding_dimension()} dimensions + the n-gram score).")
-    weights, w_score = coef[:-1], float(coef[-1])
+    try:
+        _, sha = prepared_model(spec.embedding_model)
+    except AssetError as e:
+        raise RegistryError(f"{spec_file}: {e}") from e
+    if sha != spec.model_sha256:
+        raise RegistryError(f"{spec_file}: trained with another {spec.embedding_model} (manifest sha256 "
+                            f"{spec.model_sha256[:12]}, prepared here {sha[:12]}); train the classifier again.")
+    model = sentence_model(spec.embedding_model)
+    dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    if dim != spec.dimension:
+        raise RegistryError(f"{spec_file}: {spec.dimension} weights do not fit {spec.embedding_model} "
+                            f"({dim} dimensions).")
+
+    # the same texts come back (a RAG corpus's passages, a conversation's history, a retried request): their
+    # embeddings are kept, so each distinct text costs one encode while it stays among the last VECTOR_CACHE
+    seen: OrderedDict[bytes, Any] = OrderedDict()
 
     def score(text: str, p: float) -> float:
+        probe = head_and_tail(text, spec.max_chars)
+        key = hashlib.blake2b(probe.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         with ENCODE_LOCK:
-            vec = model.encode([head_and_tail(text, chars)], normalize_embeddings=True, show_progress_bar=False)[0]
-        q = min(max(p, 1e-4), 1 - 1e-4)
-        z = float(vec @ weights) + w_score * math.log(q / (1 - q)) / scale + bias
-        return 1 / (1 + math.exp(-min(max(z, -50.0), 50.0)))
+            vec = seen.get(key)
+            if vec is None:
+                vec = model.encode([probe], normalize_embeddings=True, show_progress_bar=False)[0]
+                seen[key] = vec
+                if len(seen) > VECTOR_CACHE:
+                    seen.popitem(last=False)
+            else:
+                seen.move_to_end(key)
+        return spec.score(vec, p)
 
-    score("probe", 0.5)  # fail at load, not in a request
+    if not 0 <= score("probe", 0.5) <= 1:  # fail at load, not in a request
+        raise RegistryError(f"{spec_file}: the stage does not give a probability.")
     return score
 
 

@@ -600,7 +600,8 @@ class _Checkers:
 
 
 async def guard_call(hook, fn, *args, **kwargs):
-    """Call a guard method; in a worker thread when the policy makes network calls (``blocking_io``)."""
+    """Call a guard method; in a worker thread when a rail blocks for long (``blocking_io``: a network call, an
+    embedding model)."""
     if hook.blocking_io:
         from starlette.concurrency import run_in_threadpool
 

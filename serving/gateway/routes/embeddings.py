@@ -88,7 +88,7 @@ async def embeddings(request: Request) -> Response:
             state.limiter.admit(key.id, tokens, key.rpm or limits.default_rpm, key.tpm or limits.default_tpm)
         check = getattr(state.hook, "check_embeddings", None)
         if check is not None and not state.hook.passthrough:
-            if long_input:
+            if long_input or state.hook.blocking_io:  # a rail that runs a model or calls out: off the loop
                 verdict = await run_in_threadpool(check, texts, model=route.public, key=rec.key_id)
             else:
                 verdict = check(texts, model=route.public, key=rec.key_id)
