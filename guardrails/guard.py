@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from guardrails.policy import PolicyConfig
 from guardrails.rails import RAILS
-from guardrails.rails.base import CheckContext, Rail
+from guardrails.rails.base import OPERATOR_ROLES, CheckContext, Rail
 from guardrails.rails.content_safety import ContentSafetyRail
 from guardrails.rails.schema import JsonSchemaRail
 from guardrails.stream import StreamGuard
@@ -225,6 +225,7 @@ class _Decision:
         self.role: str | None = None  # the role of the message being judged (rails may read it)
         self.findings: list[Finding] = []
         self.words: list[str] = []  # every text judged as the user's words, in request order
+        self.operator_words = False  # some of them come from system / developer messages
 
     @property
     def blocked(self) -> bool:
@@ -241,6 +242,7 @@ class _Decision:
             return text
         if record and not data:
             self.words.append(text)
+            self.operator_words |= self.role in OPERATOR_ROLES
         a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data, role=self.role)
         if record:
             self.findings += found
@@ -255,7 +257,10 @@ class _Decision:
             return
         rails = [r for r in self.rails if r.name == "injection"]
         if rails:
-            a, r, why, _, found = self.guard._run(rails, "\n".join(self.words), "input")
+            # the joined text reads as the operator's when part of it is (rails that treat instructions from the
+            # system prompt differently, such as injection's embedding stage, do so here too)
+            role = "system" if self.operator_words else "user"
+            a, r, why, _, found = self.guard._run(rails, "\n".join(self.words), "input", role=role)
             if a == "block":
                 self.findings += found
                 self.action, self.rail, self.reason = a, r, why

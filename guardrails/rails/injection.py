@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from guardrails.rails.base import BaseRailConfig, CheckContext, Rail, RailResult, Threshold
+from guardrails.rails.base import OPERATOR_ROLES, BaseRailConfig, CheckContext, Rail, RailResult, Threshold
 from guardrails.verdict import Finding
 from llmops.contracts import RegistryAPI
 from llmops.textnorm import head_and_tail
@@ -121,6 +121,10 @@ class InjectionConfig(BaseRailConfig):
     second_stage_threshold: Threshold = Field(
         0.9, description="Embedding-stage probability from which it fires (0.9: chosen on the training sources' "
         "cross-validated scores, not on the held-out ones; benchmarks/results/guardrails.md).")
+    second_stage_skip_roles: list[str] = Field(
+        default_factory=lambda: sorted(OPERATOR_ROLES), description="Message roles the embedding stage does not "
+        "judge: system and developer prompts are instructions by design, and instructions are what the stage learned "
+        "to flag (a RAG system prompt scored 0.95). Rules and n-grams judge them as every other text.")
     classifier_min_words: int = Field(
         1, ge=1, description="Prompts with fewer words are judged by the rules only. 1 (the default): every "
         "prompt goes to the classifier, which learns short ordinary turns from its multilingual chat data.")
@@ -151,7 +155,8 @@ class InjectionRail(Rail):
             p = self.classifier(head_and_tail(forms[0], PROBE_CHARS))
             if p >= self.cfg.threshold:
                 fs.append(Finding(self.name, "classifier", None, round(p, 4)))
-            elif self.second is not None and not fs and p >= self.cfg.unsure_from:
+            elif (self.second is not None and not fs and p >= self.cfg.unsure_from
+                  and ctx.role not in self.cfg.second_stage_skip_roles):
                 q = self.second(forms[0], p)
                 if q >= self.cfg.second_stage_threshold:
                     fs.append(Finding(self.name, "classifier:embedding", None, round(q, 4)))
