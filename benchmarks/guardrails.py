@@ -179,10 +179,14 @@ def main() -> None:
     presidio_cmp = compare_presidio(cases, benign) if presidio.installed() else None
 
     # latency over the held-out prompts as they come (short chat to long jailbreaks), and on a long prompt
-    sample = random.Random(0).sample(held, min(400, len(held)))
+    picked = random.Random(0).sample(held, min(420, len(held)))
+    warmup, sample = picked[:20], picked[20:]
 
-    def mixed_latency(g) -> dict:
-        for r in sample[:20]:
+    def mixed_latency(policy_) -> dict:
+        # a guard of its own: the embedding stage keeps the vectors of texts it has seen, and the detection
+        # runs above saw every held-out prompt; new traffic is mostly new texts, so time them cold
+        g = Guard(policy_, registry)
+        for r in warmup:
             g.check_input([{"role": "user", "content": r["text"]}])
         times = []
         for r in sample:
@@ -193,8 +197,8 @@ def main() -> None:
         return {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
                 "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3), "prompts": len(times)}
 
-    ngrams_latency = mixed_latency(ngrams)  # the baseline, timed in the same run
-    mixed = mixed_latency(full)
+    ngrams_latency = mixed_latency(ngrams_only)  # the baseline, timed in the same run
+    mixed = mixed_latency(policy)
     rail = next(r for r in full.input_rails if r.name == "injection")
 
     def share_reaching(rows) -> float:
