@@ -130,7 +130,7 @@ def load_labelled(cfg: TextClassifierConfig) -> pd.DataFrame:
 
 def trained_on(cfg: TextClassifierConfig, registry: RegistryAPI) -> Any | None:
     """The version ``cfg.alias`` points at when it was trained on the same data file (sha256) with the
-    same config; None otherwise."""
+    same config (and, with a second stage, the same prepared embedding model); None otherwise."""
     if not cfg.alias:
         return None
     digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()
@@ -140,6 +140,15 @@ def trained_on(cfg: TextClassifierConfig, registry: RegistryAPI) -> Any | None:
         return None
     same = (version.tags.get("lineage.dataset_sha256") == digest
             and version.tags.get("lineage.config_hash") == config_hash(cfg))
+    if same and cfg.second_stage is not None:  # and its stage was built with the embedding model prepared now
+        from llmops.assets import prepared_model
+
+        try:
+            spec = EmbeddingStageSpec.model_validate_json(
+                (Path(version.local_path) / SECOND_STAGE_FILE).read_bytes())
+            same = spec.model_sha256 == prepared_model(cfg.second_stage.embedding_model)[1]
+        except (OSError, ValueError, TypeError, LLMOpsError):  # no folder, no stage file, model not prepared
+            same = False
     return version if same else None
 
 
@@ -234,7 +243,7 @@ def fit_second_stage(stage: EmbeddingStage, texts: list[str], y: Any, first: Any
         max_chars=stage.max_chars, logit_scale=LOGIT_SCALE, train_from=stage.train_from,
         dimension=features.shape[1] - 1, coef=[float(c) for c in lr.coef_.ravel()], intercept=float(lr.intercept_[0]))
     metrics = {"second_stage_rows": float(len(rows)), "second_stage_roc_auc": float(roc_auc_score(ys, oof))}
-    # where the rail consults it by default (n-gram score in [0.3, 0.8)): how it separates those rows
+    # where the shipped policy consults it (n-gram score in [unsure_from 0.3, threshold 0.8)): how it separates them
     band = (first[rows] >= 0.3) & (first[rows] < 0.8)
     if band.any() and len(set(ys[band].tolist())) == 2:
         metrics["second_stage_band_rows"] = float(band.sum())

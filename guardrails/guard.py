@@ -225,7 +225,7 @@ class _Decision:
         self.role: str | None = None  # the role of the message being judged (rails may read it)
         self.findings: list[Finding] = []
         self.words: list[str] = []  # every text judged as the user's words, in request order
-        self.operator_words = False  # some of them come from system / developer messages
+        self.user_words: list[str] = []  # those of them not in system / developer messages
 
     @property
     def blocked(self) -> bool:
@@ -242,8 +242,11 @@ class _Decision:
             return text
         if record and not data:
             self.words.append(text)
-            self.operator_words |= self.role in OPERATOR_ROLES
-        a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data, role=self.role)
+            if self.role not in OPERATOR_ROLES:
+                self.user_words.append(text)
+        # a passage is data whatever message carries it: no rail treats it as the operator's instructions
+        a, r, why, new_text, found = self.guard._run(self.rails, text, "input", data=data,
+                                                     role=None if data else self.role)
         if record:
             self.findings += found
         if _ORDER[a] > _ORDER[self.action]:
@@ -256,14 +259,19 @@ class _Decision:
         if self.blocked or len(self.words) < 2:
             return
         rails = [r for r in self.rails if r.name == "injection"]
-        if rails:
-            # the joined text reads as the operator's when part of it is (rails that treat instructions from the
-            # system prompt differently, such as injection's embedding stage, do so here too)
-            role = "system" if self.operator_words else "user"
-            a, r, why, _, found = self.guard._run(rails, "\n".join(self.words), "input", role=role)
+        if not rails:
+            return
+        # all the words joined read as the operator's when part of them is (injection's embedding stage leaves
+        # those to rules and n-grams); the user's words alone are then joined once more, judged as the user's
+        joined = [("\n".join(self.words), "system" if len(self.user_words) < len(self.words) else "user")]
+        if joined[0][1] == "system" and len(self.user_words) >= 2:
+            joined.append(("\n".join(self.user_words), "user"))
+        for text, role in joined:
+            a, r, why, _, found = self.guard._run(rails, text, "input", role=role)
             if a == "block":
                 self.findings += found
                 self.action, self.rail, self.reason = a, r, why
+                return
 
     def message(self, m: dict) -> dict:
         self.role = m.get("role") if isinstance(m.get("role"), str) else None

@@ -21,9 +21,9 @@ from llmops.config import StrictModel
 from llmops.contracts import RegistryAPI
 from llmops.textnorm import variants
 
-# A share or probability in [0, 1]; `null` in a policy file means the rail's default, 0.5.
 # Messages that carry the operator's instructions rather than the user's words (input side)
 OPERATOR_ROLES = frozenset({"system", "developer"})
+# A share or probability in [0, 1]; `null` in a policy file means the rail's default, 0.5.
 Threshold = Annotated[float, BeforeValidator(lambda v: 0.5 if v is None else v), Field(ge=0, le=1)]
 
 

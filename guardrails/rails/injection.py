@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -124,14 +125,15 @@ class InjectionConfig(BaseRailConfig):
     second_stage_skip_roles: list[str] = Field(
         default_factory=lambda: sorted(OPERATOR_ROLES), description="Message roles the embedding stage does not "
         "judge: system and developer prompts are instructions by design, and instructions are what the stage learned "
-        "to flag (a RAG system prompt scored 0.95). Rules and n-grams judge them as every other text.")
+        "to flag (a RAG system prompt scored 0.95). Rules and n-grams judge them as every other text. The role is "
+        "the client's word: where keys are held by untrusted parties, set [] (and accept the false positives).")
     classifier_min_words: int = Field(
         1, ge=1, description="Prompts with fewer words are judged by the rules only. 1 (the default): every "
         "prompt goes to the classifier, which learns short ordinary turns from its multilingual chat data.")
 
     @model_validator(mode="after")
     def _band(self) -> InjectionConfig:
-        if self.unsure_from > self.threshold:
+        if self.classifier and self.second_stage and self.unsure_from > self.threshold:
             raise ValueError(f"unsure_from ({self.unsure_from}) must not exceed threshold ({self.threshold}): the "
                              "embedding stage judges the scores between them")
         return self
@@ -192,8 +194,9 @@ def load_classifier(cfg: InjectionConfig, registry: RegistryAPI | None = None) -
         return scorer, load_second_stage(path)
     except Exception as e:
         if cfg.classifier_required:
-            raise e if isinstance(e, RegistryError) else RegistryError(
-                f"{cfg.classifier}: its embedding stage cannot be loaded ({e}).") from e
+            if isinstance(e, RegistryError):
+                raise
+            raise RegistryError(f"{cfg.classifier}: its embedding stage cannot be loaded ({e}).") from e
         log.warning("the embedding stage of %s is unavailable (%s); using rules and n-grams only. Run `make "
                     "assets` (it needs the prepared embedding model) or set second_stage: false.", cfg.classifier, e)
         return scorer, None
@@ -228,7 +231,7 @@ def load_second_stage(model_dir: Path) -> Any:
         raise RegistryError(f"{spec_file}: trained with another {spec.embedding_model} (manifest sha256 "
                             f"{spec.model_sha256[:12]}, prepared here {sha[:12]}); train the classifier again.")
     model = sentence_model(spec.embedding_model)
-    dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
     if dim != spec.dimension:
         raise RegistryError(f"{spec_file}: {spec.dimension} weights do not fit {spec.embedding_model} "
                             f"({dim} dimensions).")
@@ -236,19 +239,22 @@ def load_second_stage(model_dir: Path) -> Any:
     # the same texts come back (a RAG corpus's passages, a conversation's history, a retried request): their
     # embeddings are kept, so each distinct text costs one encode while it stays among the last VECTOR_CACHE
     seen: OrderedDict[bytes, Any] = OrderedDict()
+    seen_lock = threading.Lock()
 
     def score(text: str, p: float) -> float:
         probe = head_and_tail(text, spec.max_chars)
         key = hashlib.blake2b(probe.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        with ENCODE_LOCK:
+        with seen_lock:  # a hit does not wait behind another thread's encode
             vec = seen.get(key)
-            if vec is None:
+            if vec is not None:
+                seen.move_to_end(key)
+        if vec is None:
+            with ENCODE_LOCK:
                 vec = model.encode([probe], normalize_embeddings=True, show_progress_bar=False)[0]
+            with seen_lock:
                 seen[key] = vec
                 if len(seen) > VECTOR_CACHE:
                     seen.popitem(last=False)
-            else:
-                seen.move_to_end(key)
         return spec.score(vec, p)
 
     if not 0 <= score("probe", 0.5) <= 1:  # fail at load, not in a request

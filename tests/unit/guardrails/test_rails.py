@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -417,3 +418,42 @@ def test_stream_whole_answer_block_drops_the_held_tail():
     tail, final = checker.finish()
     assert not final.allowed and final.rail == "json_schema" and tail == ""
     assert "secret" not in released
+
+
+def _stage_guard(monkeypatch=None):
+    """The injection rail with a stand-in for its registered classifier: n-grams unsure of everything (0.5), an
+    embedding stage that fires on texts holding both 'alpha' and 'omega' (what it sees is recorded)."""
+    g = Guard(PolicyConfig.model_validate({"input_rails": [{"rail": "injection", "threshold": 0.8}]}))
+    rail = g.input_rails[0]
+    seen: list[str] = []
+    rail.classifier = lambda text: 0.5
+
+    def second(text, p):
+        seen.append(text)
+        return 0.99 if "alpha" in text and "omega" in text else 0.01
+
+    rail.second = second
+    return g, seen
+
+
+def test_the_embedding_stage_leaves_operator_messages_to_rules_and_ngrams_but_not_the_users_words():
+    g, seen = _stage_guard()
+    assert not g.check_input([{"role": "user", "content": "alpha omega"}]).allowed
+    v = g.check_input([{"role": "system", "content": "alpha omega"}, {"role": "developer", "content": "alpha omega"}])
+    assert v.allowed, [f.label for f in v.findings]
+    # split over two user turns after a system prompt: the user's words are joined and judged as the user's
+    seen.clear()
+    v = g.check_input([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "alpha"},
+                       {"role": "user", "content": "omega"}])
+    assert not v.allowed and {f.label for f in v.findings} == {"classifier:embedding"}
+    assert seen == ["alpha", "omega", "alpha omega"]  # never the system prompt, alone or joined
+    # a passage is data whatever message carries it: judged, and dropped
+    v = g.check_input([{"role": "system", "content": [
+        {"type": "text", "text": "alpha omega", "llmops_context": True}]}, {"role": "user", "content": "Hi"}])
+    assert v.allowed and "alpha omega" not in json.dumps(v.messages)
+
+
+def test_the_shipped_skip_roles_can_be_emptied_for_untrusted_clients():
+    g, _ = _stage_guard()
+    g.input_rails[0].cfg.second_stage_skip_roles = []
+    assert not g.check_input([{"role": "system", "content": "alpha omega"}]).allowed
