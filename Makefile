@@ -18,11 +18,11 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup assets test test-fast lint demo finetune serve stop eval eval-ci guardrail-classifiers rag-ingest train-classic \
-        drift bench mlflow-ui clean distclean lock help
+        drift bench mlflow-ui servers clean distclean lock help
 
 help:
 	@echo "make demo | test | test-fast | setup | assets | lint | finetune | serve | stop | eval |"
-	@echo "     guardrail-classifiers | rag-ingest | train-classic | drift | bench | mlflow-ui | clean |"
+	@echo "     guardrail-classifiers | rag-ingest | train-classic | drift | bench | mlflow-ui | servers | clean |"
 	@echo "     distclean | lock"
 
 setup: $(STAMP)
@@ -107,6 +107,16 @@ $(VENV)-bench/.stamp: requirements/bench.txt
 
 bench: setup assets $(VENV)-bench/.stamp
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f $(ARGS) || exit $$?; done
+
+# The servers a team scales out to (Redis, PostgreSQL) from Debian's packages, as root: the scale-out tests
+# start them on loopback ports and are skipped (with this command) where they are missing.
+servers:
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "redis-server and PostgreSQL are installed"; \
+	else \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    redis-server postgresql; \
+	fi
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port 5000

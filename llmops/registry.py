@@ -358,10 +358,15 @@ class Registry:
             steps.append(lambda: self.client.delete_registered_model(name))
         if run_id is not None:
             def _drop_run() -> None:
-                local = _local_path_of(self.client.get_run(run_id).info.artifact_uri)
+                uri = self.client.get_run(run_id).info.artifact_uri
+                local = _local_path_of(uri)
                 self.client.delete_run(run_id)
                 if local is not None:
                     shutil.rmtree(local.parent if local.name == "artifacts" else local, True)
+                else:  # a tracking server's store (mlflow-artifacts:, s3:, ...): deleted through MLflow
+                    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                    get_artifact_repository(uri, tracking_uri=self.tracking_uri).delete_artifacts()
             steps.append(_drop_run)
         for step in steps:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmops.config import StrictModel
 
@@ -162,6 +162,35 @@ class LimitsConfig(StrictModel):
         20_000, ge=0, description="Prompts longer than this are tokenized in a worker thread, off the event loop.")
 
 
+class SharedStateConfig(StrictModel):
+    """Where per-key limits and in-flight slots live: in this process (one gateway, the default) or in Redis,
+    shared by several gateways in front of the same engines."""
+
+    redis_url: str | None = Field(
+        None, description="redis://[user:password@]host:6379/0 (rediss:// for TLS, unix:///path.sock). None: in "
+        "memory, per gateway.")
+    redis_url_env: str = Field(
+        "LLMOPS_REDIS_URL", description="Env var that, when set, gives the URL instead (keeps a password out of "
+        "the config).")
+    key_prefix: str = Field("llmops", min_length=1, description="Prefix of every Redis key (several deployments "
+                            "on one Redis).")
+    on_error: Literal["open", "closed"] = Field(
+        "open", description="Redis unreachable: 'open' serves on this gateway's own in-memory limits and logs a "
+        "warning; 'closed' answers 503 with Retry-After.")
+    timeout_s: float = Field(0.25, gt=0, le=10, description="Redis connect and command timeout.")
+    retry_s: float = Field(5, ge=0, description="After a Redis failure (on_error: open), how long this gateway "
+                           "uses its own limits before it tries Redis again.")
+    slot_lease_s: float = Field(
+        900, gt=0, description="A concurrency slot held by a gateway that died is freed after this long.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return v
+
+
 class RouterConfig(StrictModel):
     """How requests are spread over engines."""
 
@@ -215,6 +244,8 @@ class ServingConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
     router: RouterConfig = Field(default_factory=RouterConfig, description="Replica routing.")
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig, description="Request log.")
+    state: SharedStateConfig = Field(
+        default_factory=SharedStateConfig, description="Where limits live (Redis for several gateways).")
     guardrails: GuardrailsHookConfig = Field(
         default_factory=GuardrailsHookConfig, description="Guardrail hook."
     )

@@ -54,7 +54,8 @@ def registry(tmp_path, monkeypatch):
 
 # A test that uses one of these fixtures talks to a real MLflow store or Qdrant: it is an integration test
 # whatever folder it is in (the `integration` marker's definition), so `-m "not integration"` means it.
-INTEGRATION_FIXTURES = {"registry", "make_pipeline", "stores", "vllm_engine", "vllm_base"}
+INTEGRATION_FIXTURES = {"registry", "make_pipeline", "stores", "vllm_engine", "vllm_base", "redis_server",
+                        "postgres_server", "mlflow_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -92,3 +93,33 @@ def serve_on_loopback():
     for server, thread in servers:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real ``redis-server`` on a loopback port for the session (tests/live_servers.py)."""
+    from live_servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL cluster on a loopback port for the session (tests/live_servers.py)."""
+    from live_servers import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server, tmp_path_factory):
+    """``mlflow server`` on PostgreSQL with served artifacts, for the session."""
+    from live_servers import MlflowServer
+
+    server = MlflowServer(postgres_server.create_db("mlflow"), tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()

@@ -44,6 +44,7 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.on_event("shutdown")
     async def _close() -> None:
         await state.router.close()
+        await state.limiter.close()
         state.close()
 
     return app

@@ -73,7 +73,7 @@ class CompletionHandler:
         self.n = 1
         self.prompt_text: str | None = None
         self.wants_usage = False
-        self.in_flight: str | None = None  # the key whose concurrency slot this request holds
+        self.in_flight: tuple[str, str] | None = None  # (key, slot id) of the concurrency slot it holds
         self._finished = False
         self.said: dict[int, list[str]] = {}  # a guarded stream's text per choice, as the engine sent it
         self.said_chars: dict[int, int] = {}
@@ -92,11 +92,11 @@ class CompletionHandler:
         try:
             self.authenticate(request)
             if self.key is not None:  # a key over its rate is refused before its body is read and parsed
-                self.state.limiter.check_rate(self.key.id, self.key.rpm or self.state.cfg.limits.default_rpm)
+                await self.state.limiter.check_rate(self.key.id, self.key.rpm or self.state.cfg.limits.default_rpm)
             await self.parse(request)
             self.check_streamed_logprobs()
-            self.check_context()
-            self.admit()
+            await self.check_context()
+            await self.admit()
             await self.guard_input()
             resp = await self.forward()
             if self.rec.stream:
@@ -114,23 +114,24 @@ class CompletionHandler:
                             "server_error", "internal_error").response()
         finally:
             if not streaming:
-                self.finish()
+                await self.finish()
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         """Account for the request and give back its concurrency slot; only the first call counts."""
         if self._finished:
             return
         self._finished = True
         if self.in_flight is not None:
-            self.state.limiter.release(self.in_flight)
+            key, slot = self.in_flight
             self.in_flight = None
+            await self.state.limiter.release(key, slot)
         finish_request(self.state, self.rec, self.t0, self.prompt_text)
 
     async def close_stream(self, resp: httpx.Response) -> None:
         """After a stream, however it ended (also when the client left before it started): the engine's
         response is closed (vLLM aborts the generation) and the request accounted for."""
         await resp.aclose()
-        self.finish()
+        await self.finish()
 
     def authenticate(self, request: Request) -> None:
         self.key = self.state.keys.authenticate(request.headers.get("authorization"))
@@ -203,14 +204,14 @@ class CompletionHandler:
                            "(logprobs of a choice whose text a rail changed come back as null).",
                            code="logprobs_with_output_rails", param="logprobs")
 
-    def check_context(self) -> None:
+    async def check_context(self) -> None:
         """400 when a prompt and max_tokens do not fit the model's context. The refusal counts as one of the
         key's requests per minute: the tokenizing cost work, so repeating it is not free."""
         longest = max(self.prompt_tokens)
         limit = self.route.max_model_len
         if longest + self.max_tokens > limit:
             if self.key is not None:
-                self.state.limiter.count_refused(self.key.id)
+                await self.state.limiter.count_refused(self.key.id)
             bound = "at least " if self.count_is_bound else ""  # a very long prompt: a lower bound was enough
             raise APIError(
                 400, f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -218,16 +219,16 @@ class CompletionHandler:
                 "the completion). Please reduce the prompt or max_tokens.",
                 code="context_length_exceeded", param="messages" if self.chat else "prompt")
 
-    def admit(self) -> None:
+    async def admit(self) -> None:
         """Rate, token and concurrency limits of the key (429 with Retry-After)."""
         if self.key is None:
             return
         limits = self.state.cfg.limits
         budget = self.rec.prompt_tokens + self.max_tokens * self.n * len(self.prompt_tokens)
         # the concurrency slot first: a request refused for it uses up none of the key's rate budget
-        self.state.limiter.acquire(self.key.id, limits.max_concurrent_per_key)
-        self.in_flight = self.key.id
-        self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
+        slot = await self.state.limiter.acquire(self.key.id, limits.max_concurrent_per_key)
+        self.in_flight = (self.key.id, slot)
+        await self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
                                  self.key.tpm or limits.default_tpm)
 
     async def guard_input(self) -> None:
@@ -457,7 +458,7 @@ class CompletionHandler:
                                  "type": "server_error", "code": rec.error_code, "param": None}})
         finally:
             await resp.aclose()  # on client disconnect too: vLLM then aborts the generation
-            self.finish()
+            await self.finish()
 
     def note_piece(self, c: dict) -> None:
         """Keep what a guarded stream's choice said (up to ANSWER_CHARS) and its finish_reason."""

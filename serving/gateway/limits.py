@@ -1,26 +1,57 @@
-"""Per-key request and token rate limits over a sliding minute (in memory; Redis when shared)."""
+"""Per-key request and token rate limits over a sliding minute, and per-key concurrency slots.
+
+Two stores with one behaviour: :class:`RateLimiter` keeps the counters in this process (one gateway, the
+default); :class:`RedisLimiter` keeps them in Redis (``state.redis_url``), so several gateways share one
+key's limits. Every Redis step is one Lua script, atomic on the server, timed by the server's clock.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+import uuid
 from collections import deque
 
 from serving.gateway.errors import APIError
 
+log = logging.getLogger(__name__)
+
 WINDOW_S = 60.0
 
 
+def _too_big(tokens: int, tpm: int) -> APIError:
+    return APIError(429, f"This request needs {tokens} tokens, more than the key's limit of {tpm} tokens per "
+                    "minute; lower max_tokens or the prompt.", "rate_limit_error", "tokens_per_request_exceeded")
+
+
+def _limited(message: str, wait: float) -> APIError:
+    seconds = max(1, math.ceil(wait))
+    return APIError(429, f"{message}; retry in {seconds} s.", "rate_limit_error",
+                    "rate_limit_exceeded", headers={"Retry-After": str(seconds)})
+
+
+def _busy(n: int, cap: int) -> APIError:
+    return APIError(429, f"This key already has {n} requests in flight (the limit is {cap}); wait for one to "
+                    "finish.", "rate_limit_error", "concurrency_limit_exceeded", headers={"Retry-After": "1"})
+
+
 class RateLimiter:
-    """Admits a request when the key's last-minute requests and tokens stay within its limits."""
+    """Admits a request when the key's last-minute requests and tokens stay within its limits (in memory).
+
+    The methods are coroutines so that the routes use this store and :class:`RedisLimiter` alike; here
+    none of them waits. ``now`` (seconds) is for tests; the default is the monotonic clock.
+    """
+
+    shared = False
 
     def __init__(self) -> None:
         self._events: dict[str, deque[tuple[float, int]]] = {}
         self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def admit(self, key_id: str, tokens: int, rpm: int, tpm: int, now: float | None = None) -> None:
+    async def admit(self, key_id: str, tokens: int, rpm: int, tpm: int, now: float | None = None) -> None:
         """Record the request, or raise 429 with Retry-After.
 
         Raises:
@@ -28,17 +59,12 @@ class RateLimiter:
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            q = self._events.setdefault(key_id, deque())
-            while q and q[0][0] <= now - WINDOW_S:
-                q.popleft()
+            q = self._window(key_id, now)
             if tokens > tpm:
                 q.append((now, 0))  # counting its tokens cost work: the rejection counts as a request
-                raise APIError(429, f"This request needs {tokens} tokens, more than the key's limit of "
-                               f"{tpm} tokens per minute; lower max_tokens or the prompt.",
-                               "rate_limit_error", "tokens_per_request_exceeded")
+                raise _too_big(tokens, tpm)
             if len(q) >= rpm:
-                wait = q[len(q) - rpm][0] + WINDOW_S - now
-                raise self._limited(f"Rate limit of {rpm} requests per minute reached", wait)
+                raise _limited(f"Rate limit of {rpm} requests per minute reached", q[len(q) - rpm][0] + WINDOW_S - now)
             used = sum(n for _, n in q)
             if used + tokens > tpm:
                 # free enough tokens: the oldest events expire first
@@ -49,10 +75,10 @@ class RateLimiter:
                         wait = ts + WINDOW_S - now
                         break
                 q.append((now, 0))
-                raise self._limited(f"Rate limit of {tpm} tokens per minute reached", wait)
+                raise _limited(f"Rate limit of {tpm} tokens per minute reached", wait)
             q.append((now, tokens))
 
-    def check_rate(self, key_id: str, rpm: int, now: float | None = None) -> None:
+    async def check_rate(self, key_id: str, rpm: int, now: float | None = None) -> None:
         """Refuse a key whose last minute already holds ``rpm`` requests, before its body is even read (a
         client that repeats expensive requests is stopped at the cost of a header lookup). Records nothing.
 
@@ -61,37 +87,33 @@ class RateLimiter:
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            q = self._events.get(key_id)
-            if not q:
-                return
-            while q and q[0][0] <= now - WINDOW_S:
-                q.popleft()
+            q = self._window(key_id, now)
             if len(q) >= rpm:
-                wait = q[len(q) - rpm][0] + WINDOW_S - now
-                raise self._limited(f"Rate limit of {rpm} requests per minute reached", wait)
+                raise _limited(f"Rate limit of {rpm} requests per minute reached", q[len(q) - rpm][0] + WINDOW_S - now)
 
-    def count_refused(self, key_id: str, now: float | None = None) -> None:
+    async def count_refused(self, key_id: str, now: float | None = None) -> None:
         """A request refused after it cost work (e.g. tokenizing a prompt too long for the model) counts as one
         request of the key's per-minute budget, with no tokens."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._events.setdefault(key_id, deque()).append((now, 0))
+            self._window(key_id, now).append((now, 0))
 
-    def acquire(self, key_id: str, cap: int) -> None:
-        """Count one more request in flight for the key (release it with :meth:`release`).
+    async def acquire(self, key_id: str, cap: int) -> str:
+        """Take one of the key's ``cap`` concurrency slots; give it back with :meth:`release`.
 
+        Returns:
+            The slot's id.
         Raises:
             APIError: 429 when ``cap`` requests of this key are already in flight.
         """
         with self._lock:
             n = self._inflight.get(key_id, 0)
             if n >= cap:
-                raise APIError(429, f"This key already has {n} requests in flight (the limit is {cap}); wait for "
-                               "one to finish.", "rate_limit_error", "concurrency_limit_exceeded",
-                               headers={"Retry-After": "1"})
+                raise _busy(n, cap)
             self._inflight[key_id] = n + 1
+        return uuid.uuid4().hex
 
-    def release(self, key_id: str) -> None:
+    async def release(self, key_id: str, slot: str) -> None:
         with self._lock:
             n = self._inflight.get(key_id, 0) - 1
             if n > 0:
@@ -99,11 +121,224 @@ class RateLimiter:
             else:
                 self._inflight.pop(key_id, None)
 
-    def in_flight(self, key_id: str) -> int:
+    async def in_flight(self, key_id: str) -> int:
         return self._inflight.get(key_id, 0)
 
-    @staticmethod
-    def _limited(message: str, wait: float) -> APIError:
-        seconds = max(1, math.ceil(wait))
-        return APIError(429, f"{message}; retry in {seconds} s.", "rate_limit_error",
-                        "rate_limit_exceeded", headers={"Retry-After": str(seconds)})
+    async def close(self) -> None:
+        pass
+
+    def _window(self, key_id: str, now: float) -> deque[tuple[float, int]]:
+        q = self._events.setdefault(key_id, deque())
+        while q and q[0][0] <= now - WINDOW_S:
+            q.popleft()
+        return q
+
+
+# ------------------------------------------------------------------------------------------- Redis
+# Events of a key: a sorted set, score = time, member = "<id>:<tokens>". The clock is the server's (TIME),
+# so gateways whose clocks differ still share one window; ARGV[1] replaces it in tests.
+_NOW = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+_RATE = _NOW + """
+local key, window = KEYS[1], tonumber(ARGV[2])
+local tokens, rpm, tpm, id, mode = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local function record(n)
+  redis.call('ZADD', key, now, id .. ':' .. n)
+  redis.call('PEXPIRE', key, math.ceil(window * 1000) + 1000)
+end
+local function n_of(member) return tonumber(string.match(member, ':(%d+)$')) end
+if mode == 'refused' then record(0) return {0, '0'} end
+local count = redis.call('ZCARD', key)
+if mode ~= 'check' and tokens > tpm then record(0) return {1, '0'} end
+if count >= rpm then
+  local e = redis.call('ZRANGE', key, count - rpm, count - rpm, 'WITHSCORES')
+  return {2, tostring(tonumber(e[2]) + window - now)}
+end
+if mode == 'check' then return {0, '0'} end
+local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+local used = 0
+for i = 1, #all, 2 do used = used + n_of(all[i]) end
+if used + tokens > tpm then
+  local need, wait = used + tokens - tpm, window
+  for i = 1, #all, 2 do
+    need = need - n_of(all[i])
+    if need <= 0 then wait = tonumber(all[i + 1]) + window - now break end
+  end
+  record(0)
+  return {3, tostring(wait)}
+end
+record(tokens)
+return {0, '0'}
+"""
+
+# Concurrency slots of a key: a sorted set, member = slot id, score = when its lease ends (a gateway that dies
+# holding slots gives them back when the lease runs out).
+_ACQUIRE = _NOW + """
+local key, lease, cap, id = KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local n = redis.call('ZCARD', key)
+if n >= cap then return n end
+redis.call('ZADD', key, now + lease, id)
+redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+return -1
+"""
+
+_IN_FLIGHT = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class StateUnavailable(Exception):
+    """Redis did not answer (refused, timed out, or an error reply)."""
+
+
+class RedisLimiter:
+    """The same limits as :class:`RateLimiter`, shared by every gateway that uses the same Redis.
+
+    When Redis fails, ``on_error`` decides: ``open`` serves on this gateway's own in-memory limits (a
+    warning is logged, Redis is tried again after ``retry_s``), ``closed`` answers 503 with Retry-After.
+    """
+
+    shared = True
+
+    def __init__(self, url: str, prefix: str = "llmops", on_error: str = "open", timeout_s: float = 0.25,
+                 slot_lease_s: float = 900.0, retry_s: float = 5.0, on_failure=None) -> None:
+        import redis.asyncio as aioredis
+
+        self.url, self.prefix, self.on_error = url, prefix, on_error
+        self.slot_lease_s, self.retry_s = slot_lease_s, retry_s
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                              decode_responses=True)
+        self._rate = self._redis.register_script(_RATE)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._count = self._redis.register_script(_IN_FLIGHT)
+        self._local = RateLimiter()  # the fallback of on_error: open
+        self._down_until = 0.0
+        self._on_failure = on_failure  # called once per failure (a metric counter)
+
+    # ------------------------------------------------------------------- the limiter interface
+    async def admit(self, key_id: str, tokens: int, rpm: int, tpm: int, now: float | None = None) -> None:
+        await self._rate_step(key_id, tokens, rpm, tpm, "admit", now)
+
+    async def check_rate(self, key_id: str, rpm: int, now: float | None = None) -> None:
+        await self._rate_step(key_id, 0, rpm, 0, "check", now)
+
+    async def count_refused(self, key_id: str, now: float | None = None) -> None:
+        await self._rate_step(key_id, 0, 0, 0, "refused", now)
+
+    async def acquire(self, key_id: str, cap: int) -> str:
+        slot = uuid.uuid4().hex
+        try:
+            n = await self._call(self._acquire, [self._key("slots", key_id)], ["", self.slot_lease_s, cap, slot])
+        except StateUnavailable:
+            return "local:" + await self._local.acquire(key_id, cap)
+        if n >= 0:
+            raise _busy(n, cap)
+        return slot
+
+    async def release(self, key_id: str, slot: str) -> None:
+        if slot.startswith("local:"):
+            await self._local.release(key_id, slot)
+            return
+        try:
+            await self._call(self._redis.zrem, self._key("slots", key_id), slot)
+        except StateUnavailable:
+            pass  # the slot's lease frees it
+        except APIError:
+            pass  # on_error: closed; the request is over, its slot's lease frees it
+
+    async def in_flight(self, key_id: str) -> int:
+        """Slots of the key held in Redis (every gateway) plus those this gateway holds locally."""
+        try:
+            shared = await self._call(self._count, [self._key("slots", key_id)], [""])
+        except StateUnavailable:
+            shared = 0
+        return int(shared) + await self._local.in_flight(key_id)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means not reachable
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # ---------------------------------------------------------------------------- internals
+    def _key(self, kind: str, key_id: str) -> str:
+        # the hash tag keeps a key's sets on one Redis Cluster slot
+        return f"{self.prefix}:{kind}:{{{key_id}}}"
+
+    async def _rate_step(self, key_id: str, tokens: int, rpm: int, tpm: int, mode: str,
+                         now: float | None) -> None:
+        args = ["" if now is None else repr(now), WINDOW_S, tokens, rpm, tpm, uuid.uuid4().hex, mode]
+        try:
+            code, wait = await self._call(self._rate, [self._key("rate", key_id)], args)
+        except StateUnavailable:
+            local = {"admit": lambda: self._local.admit(key_id, tokens, rpm, tpm),
+                     "check": lambda: self._local.check_rate(key_id, rpm),
+                     "refused": lambda: self._local.count_refused(key_id)}[mode]
+            await local()
+            return
+        code = int(code)
+        if code == 1:
+            raise _too_big(tokens, tpm)
+        if code == 2:
+            raise _limited(f"Rate limit of {rpm} requests per minute reached", float(wait))
+        if code == 3:
+            raise _limited(f"Rate limit of {tpm} tokens per minute reached", float(wait))
+
+    async def _call(self, fn, *args):
+        """One Redis step. Failure: StateUnavailable (on_error: open) or a 503 APIError (closed)."""
+        from redis.exceptions import RedisError
+
+        if self.on_error == "open" and time.monotonic() < self._down_until:
+            raise StateUnavailable  # Redis failed a moment ago: do not make every request wait for it
+        try:
+            if isinstance(args[0], list):  # a script: keys, args
+                return await fn(keys=args[0], args=args[1])
+            return await fn(*args)
+        except (RedisError, OSError) as e:
+            if self._on_failure is not None:
+                self._on_failure()
+            if self.on_error == "closed":
+                log.error("Redis at %s failed (%s: %s); refusing requests (state.on_error: closed)",
+                          _safe(self.url), type(e).__name__, e)
+                raise APIError(503, "The gateway's shared state store (Redis) is unreachable; retry shortly.",
+                               "server_error", "state_store_unavailable", headers={"Retry-After": "1"}) from e
+            if time.monotonic() >= self._down_until:
+                log.warning("Redis at %s failed (%s: %s); limits are this gateway's own for the next %.0f s "
+                            "(state.on_error: open)", _safe(self.url), type(e).__name__, e, self.retry_s)
+            self._down_until = time.monotonic() + self.retry_s
+            raise StateUnavailable from e
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def make_limiter(cfg, on_failure=None):
+    """The limiter ``state`` config asks for: Redis when a URL is set (in the config or its env var)."""
+    import os
+
+    url = os.environ.get(cfg.redis_url_env) if cfg.redis_url_env else None
+    url = url or cfg.redis_url
+    if not url:
+        return RateLimiter()
+    return RedisLimiter(url, cfg.key_prefix, cfg.on_error, cfg.timeout_s, cfg.slot_lease_s, cfg.retry_s,
+                        on_failure=on_failure)

@@ -24,6 +24,8 @@ class Metrics:
         self.answers = Counter("llmops_answers", "Answers judged for degenerate output (loops, empty, wrong "
                                "script) by model, registry version, finish reason and verdict",
                                ["model", "version", "finish_reason", "degenerate"], registry=r)
+        self.state_errors = Counter("llmops_state_store_errors", "Failed calls to the shared state store (Redis)",
+                                    registry=r)
 
 
 class EngineCollector:

@@ -14,7 +14,7 @@ from llmops.registry import UNAUDITED_ACTOR
 from serving.config import ServingConfig
 from serving.gateway.auth import KeyStore
 from serving.gateway.errors import APIError
-from serving.gateway.limits import RateLimiter
+from serving.gateway.limits import make_limiter
 from serving.gateway.metrics import EngineCollector, Metrics, RequestLogCollector
 from serving.gateway.requestlog import RequestLog
 from serving.guard_hook import GuardHook, load_hook
@@ -99,8 +99,8 @@ class GatewayState:
         self.cfg = cfg
         self.engines = engines
         self.keys = KeyStore(cfg.auth)
-        self.limiter = RateLimiter()
         self.metrics = Metrics()
+        self.limiter = make_limiter(cfg.state, on_failure=self.metrics.state_errors.inc)
         self.metrics.registry.register(EngineCollector(engines))
         rl = cfg.request_log
         self.requestlog = (RequestLog(rl.path, rl.max_queue, rl.retention_days, rl.max_rows) if rl.enabled

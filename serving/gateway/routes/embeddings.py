@@ -62,9 +62,8 @@ async def embeddings(request: Request) -> Response:
         key = state.keys.authenticate(request.headers.get("authorization"))
         rec.key_id = key.id if key else None
         if key is not None:  # a key over its rate or its concurrency is refused before its body is read
-            state.limiter.check_rate(key.id, key.rpm or limits.default_rpm)
-            state.limiter.acquire(key.id, limits.max_concurrent_per_key)
-            in_flight = key.id
+            await state.limiter.check_rate(key.id, key.rpm or limits.default_rpm)
+            in_flight = (key.id, await state.limiter.acquire(key.id, limits.max_concurrent_per_key))
         body = await read_json(request, limits.max_body_bytes)
         route = state.route(body.get("model"), ("embedding",))
         rec.model = route.public
@@ -85,7 +84,7 @@ async def embeddings(request: Request) -> Response:
         tokens = await run_in_threadpool(count) if long_input else count()  # long input: off the event loop
         rec.prompt_tokens = tokens
         if key is not None:
-            state.limiter.admit(key.id, tokens, key.rpm or limits.default_rpm, key.tpm or limits.default_tpm)
+            await state.limiter.admit(key.id, tokens, key.rpm or limits.default_rpm, key.tpm or limits.default_tpm)
         check = getattr(state.hook, "check_embeddings", None)
         if check is not None and not state.hook.passthrough:
             if long_input or state.hook.blocking_io:  # a rail that runs a model or calls out: off the loop
@@ -120,5 +119,5 @@ async def embeddings(request: Request) -> Response:
                         "server_error", "internal_error").response()
     finally:
         if in_flight is not None:
-            state.limiter.release(in_flight)
+            await state.limiter.release(*in_flight)
         finish_request(state, rec, t0)

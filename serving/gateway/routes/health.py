@@ -30,7 +30,13 @@ async def ready(request: Request) -> JSONResponse:
                for e in state.engines}
     groups = {e.cfg.served_name for e in state.engines}
     ok = all(any(e.state == "ready" for e in state.engines if e.cfg.served_name == g) for g in groups)
-    return JSONResponse({"ready": ok, "engines": engines}, status_code=200 if ok else 503)
+    body = {"ready": ok, "engines": engines}
+    if state.limiter.shared:  # Redis: reported; not ready only where its failure refuses requests
+        up = await state.limiter.ping()
+        body["state_store"] = {"kind": "redis", "up": up, "on_error": state.cfg.state.on_error}
+        ok = ok and (up or state.cfg.state.on_error == "open")
+        body["ready"] = ok
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")

@@ -1,13 +1,38 @@
-"""Registry round trip on a real SQLite MLflow store in a temporary folder."""
+"""The registry, the same tests on both stores a team meets: SQLite in a temporary folder (the default) and an
+MLflow tracking server on PostgreSQL with served artifacts (the team's path), both real (tests/live_servers.py)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
 from llmops.errors import RegistryError
-from llmops.registry import Lineage, Registry, RegistryConfig, parse_ref, sha256_path
+from llmops.registry import AUDIT_EXPERIMENT, Lineage, Registry, RegistryConfig, parse_ref, sha256_path
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def registry(request, tmp_path, monkeypatch):
+    """A fresh registry; ``artifact_dir`` is where its files land (the server's store for the server). On the
+    shared server each test has its own experiment and its models are deleted after it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if request.param == "sqlite":
+        reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+        reg.artifact_dir = Path(reg.config.root) / "artifacts"
+        yield reg
+        return
+    server = request.getfixturevalue("mlflow_server")
+    reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns"), tracking_uri=server.url,
+                                  experiment=f"test-{uuid.uuid4().hex[:10]}"))
+    assert reg.tracking_uri.startswith("http://")
+    reg.artifact_dir = server.artifacts / reg._experiment_id
+    yield reg
+    for model in reg.client.search_registered_models():
+        reg.client.delete_registered_model(model.name)
+    audit = reg.client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    for run in reg.client.search_runs([audit.experiment_id]) if audit else []:
+        reg.client.delete_run(run.info.run_id)  # the next test starts with no audit history
 
 
 @pytest.fixture
@@ -87,7 +112,7 @@ def test_failure_leaves_nothing(registry, adapter_dir, monkeypatch):
     runs = registry.client.search_runs([registry._experiment_id])
     assert runs == []
     # and no file of it is left in the artifact store
-    files = [p for p in (Path(registry.config.root) / "artifacts").rglob("*") if p.is_file()]
+    files = [p for p in registry.artifact_dir.rglob("*") if p.is_file()]
     assert files == []
 
 

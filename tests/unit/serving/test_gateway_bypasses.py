@@ -294,16 +294,16 @@ def test_embeddings_input_goes_through_the_pii_rail(gw):
 def test_embeddings_keep_the_keys_concurrency_and_rate_limits(gw):
     limiter, limits = gw.state.limiter, gw.state.cfg.limits
     body = {"model": "minilm", "input": "hello"}
-    for _ in range(limits.max_concurrent_per_key):  # the key's slots are all taken by other requests
-        limiter.acquire("k", limits.max_concurrent_per_key)
+    slots = [asyncio.run(limiter.acquire("k", limits.max_concurrent_per_key))  # taken by other requests
+             for _ in range(limits.max_concurrent_per_key)]
     status, data = gw.call("/v1/embeddings", body)
     assert status == 429 and data["error"]["code"] == "concurrency_limit_exceeded"
-    for _ in range(limits.max_concurrent_per_key):
-        limiter.release("k")
+    for slot in slots:
+        asyncio.run(limiter.release("k", slot))
     assert gw.call("/v1/embeddings", body)[0] == 200 and gw.call("/v1/embeddings", body)[0] == 200
     assert "k" not in limiter._inflight  # every slot given back
     for _ in range(limits.default_rpm):  # the key's requests of this minute are used up
-        limiter.count_refused("k")
+        asyncio.run(limiter.count_refused("k"))
     status, data = gw.call("/v1/embeddings", body)
     assert status == 429 and "per minute" in data["error"]["message"]
 

@@ -19,6 +19,7 @@ from llmops.contracts import VerdictRecord, read_request_log
 from serving.config import ServingConfig
 from serving.gateway.app import create_app
 from serving.gateway.auth import hash_key
+from serving.gateway.errors import APIError
 from serving.gateway.state import GatewayState, text_prefix
 
 # ------------------------------------------------------------------------------------- fake engine
@@ -168,6 +169,14 @@ class FakeGuard:
 def gateway(engine_url, tmp_path):
     ENGINE_SEEN.clear()
     ANSWERS.clear()
+    gw = make_gateway(engine_url, tmp_path)
+    yield gw
+    gw.loop.run_until_complete(gw.state.router.close())
+    gw.loop.close()
+
+
+def make_gateway(engine_url: str, tmp_path, **overrides) -> SimpleNamespace:
+    """A gateway app on the fake engine (config ``overrides`` by top-level section); ``call``/``log``."""
     port = int(engine_url.rsplit(":", 1)[1])
     cfg = ServingConfig.model_validate({
         "engines": [{"served_name": "m", "port": port, "max_model_len": 256}],
@@ -175,7 +184,7 @@ def gateway(engine_url, tmp_path):
         "auth": {"keys": [{"id": "k", "sha256": hash_key("sk-k")}], "keys_env": "NO_SUCH_ENV",
                  "keys_file": str(tmp_path / "keys.json")},
         "request_log": {"path": str(tmp_path / "log.sqlite")},
-        "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}})
+        "router": {"retries": 0, "fallbacks": {"broken": ["m"]}}, **overrides})
     engine = SimpleNamespace(cfg=cfg.engines[0], url=engine_url, state="ready", api_key="engine-secret")
     state = GatewayState(cfg, [engine], {})
     state.hook = FakeGuard()
@@ -196,9 +205,7 @@ def gateway(engine_url, tmp_path):
         state.requestlog = None
         return read_request_log(tmp_path / "log.sqlite")
 
-    yield SimpleNamespace(call=call, state=state, log=log, app=app, loop=loop)
-    loop.run_until_complete(state.router.close())
-    loop.close()
+    return SimpleNamespace(call=call, state=state, log=log, app=app, loop=loop)
 
 
 def chat(content: str, **kw) -> dict:
@@ -343,20 +350,20 @@ def test_deep_json_and_unexpected_errors_are_answered_and_logged_with_their_stat
     status, data = gateway.call("/v1/chat/completions", chat("hi"))
     assert status == 502 and data["error"]["code"] == "engine_error"
     assert list(gateway.log().status) == [400, 500, 502]
-    assert gateway.state.limiter.in_flight("k") == 0
+    assert asyncio.run(gateway.state.limiter.in_flight("k")) == 0
 
 
 def test_per_key_concurrency_cap_and_slots_given_back(gateway):
     limiter = gateway.state.limiter
     gateway.state.cfg.limits.max_concurrent_per_key = 1
-    limiter.acquire("k", 1)  # another request of this key is in flight
+    slot = asyncio.run(limiter.acquire("k", 1))  # another request of this key is in flight
     status, data = gateway.call("/v1/chat/completions", chat("hi"))
     assert status == 429 and data["error"]["code"] == "concurrency_limit_exceeded"
-    limiter.release("k")
+    asyncio.run(limiter.release("k", slot))
     assert gateway.call("/v1/chat/completions", chat("hi"))[0] == 200
     assert gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)[0] == 200
     assert gateway.call("/v1/chat/completions", chat("BLOCKME"))[0] == 400
-    assert limiter.in_flight("k") == 0  # every path gave its slot back
+    assert asyncio.run(limiter.in_flight("k")) == 0  # every path gave its slot back
 
 
 def test_unauthenticated_requests_are_sampled_into_the_log_and_all_counted(gateway):
@@ -430,7 +437,7 @@ def test_a_client_that_leaves_at_once_gives_back_its_slot_and_is_logged(gateway)
         sent.append(message)
 
     gateway.loop.run_until_complete(gateway.app(scope, receive, send))
-    assert gateway.state.limiter.in_flight("k") == 0
+    assert asyncio.run(gateway.state.limiter.in_flight("k")) == 0
     rec = gateway.log().iloc[0]
     assert rec.stream and rec.status == 200
 
@@ -573,4 +580,36 @@ def test_an_engine_stream_that_breaks_off_ends_with_a_clean_sse_error(gateway, h
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     assert status == 200 and events[-1]["error"]["code"] == "engine_error" and "retry" in events[-1]["error"]["message"]
     assert "PART" in "".join(c["delta"]["content"] for e in events[:-1] for c in e["choices"])
-    assert list(gateway.log().status) == [502] and gateway.state.limiter.in_flight("k") == 0
+    assert list(gateway.log().status) == [502] and asyncio.run(gateway.state.limiter.in_flight("k")) == 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_gateways_hold_one_keys_limits_together_only_with_redis(engine_url, tmp_path, shared, request):
+    """Two gateways (two apps, two limiter objects, each its own connections) in front of one engine. In
+    memory each enforces rpm on its own share, so the key gets twice its limit; with one Redis the limit
+    holds across both, and a slot taken on one gateway counts on the other."""
+    state = {}
+    if shared:
+        server = request.getfixturevalue("redis_server")
+        state = {"state": {"redis_url": server.url, "key_prefix": f"two{tmp_path.name[-12:]}", "on_error": "closed"}}
+    overrides = {"limits": {"default_max_tokens": 32, "default_rpm": 6}, **state}
+    gws = [make_gateway(engine_url, tmp_path / f"gw{i}", **overrides) for i in range(2)]
+    try:
+        statuses = [gws[i % 2].call("/v1/chat/completions", chat("hi"))[0] for i in range(12)]
+        assert statuses.count(200) == (6 if shared else 12), statuses
+        assert statuses.count(429) == (6 if shared else 0)
+        if shared:
+            assert all(s == 429 for s in statuses[6:])  # refused on both gateways alike
+            first, second = gws
+            first.state.cfg.limits.max_concurrent_per_key = second.state.cfg.limits.max_concurrent_per_key = 1
+            slot = first.loop.run_until_complete(first.state.limiter.acquire("k2", 1))
+            with pytest.raises(APIError) as e:
+                second.loop.run_until_complete(second.state.limiter.acquire("k2", 1))
+            assert e.value.code == "concurrency_limit_exceeded"
+            first.loop.run_until_complete(first.state.limiter.release("k2", slot))
+            second.loop.run_until_complete(second.state.limiter.acquire("k2", 1))
+    finally:
+        for gw in gws:
+            gw.loop.run_until_complete(gw.state.limiter.close())
+            gw.loop.run_until_complete(gw.state.router.close())
+            gw.loop.close()
