@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
         epilog="Exit codes: 0 no dataset drift, 1 dataset drift, 2 bad input.")
     parser.add_argument("--reference", help="reference CSV/Parquet file")
     parser.add_argument("--current", help="current CSV/Parquet file")
-    parser.add_argument("--request-log", help="gateway request log (SQLite) instead of two files")
+    parser.add_argument("--request-log", action="append",
+                        help="gateway request log (SQLite) instead of two files; repeat it for several gateways")
     parser.add_argument("--split", help="with --request-log: ISO time or '-24h' (default) between ref and current")
     parser.add_argument("--reference-eval", help="eval_report.json: per-sample eval scores of a baseline run")
     parser.add_argument("--current-eval", help="eval_report.json of the run to compare with --reference-eval")

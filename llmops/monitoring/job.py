@@ -37,9 +37,9 @@ class DriftJobConfig(StrictModel):
                                        "(with current_eval) instead of reference/current tables.")
     current_eval: str | None = Field(None, description="Current eval_report.json (see reference_eval).")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Tests and thresholds.")
-    request_log: str | None = Field(
-        None, description="Gateway request log (SQLite); replaces reference/current: requests before "
-        "`split` are the reference, the rest current."
+    request_log: str | list[str] | None = Field(
+        None, description="Gateway request log (SQLite), or a list of them (one per gateway: merged in time "
+        "order); replaces reference/current: requests before `split` are the reference, the rest current."
     )
     split: str | None = Field(
         None, description="Split time for request_log: ISO time (2026-11-25T12:00) or '-24h' (hours ago)."

@@ -14,6 +14,7 @@ prompts from current ones?)::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,22 @@ SIGNALS = ["prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "statu
            "finish_reason", "degenerate"]
 
 
-def request_signals(path: str | Path) -> pd.DataFrame:
-    """Signals per request, with ``ts`` and (when logged) ``prompt_embedding``.
+def request_signals(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """Signals per request, with ``ts`` and (when logged) ``prompt_embedding``. Several logs (one per gateway
+    behind a load balancer) are merged into one traffic in time order.
 
     Raises:
         DriftInputError: no such file or no ``requests`` table.
     """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise DriftInputError("No request log given.")
     try:
-        raw = read_request_log(path)
+        frames = [read_request_log(p) for p in paths]
     except RequestLogError as e:
         raise DriftInputError(str(e)) from e
+    raw = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    raw = raw.sort_values("ts", kind="stable").reset_index(drop=True)
     df = pd.DataFrame({
         "ts": raw["ts"].astype(float),
         "prompt_tokens": pd.to_numeric(raw["prompt_tokens"], errors="coerce"),
@@ -89,7 +96,7 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, threshold: float
                         "prompts moved to other topics" if drifted else "no drift", "exact", 0.0, 0.0)
 
 
-def request_log_drift(path: str | Path, split_ts: float, cfg: DriftConfig | None = None,
+def request_log_drift(path: str | Path | Sequence[str | Path], split_ts: float, cfg: DriftConfig | None = None,
                       embedding_threshold: float = 0.55) -> DriftResult:
     """Drift of requests at or after ``split_ts`` against those before it.
 

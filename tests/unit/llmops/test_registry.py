@@ -248,3 +248,30 @@ def test_a_move_made_outside_the_project_is_detected_and_recorded(registry, adap
     assert (move.from_version, move.to_version, move.actor) == (1, 2, "unknown (outside llmops)")
     assert registry.audit("m")[-1].reason.startswith("UNAUDITED") and "test" in registry.audit("m")[-1].reason
     assert registry.unaudited_move("m", "champion") is None  # recorded once
+
+
+def test_runs_of_eval_and_training_round_trip(registry, adapter_dir, tmp_path):
+    """What eval and fine-tuning log (a finished run with a report linked to a version; an open training run
+    with stepped metrics and its dataset) reads back the same on both stores."""
+    registry.register("tuned", adapter_dir, kind="adapter", aliases=["champion"])
+    report = tmp_path / "report.md"
+    report.write_text("# Eval\n| metric | value |\n| exact | 0.75 |\n", encoding="utf-8")
+    run_id = registry.log_run("eval-tuned", model_ref="tuned@champion", params={"suite": "qa"},
+                              metrics={"exact": 0.75}, artifacts=[report], tags={"llmops.kind": "eval"})
+    assert registry.read_run_artifact(run_id, "report.md") == report.read_text(encoding="utf-8")
+    assert registry.read_run_artifact(run_id, "missing.md") is None
+    runs = registry.runs_for("tuned", 1)
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].data.metrics["exact"] == 0.75
+    assert runs[0].data.params["suite"] == "qa" and runs[0].info.status == "FINISHED"
+    with pytest.raises(RegistryError, match="is not set"):
+        registry.log_run("eval-x", model_ref="tuned@challenger")
+
+    train = registry.start_run("finetune-tuned", params={"lr": 2e-4})
+    for step, loss in ((1, 2.0), (2, 1.5)):
+        registry.log_metrics(train, {"loss": loss}, step=step)
+    registry.log_dataset(train, "qa.jsonl", "a" * 64, str(tmp_path / "qa.jsonl"), rows=12)
+    registry.end_run(train)
+    run = registry.client.get_run(train)
+    history = registry.client.get_metric_history(train, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5)]
+    assert run.inputs.dataset_inputs[0].dataset.digest == "a" * 36 and run.info.status == "FINISHED"

@@ -27,9 +27,11 @@ def embedder(embedding_model_dir):
 
 
 def write_log(path, embedder, shifted: bool, n: int = 80):
+    """The traffic of one gateway; ``path`` a list: of several gateways, request i written by gateway i % k."""
     rng = np.random.default_rng(0)
-    log = RequestLog(path)
+    logs = [RequestLog(p) for p in (path if isinstance(path, list) else [path])]
     for i in range(2 * n):
+        log = logs[i % len(logs)]
         later = i >= n
         topic = FINANCE if (later and shifted) else COOKING
         text = f"{topic[rng.integers(len(topic))]} (case {rng.integers(1000)})"
@@ -43,7 +45,8 @@ def write_log(path, embedder, shifted: bool, n: int = 80):
             guardrails=[VerdictRecord("input", "block", "injection", ("rule:override",))] if blocked else [],
             prompt_embedding=emb.tobytes(), finish_reason="length" if looped else "stop",
             degenerate=None if blocked else int(looped)))
-    log.close()
+    for log in logs:
+        log.close()
 
 
 def test_request_log_drift_detects_topic_length_and_guardrail_shift(tmp_path, embedder):
@@ -56,6 +59,23 @@ def test_request_log_drift_detects_topic_length_and_guardrail_shift(tmp_path, em
     # 5 of the 11 signals moved: past a 30% share that is dataset drift, short of the default half it is not
     assert result.n_columns == 11 and result.dataset_drift is True
     assert request_log_drift(tmp_path / "log.sqlite", split_ts=1080.0).dataset_drift is False
+
+
+def test_the_logs_of_several_gateways_merge_into_one_traffic(tmp_path, embedder):
+    """The same requests written by one gateway, or spread over three behind a load balancer, give the
+    same drift result (the logs are merged in time order)."""
+    write_log(tmp_path / "one.sqlite", embedder, shifted=True)
+    parts = [tmp_path / f"gw{i}.sqlite" for i in range(3)]
+    write_log(parts, embedder, shifted=True)
+    cfg = DriftConfig(drift_share=0.3)
+    one = request_log_drift(tmp_path / "one.sqlite", split_ts=1080.0, cfg=cfg)
+    merged = request_log_drift(parts, split_ts=1080.0, cfg=cfg)
+    assert [(c.column, c.drifted, c.statistic, c.p_value) for c in merged.columns] == [
+        (c.column, c.drifted, c.statistic, c.p_value) for c in one.columns]
+    assert merged.dataset_drift is True
+    assert len(request_signals(parts)) == 160 and list(request_signals(parts).ts) == sorted(request_signals(parts).ts)
+    with pytest.raises(DriftInputError, match="does not exist"):
+        request_signals([parts[0], tmp_path / "missing.sqlite"])
 
 
 def test_request_log_quiet_without_shift(tmp_path, embedder):
