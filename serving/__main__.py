@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops serve") -> int:
     server.start()
     print(f"gateway: http://{cfg.host}:{cfg.port}/v1  models: {', '.join(server.state.models)}")
     for e in server.engines:
-        print(f"engine {e.cfg.name}: {e.cfg.served_name} in {e.dtype.dtype} ({e.dtype.reason})")
+        if e.dtype is None:  # an engine started elsewhere (engines[].url)
+            print(f"engine {e.cfg.name}: {e.cfg.served_name} at {e.url} (started elsewhere)")
+        else:
+            print(f"engine {e.cfg.name}: {e.cfg.served_name} in {e.dtype.dtype} ({e.dtype.reason})")
     server.serve_forever()
     return 0
 

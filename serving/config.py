@@ -15,8 +15,17 @@ class EngineConfig(StrictModel):
     name: str = Field("engine-0", description="Replica id (logs, metrics).")
     model: str = Field(
         "smollm2-135m-instruct",
-        description="Base model: prepared default name, HF folder, registry ref or hub id.",
+        description="Base model: prepared default name, HF folder, registry ref or hub id (with `url`: the same "
+        "model, prepared here, for the gateway's tokenizer).",
     )
+    url: str | None = Field(
+        None, description="An engine this gateway does not start (another gateway's, or one on another machine): "
+        "requests and adapter loads go to this URL (http://host:port), its /health decides its state. None: the "
+        "gateway starts and supervises the engine itself.")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the engine's API key: one fixed key that every gateway in front of the "
+        "engine shares (set it on the gateway that starts the engine and on those that reach it by `url`). None: "
+        "a random key per start (require_key), known only to the gateway that started it.")
     served_name: str = Field("smollm2", description="Model id clients send for the base model.")
     host: str = Field("127.0.0.1", description="Interface the engine listens on.")
     port: int = Field(8100, ge=0, le=65535, description="Engine port (internal; 0 = pick a free one).")
@@ -59,6 +68,15 @@ class EngineConfig(StrictModel):
         "with the classic cache 56 s from the second start, same throughput; benchmarks/results/"
         "engine_startup.md); vLLM's default with the GPU build.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM server arguments.")
+
+    @field_validator("url")
+    @classmethod
+    def _engine_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.startswith(("http://", "https://")):
+                raise ValueError("url must start with http:// or https://")
+            v = v.rstrip("/")
+        return v
 
     def aot_compile_setting(self) -> bool | None:
         """VLLM_USE_AOT_COMPILE for this engine: True / False, or None to leave vLLM's default."""
@@ -253,11 +271,14 @@ class ServingConfig(StrictModel):
     unaudited_moves: Literal["follow", "ignore"] = Field(
         "follow", description="An alias moved outside the project (the MLflow UI, another tool) is recorded as "
         "unaudited either way; follow: serve the version it points at, ignore: keep serving the last audited one.")
+    adapter_retire_s: float = Field(
+        30, ge=0, description="An adapter version replaced by a newer one stays loaded in the engines this long, "
+        "so that other gateways in front of the same engines (each polling every rollout_poll_s) switch first.")
     models_dir: str = Field("models", description="Where prepared default models live.")
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
-        ports = [e.port for e in self.engines if e.port]
+        ports = [e.port for e in self.engines if e.port and not e.url]
         if len(ports) != len(set(ports)):
             raise ValueError("engines must use distinct ports")
         if self.port in ports:

@@ -76,6 +76,22 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def engine_key(cfg: EngineConfig) -> str | None:
+    """The engine's shared key from ``cfg.api_key_env`` (None when the config names no variable).
+
+    Raises:
+        EngineError: the variable is named but not set.
+    """
+    if not cfg.api_key_env:
+        return None
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise EngineError(f"Engine {cfg.name}: engines[].api_key_env names {cfg.api_key_env}, which is not set; "
+                          f"export the key every gateway of this engine shares (e.g. {cfg.api_key_env}=$(openssl "
+                          "rand -hex 32)).")
+    return key
+
+
 class Engine:
     """One supervised vLLM server process."""
 
@@ -163,7 +179,7 @@ class Engine:
                     f"Engine {self.cfg.name}: port {self.port} is in use. Stop what runs there "
                     f"(`make stop`) or set engines[].port to a free port (0 picks one)."
                 )
-            self.api_key = secrets.token_urlsafe(32) if self.cfg.require_key else None
+            self.api_key = engine_key(self.cfg) or (secrets.token_urlsafe(32) if self.cfg.require_key else None)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             logf = self.log_path.open("ab")
             log.info("starting engine %s on %s (%s, dtype %s: %s)", self.cfg.name, self.url, self.model_path,
@@ -280,19 +296,12 @@ class Engine:
         Raises:
             EngineError: vLLM refused it (the message says why).
         """
-        r = httpx.post(f"{self.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                       headers=self.headers(), timeout=120)
-        if r.status_code != 200:
-            raise EngineError(f"Engine {self.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+        load_adapter(self, name, path)
         self.adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
-        try:
-            httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self.headers(),
-                       timeout=60)
-        except httpx.HTTPError as e:
-            log.warning("unloading %s from %s failed: %s", name, self.cfg.name, e)
+        unload_adapter(self, name)
 
     def stop(self, timeout: float = 30) -> None:
         """Terminate the process group (SIGTERM, then SIGKILL)."""
@@ -309,3 +318,100 @@ class Engine:
             except ProcessLookupError:
                 pass
         self._state = "stopped"
+
+
+# ------------------------------------------------------------------------------- runtime LoRA (any engine)
+def load_adapter(engine, name: str, path: str) -> None:
+    """POST the adapter to the engine's vLLM. An adapter already loaded under the same name (another gateway
+    in front of the same engine loaded it) counts as loaded: names carry the registry version.
+
+    Raises:
+        EngineError: vLLM refused it (the message says why) or did not answer.
+    """
+    try:
+        r = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                       headers=engine.headers(), timeout=120)
+    except httpx.HTTPError as e:
+        raise EngineError(f"Engine {engine.cfg.name} did not answer the load of adapter {name}: {e}") from e
+    if r.status_code != 200 and not (r.status_code == 400 and "already been loaded" in r.text):
+        raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+
+
+def unload_adapter(engine, name: str) -> None:
+    try:
+        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=engine.headers(),
+                   timeout=60)
+    except httpx.HTTPError as e:
+        log.warning("unloading %s from %s failed: %s", name, engine.cfg.name, e)
+
+
+class RemoteEngine:
+    """An engine this gateway did not start (``engines[].url``): another gateway's, or one on another machine.
+
+    Requests and adapter loads go to its URL with the shared key (``api_key_env``); a thread checks its
+    ``/health`` every ``check_s`` seconds and sets :attr:`state`, which the router reads. Nothing here starts,
+    restarts or stops the process: whoever started it supervises it.
+    """
+
+    def __init__(self, cfg: EngineConfig, check_s: float = 2.0) -> None:
+        self.cfg = cfg
+        self.url = cfg.url
+        self.api_key = engine_key(cfg)
+        self.adapters: dict[str, str] = {}
+        self.dtype = None  # the engine's own choice, made where it runs
+        self.restarts = self.restart_failures = 0
+        self.state: State = "starting"
+        self._check_s = check_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start(self) -> None:
+        """Start the health checks (the engine itself runs elsewhere)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name=f"remote-{self.cfg.name}", daemon=True)
+            self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until its ``/health`` answers 200.
+
+        Raises:
+            EngineError: not ready within the timeout (engines[].startup_timeout_s).
+        """
+        deadline = time.monotonic() + (timeout or self.cfg.startup_timeout_s)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self.healthy():
+                self.state = "ready"
+                return
+            time.sleep(0.5)
+        raise EngineError(f"Engine {self.cfg.name} at {self.url} did not answer /health within "
+                          f"{timeout or self.cfg.startup_timeout_s:.0f} s; start it first (the gateway that owns it, "
+                          "or `llmops serve` where it runs), or fix engines[].url.")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._check_s):
+            ok = self.healthy()
+            if ok != (self.state == "ready"):
+                log.log(logging.INFO if ok else logging.WARNING, "engine %s at %s is %s", self.cfg.name, self.url,
+                        "ready again" if ok else "not answering /health")
+            self.state = "ready" if ok else "down"
+
+    def load_adapter(self, name: str, path: str) -> None:
+        load_adapter(self, name, path)
+        self.adapters[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+        unload_adapter(self, name)
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        self.state = "stopped"

@@ -23,7 +23,7 @@ from pathlib import Path
 from llmops.assets import resolve_model
 from llmops.contracts import RegistryAPI
 from serving.config import ServingConfig
-from serving.engine import Engine, EngineError, port_in_use
+from serving.engine import Engine, EngineError, RemoteEngine, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class Server:
         paths = {}
         for ec in self.cfg.engines:
             paths[ec.served_name] = resolve_model(ec.model, self.cfg.models_dir)
+            if ec.url:  # started and supervised elsewhere: only reached
+                self.engines.append(RemoteEngine(ec))
+                continue
             lora = self.cfg.lora_enabled(ec)
             self.engines.append(Engine(ec.model_copy(update={"enable_lora": lora}), paths[ec.served_name],
                                        self.log_dir))

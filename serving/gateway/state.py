@@ -133,6 +133,7 @@ class GatewayState:
                 int(self.embedder.max_seq_length), created=now)
         self._sync_lock = threading.Lock()
         self._unresolved: dict[tuple[str, str], str] = {}  # adapters whose alias is not set, and why
+        self._retiring: list[tuple[float, list, str]] = []  # (when, engines, internal name) of replaced versions
         self._embed_pool = None
         self._embed_pending = 0  # prompts waiting for their embedding (request_log.max_embedding_queue)
         self._embed_lock = threading.Lock()
@@ -161,6 +162,7 @@ class GatewayState:
             return []
         changed = []
         with self._sync_lock:
+            self._retire_due()
             for a in self.cfg.adapters:
                 group = a.base or self.cfg.engines[0].served_name
                 try:
@@ -203,12 +205,26 @@ class GatewayState:
                 self.models[a.public_name] = ModelRoute(
                     a.public_name, "adapter", group, internal, base.max_model_len,
                     str(version.version), int(time.time()))
-                if current is not None:
-                    for e in engines:
-                        e.unload_adapter(current.upstream)
+                # served again (a rollback): no earlier retirement of it applies
+                self._retiring = [r for r in self._retiring if r[2] != internal]
+                if current is not None:  # other gateways on these engines may still send to it for a moment
+                    self._retiring.append((time.monotonic() + self.cfg.adapter_retire_s, engines, current.upstream))
+                    self._retire_due()
                 log.info("adapter %s now serves %s/%s", a.public_name, a.registry_name, version.version)
                 changed.append(a.public_name)
         return changed
+
+    def _retire_due(self) -> None:
+        """Unload the replaced adapter versions whose retirement time has come (none still served here)."""
+        now, served = time.monotonic(), {m.upstream for m in self.models.values()}
+        keep = []
+        for when, engines, name in self._retiring:
+            if when > now:
+                keep.append((when, engines, name))
+            elif name not in served:  # a rollback may have brought it back
+                for e in engines:
+                    e.unload_adapter(name)
+        self._retiring = keep
 
     # ---------------------------------------------------------------- tokens
     def count_chat(self, group: str, messages: list[dict], at_most: int | None = None) -> int:

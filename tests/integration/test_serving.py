@@ -80,6 +80,7 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "limits": {"max_tokens_cap": 2000, "max_body_bytes": 20_000},
         "request_log": {"path": str(tmp / "requests.sqlite"), "unauthenticated_sample": 1.0},
         "rollout_poll_s": 1,  # the rollout poller runs: alias moves are picked up by it, not by hand
+        "adapter_retire_s": 0,  # one gateway on its engine: a replaced version is unloaded at once
         "models_dir": str(tiny_model_dir.parent),
     })
     server = Server(cfg, log_dir=tmp / "logs", registry=registry)

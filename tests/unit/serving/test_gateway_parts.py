@@ -281,6 +281,42 @@ def test_alias_moves_made_outside_the_project_are_recorded_and_followed_or_not(r
     state.close()
 
 
+def test_a_replaced_adapter_stays_loaded_until_its_retirement_and_a_rollback_keeps_it(registry, tmp_path):
+    """Several gateways may send to the same engines: a replaced version stays loaded for adapter_retire_s,
+    so the others switch before it goes; a rollback within that time brings it back without a reload."""
+    import time
+
+    from serving.gateway.state import GatewayState
+
+    weights = tmp_path / "adapter.bin"
+    weights.write_bytes(b"w")
+    for _ in range(2):
+        registry.register("qa", weights, kind="adapter")
+    registry.set_alias("qa", "champion", 1, reason="first")
+    cfg = ServingConfig.model_validate({"engines": [{"served_name": "base"}], "adapters": [{"registry_name": "qa"}],
+                                        "embeddings": {"enabled": False}, "request_log": {"enabled": False},
+                                        "adapter_retire_s": 0.5})
+    engine = RecordingEngine(cfg.engines[0])
+    state = GatewayState(cfg, [engine], {}, registry)
+    state.sync_adapters()
+    registry.set_alias("qa", "champion", 2, reason="rollout")
+    assert state.sync_adapters() == ["qa"] and state.models["qa"].upstream == "qa--v2"
+    assert sorted(engine.loaded) == ["qa--v1", "qa--v2"]  # v1 retires later
+    time.sleep(0.6)
+    state.sync_adapters()
+    assert sorted(engine.loaded) == ["qa--v2"]
+    registry.set_alias("qa", "champion", 1, reason="rollback")
+    assert state.sync_adapters() == ["qa"]
+    registry.set_alias("qa", "champion", 2, reason="roll forward again")
+    state.sync_adapters()
+    registry.set_alias("qa", "champion", 1, reason="and back, within v1's retirement")
+    state.sync_adapters()
+    time.sleep(0.6)
+    state.sync_adapters()
+    assert sorted(engine.loaded) == ["qa--v1"] and state.models["qa"].upstream == "qa--v1"  # served: kept
+    state.close()
+
+
 def test_prompt_embeddings_wait_in_a_bounded_queue(tmp_path, embedding_model_dir):
     import threading
     from types import SimpleNamespace
