@@ -204,7 +204,14 @@ class Registry:
         if exp is not None:
             return exp.experiment_id
         location = f"{self._artifact_root}/{name}" if self._artifact_root else None
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:
+            # another process (a second gateway starting at the same time) created it in between
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _to_version(self, mv: Any, with_path: bool = False) -> ModelVersion:
         return ModelVersion(

@@ -398,10 +398,10 @@ class RemoteEngine:
 
     def _watch(self) -> None:
         while not self._stop.wait(self._check_s):
-            ok = self.healthy()
-            if ok != (self.state == "ready"):
-                log.log(logging.INFO if ok else logging.WARNING, "engine %s at %s is %s", self.cfg.name, self.url,
-                        "ready again" if ok else "not answering /health")
+            ok, was = self.healthy(), self.state
+            if ok != (was == "ready"):
+                log.log(logging.INFO if ok else logging.WARNING, "engine %s at %s %s", self.cfg.name, self.url,
+                        ("is ready again" if was == "down" else "is ready") if ok else "does not answer /health")
             self.state = "ready" if ok else "down"
 
     def load_adapter(self, name: str, path: str) -> None:

@@ -135,7 +135,9 @@ class PostgresServer:
         return f"postgresql://llmops@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self.proc.terminate()
+        # through pg_ctl: as root self.proc is runuser, which does not pass SIGTERM on to the server
+        subprocess.run([*self._as, str(self._bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=60)
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -163,7 +165,8 @@ class MlflowServer:
             [str(mlflow), "server", "--backend-store-uri", backend_uri,
              "--artifacts-destination", self.artifacts.as_uri(), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+            start_new_session=True)  # its workers are stopped with it, as a group
 
         def up() -> bool:
             try:
@@ -174,8 +177,13 @@ class MlflowServer:
         _wait(up, "mlflow server", self.proc, self.log, timeout_s=120)
 
     def stop(self) -> None:
-        self.proc.terminate()
+        import signal
+
         try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
