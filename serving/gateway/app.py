@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -44,6 +45,7 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.on_event("shutdown")
     async def _close() -> None:
         await state.router.close()
+        await asyncio.gather(*list(state._background), return_exceptions=True)  # slot releases under way
         await state.limiter.close()
         state.close()
 

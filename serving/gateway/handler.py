@@ -124,7 +124,7 @@ class CompletionHandler:
         if self.in_flight is not None:
             key, slot = self.in_flight
             self.in_flight = None
-            await self.state.limiter.release(key, slot)
+            await self.state.release_slot(key, slot)
         finish_request(self.state, self.rec, self.t0, self.prompt_text)
 
     async def close_stream(self, resp: httpx.Response) -> None:
@@ -225,11 +225,11 @@ class CompletionHandler:
             return
         limits = self.state.cfg.limits
         budget = self.rec.prompt_tokens + self.max_tokens * self.n * len(self.prompt_tokens)
-        # the concurrency slot first: a request refused for it uses up none of the key's rate budget
-        slot = await self.state.limiter.acquire(self.key.id, limits.max_concurrent_per_key)
+        # a slot and the rate in one step (one round trip with Redis): a request refused for the slot uses up
+        # none of the key's rate budget, one refused by the rate holds no slot
+        slot = await self.state.limiter.enter(self.key.id, budget, self.key.rpm or limits.default_rpm,
+                                              self.key.tpm or limits.default_tpm, limits.max_concurrent_per_key)
         self.in_flight = (self.key.id, slot)
-        await self.state.limiter.admit(self.key.id, budget, self.key.rpm or limits.default_rpm,
-                                 self.key.tpm or limits.default_tpm)
 
     async def guard_input(self) -> None:
         """Input rails: a block is a 400 ``content_blocked``; a redaction replaces what is forwarded."""

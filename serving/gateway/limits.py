@@ -98,6 +98,23 @@ class RateLimiter:
         with self._lock:
             self._window(key_id, now).append((now, 0))
 
+    async def enter(self, key_id: str, tokens: int, rpm: int, tpm: int, cap: int, now: float | None = None) -> str:
+        """A concurrency slot and the rate/token admission in one step (a request refused for the slot uses up
+        none of the key's rate budget; one refused by the rate holds no slot).
+
+        Returns:
+            The slot's id (give it back with :meth:`release`).
+        Raises:
+            APIError: 429 (in flight, requests or tokens per minute).
+        """
+        slot = await self.acquire(key_id, cap)
+        try:
+            await self.admit(key_id, tokens, rpm, tpm, now)
+        except APIError:
+            await self.release(key_id, slot)
+            raise
+        return slot
+
     async def acquire(self, key_id: str, cap: int) -> str:
         """Take one of the key's ``cap`` concurrency slots; give it back with :meth:`release`.
 
@@ -136,63 +153,86 @@ class RateLimiter:
 
 # ------------------------------------------------------------------------------------------- Redis
 # Events of a key: a sorted set, score = time, member = "<id>:<tokens>". The clock is the server's (TIME),
-# so gateways whose clocks differ still share one window; ARGV[1] replaces it in tests.
+# so gateways whose clocks differ still share one window; ARGV[1] replaces it for the rate window in tests.
 _NOW = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[1]) or clock
+"""
+
+# rate(key, now, window, tokens, rpm, tpm, id, mode) -> {code, wait}: 0 admitted (or checked), 1 larger than
+# tpm, 2 requests per minute, 3 tokens per minute; mode admit | check (records nothing) | refused (records one).
+_RATE_FN = """
+local function n_of(member) return tonumber(string.match(member, ':(%d+)$')) end
+local function rate(key, now, window, tokens, rpm, tpm, id, mode)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local function record(n)
+    redis.call('ZADD', key, now, id .. ':' .. n)
+    redis.call('PEXPIRE', key, math.ceil(window * 1000) + 1000)
+  end
+  if mode == 'refused' then record(0) return {0, '0'} end
+  local count = redis.call('ZCARD', key)
+  if mode ~= 'check' and tokens > tpm then record(0) return {1, '0'} end
+  if count >= rpm then
+    local e = redis.call('ZRANGE', key, count - rpm, count - rpm, 'WITHSCORES')
+    return {2, tostring(tonumber(e[2]) + window - now)}
+  end
+  if mode == 'check' then return {0, '0'} end
+  local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local used = 0
+  for i = 1, #all, 2 do used = used + n_of(all[i]) end
+  if used + tokens > tpm then
+    local need, wait = used + tokens - tpm, window
+    for i = 1, #all, 2 do
+      need = need - n_of(all[i])
+      if need <= 0 then wait = tonumber(all[i + 1]) + window - now break end
+    end
+    record(0)
+    return {3, tostring(wait)}
+  end
+  record(tokens)
+  return {0, '0'}
 end
 """
 
-_RATE = _NOW + """
-local key, window = KEYS[1], tonumber(ARGV[2])
-local tokens, rpm, tpm, id, mode = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local function record(n)
-  redis.call('ZADD', key, now, id .. ':' .. n)
-  redis.call('PEXPIRE', key, math.ceil(window * 1000) + 1000)
-end
-local function n_of(member) return tonumber(string.match(member, ':(%d+)$')) end
-if mode == 'refused' then record(0) return {0, '0'} end
-local count = redis.call('ZCARD', key)
-if mode ~= 'check' and tokens > tpm then record(0) return {1, '0'} end
-if count >= rpm then
-  local e = redis.call('ZRANGE', key, count - rpm, count - rpm, 'WITHSCORES')
-  return {2, tostring(tonumber(e[2]) + window - now)}
-end
-if mode == 'check' then return {0, '0'} end
-local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-local used = 0
-for i = 1, #all, 2 do used = used + n_of(all[i]) end
-if used + tokens > tpm then
-  local need, wait = used + tokens - tpm, window
-  for i = 1, #all, 2 do
-    need = need - n_of(all[i])
-    if need <= 0 then wait = tonumber(all[i + 1]) + window - now break end
-  end
-  record(0)
-  return {3, tostring(wait)}
-end
-record(tokens)
-return {0, '0'}
+_RATE = _NOW + _RATE_FN + """
+return rate(KEYS[1], now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+            ARGV[7])
 """
 
 # Concurrency slots of a key: a sorted set, member = slot id, score = when its lease ends (a gateway that dies
-# holding slots gives them back when the lease runs out).
-_ACQUIRE = _NOW + """
-local key, lease, cap, id = KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-local n = redis.call('ZCARD', key)
-if n >= cap then return n end
-redis.call('ZADD', key, now + lease, id)
-redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+# holding slots gives them back when the lease runs out). Leases run on the server's clock, never a test's.
+_SLOT_FN = """
+local function in_use(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)
+  return redis.call('ZCARD', key)
+end
+local function hold(key, lease, id)
+  redis.call('ZADD', key, clock + lease, id)
+  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+end
+"""
+
+_ACQUIRE = _NOW + _SLOT_FN + """
+local n = in_use(KEYS[1])
+if n >= tonumber(ARGV[3]) then return n end
+hold(KEYS[1], tonumber(ARGV[2]), ARGV[4])
 return -1
 """
 
-_IN_FLIGHT = _NOW + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZCARD', KEYS[1])
+# A slot (KEYS[1]) and the admission (KEYS[2]) in one round trip: 4 = no free slot (wait = slots in use).
+_ENTER = _NOW + _RATE_FN + _SLOT_FN + """
+local n = in_use(KEYS[1])
+if n >= tonumber(ARGV[9]) then return {4, tostring(n)} end
+local r = rate(KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+               'admit')
+if r[1] ~= 0 then return r end
+hold(KEYS[1], tonumber(ARGV[8]), ARGV[10])
+return {0, '0'}
+"""
+
+_IN_FLIGHT = _NOW + _SLOT_FN + """
+return in_use(KEYS[1])
 """
 
 
@@ -219,6 +259,7 @@ class RedisLimiter:
                                               decode_responses=True)
         self._rate = self._redis.register_script(_RATE)
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._enter = self._redis.register_script(_ENTER)
         self._count = self._redis.register_script(_IN_FLIGHT)
         self._local = RateLimiter()  # the fallback of on_error: open
         self._down_until = 0.0
@@ -233,6 +274,19 @@ class RedisLimiter:
 
     async def count_refused(self, key_id: str, now: float | None = None) -> None:
         await self._rate_step(key_id, 0, 0, 0, "refused", now)
+
+    async def enter(self, key_id: str, tokens: int, rpm: int, tpm: int, cap: int, now: float | None = None) -> str:
+        slot = uuid.uuid4().hex
+        args = ["" if now is None else repr(now), WINDOW_S, tokens, rpm, tpm, uuid.uuid4().hex, "admit",
+                self.slot_lease_s, cap, slot]
+        try:
+            code, wait = await self._call(self._enter, [self._key("slots", key_id), self._key("rate", key_id)], args)
+        except StateUnavailable:
+            return "local:" + await self._local.enter(key_id, tokens, rpm, tpm, cap)
+        if int(code) == 4:
+            raise _busy(int(wait), cap)
+        self._raise_for(int(code), float(wait), tokens, rpm, tpm)
+        return slot
 
     async def acquire(self, key_id: str, cap: int) -> str:
         slot = uuid.uuid4().hex
@@ -288,13 +342,16 @@ class RedisLimiter:
                      "refused": lambda: self._local.count_refused(key_id)}[mode]
             await local()
             return
-        code = int(code)
+        self._raise_for(int(code), float(wait), tokens, rpm, tpm)
+
+    @staticmethod
+    def _raise_for(code: int, wait: float, tokens: int, rpm: int, tpm: int) -> None:
         if code == 1:
             raise _too_big(tokens, tpm)
         if code == 2:
-            raise _limited(f"Rate limit of {rpm} requests per minute reached", float(wait))
+            raise _limited(f"Rate limit of {rpm} requests per minute reached", wait)
         if code == 3:
-            raise _limited(f"Rate limit of {tpm} tokens per minute reached", float(wait))
+            raise _limited(f"Rate limit of {tpm} tokens per minute reached", wait)
 
     async def _call(self, fn, *args):
         """One Redis step. Failure: StateUnavailable (on_error: open) or a 503 APIError (closed)."""

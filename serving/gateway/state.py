@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -133,6 +134,7 @@ class GatewayState:
                 int(self.embedder.max_seq_length), created=now)
         self._sync_lock = threading.Lock()
         self._unresolved: dict[tuple[str, str], str] = {}  # adapters whose alias is not set, and why
+        self._background: set = set()  # tasks that outlive their request (a Redis slot release)
         self._retiring: list[tuple[float, list, str]] = []  # (when, engines, internal name) of replaced versions
         self._embed_pool = None
         self._embed_pending = 0  # prompts waiting for their embedding (request_log.max_embedding_queue)
@@ -308,6 +310,16 @@ class GatewayState:
             self.requestlog.write(rec)
 
         self._embed_pool.submit(embed_and_write)
+
+    async def release_slot(self, key: str, slot: str) -> None:
+        """Give a concurrency slot back. In Redis this is a round trip the answer need not wait for: it runs as
+        a task (kept until done); in memory it is immediate."""
+        if not self.limiter.shared:
+            await self.limiter.release(key, slot)
+            return
+        task = asyncio.get_running_loop().create_task(self.limiter.release(key, slot))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def close(self) -> None:
         if self._embed_pool is not None:

@@ -119,5 +119,5 @@ async def embeddings(request: Request) -> Response:
                         "server_error", "internal_error").response()
     finally:
         if in_flight is not None:
-            await state.limiter.release(*in_flight)
+            await state.release_slot(*in_flight)
         finish_request(state, rec, t0)

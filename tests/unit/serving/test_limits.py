@@ -96,6 +96,27 @@ def test_concurrency_slots(new_limiter):
     run(body)
 
 
+def test_enter_takes_a_slot_and_the_rate_together_or_neither(new_limiter):
+    async def body():
+        rl = new_limiter()
+        a = await rl.enter("k", 10, rpm=2, tpm=100, cap=1, now=0.0)
+        assert await rl.in_flight("k") == 1
+        e = await _refused(rl.enter("k", 10, rpm=2, tpm=100, cap=1, now=1.0))
+        assert e.code == "concurrency_limit_exceeded"  # and it used none of the rate budget:
+        await rl.release("k", a)
+        b = await rl.enter("k", 10, rpm=2, tpm=100, cap=1, now=2.0)
+        await rl.release("k", b)
+        e = await _refused(rl.enter("k", 10, rpm=2, tpm=100, cap=1, now=3.0))
+        assert e.code == "rate_limit_exceeded" and e.headers["Retry-After"] == "57"
+        assert await rl.in_flight("k") == 0  # refused by the rate: it holds no slot
+        await rl.enter("t", 90, rpm=9, tpm=100, cap=5, now=0.0)
+        e = await _refused(rl.enter("t", 20, rpm=9, tpm=100, cap=5, now=1.0))
+        assert "tokens per minute" in e.message and await rl.in_flight("t") == 1
+        await rl.close()
+
+    run(body)
+
+
 def test_limits_hold_under_concurrent_requests(new_limiter):
     """Many requests at once, from two limiter objects on the same store (two gateways on one Redis; for
     the memory store, one object, as one gateway): exactly rpm are admitted."""
