@@ -613,3 +613,30 @@ def test_two_gateways_hold_one_keys_limits_together_only_with_redis(engine_url, 
             gw.loop.run_until_complete(gw.state.limiter.close())
             gw.loop.run_until_complete(gw.state.router.close())
             gw.loop.close()
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_dead_redis_fails_open_or_closed_as_configured(engine_url, tmp_path, on_error, caplog):
+    """Nothing listens at the Redis URL: 'open' answers on this gateway's own limits (with a warning),
+    'closed' refuses with an OpenAI-shaped 503 that is logged as such; /ready says which."""
+    from serving.engine import free_port
+
+    gw = make_gateway(engine_url, tmp_path, state={"redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                                                   "on_error": on_error, "timeout_s": 0.2})
+    try:
+        status, data = gw.call("/v1/chat/completions", chat("hi"))
+        ready = gw.loop.run_until_complete(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw").get("/ready"))
+        if on_error == "open":
+            assert status == 200 and "limits are this gateway's own" in caplog.text
+            assert ready.status_code == 200
+        else:
+            assert status == 503 and data["error"]["code"] == "state_store_unavailable", data
+            assert data["error"]["type"] == "server_error"
+            assert list(gw.log().status) == [503]
+            assert ready.status_code == 503
+        assert ready.json()["state_store"] == {"kind": "redis", "up": False, "on_error": on_error}
+    finally:
+        gw.loop.run_until_complete(gw.state.router.close())
+        gw.loop.run_until_complete(gw.state.limiter.close())
+        gw.loop.close()
