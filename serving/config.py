@@ -200,6 +200,7 @@ class SharedStateConfig(StrictModel):
                            "uses its own limits before it tries Redis again.")
     slot_lease_s: float = Field(
         900, gt=0, description="A concurrency slot held by a gateway that died is freed after this long.")
+    usage_days: int = Field(35, ge=1, le=400, description="Days of per-key usage kept (GET /v1/usage).")
 
     @field_validator("redis_url")
     @classmethod

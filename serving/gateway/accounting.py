@@ -23,4 +23,5 @@ def finish_request(state: GatewayState, rec: RequestRecord, t0: float, prompt_te
     if rec.degenerate is not None:
         m.answers.labels(model, rec.registry_version or "", rec.finish_reason or "",
                          str(bool(rec.degenerate)).lower()).inc()
+    state.record_usage(rec)
     state.log_request(rec, prompt_text)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.gateway.errors import APIError
-from serving.gateway.routes import completions, embeddings, health, models
+from serving.gateway.routes import completions, embeddings, health, models, usage
 from serving.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="llmops gateway", docs_url=None, redoc_url=None)
     app.state.gateway = state
-    for module in (completions, models, embeddings, health):
+    for module in (completions, models, embeddings, health, usage):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)

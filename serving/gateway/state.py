@@ -18,6 +18,7 @@ from serving.gateway.errors import APIError
 from serving.gateway.limits import make_limiter
 from serving.gateway.metrics import EngineCollector, Metrics, RequestLogCollector
 from serving.gateway.requestlog import RequestLog
+from serving.gateway.usage import increments, make_usage
 from serving.guard_hook import GuardHook, load_hook
 from serving.router import Router
 
@@ -102,6 +103,7 @@ class GatewayState:
         self.keys = KeyStore(cfg.auth)
         self.metrics = Metrics()
         self.limiter = make_limiter(cfg.state, on_failure=self.metrics.state_errors.inc)
+        self.usage = make_usage(cfg.state, self.limiter)
         self.metrics.registry.register(EngineCollector(engines))
         rl = cfg.request_log
         self.requestlog = (RequestLog(rl.path, rl.max_queue, rl.retention_days, rl.max_rows) if rl.enabled
@@ -134,7 +136,7 @@ class GatewayState:
                 int(self.embedder.max_seq_length), created=now)
         self._sync_lock = threading.Lock()
         self._unresolved: dict[tuple[str, str], str] = {}  # adapters whose alias is not set, and why
-        self._background: set = set()  # tasks that outlive their request (a Redis slot release)
+        self._background: set = set()  # tasks that outlive their request (Redis slot releases, usage)
         self._retiring: list[tuple[float, list, str]] = []  # (when, engines, internal name) of replaced versions
         self._embed_pool = None
         self._embed_pending = 0  # prompts waiting for their embedding (request_log.max_embedding_queue)
@@ -313,11 +315,25 @@ class GatewayState:
 
     async def release_slot(self, key: str, slot: str) -> None:
         """Give a concurrency slot back. In Redis this is a round trip the answer need not wait for: it runs as
-        a task (kept until done); in memory it is immediate."""
+        a task; in memory it is immediate."""
         if not self.limiter.shared:
             await self.limiter.release(key, slot)
             return
-        task = asyncio.get_running_loop().create_task(self.limiter.release(key, slot))
+        self.spawn(self.limiter.release(key, slot))
+
+    def record_usage(self, rec) -> None:
+        """Add a finished request to its key's usage of the day (in Redis: in a task, off the answer's path)."""
+        if rec.key_id is None:
+            return
+        inc = increments(rec.status, rec.prompt_tokens, rec.completion_tokens)
+        if not self.usage.shared:
+            self.usage.add(rec.key_id, rec.ts, inc)
+            return
+        self.spawn(self.usage.record(rec.key_id, rec.ts, inc))
+
+    def spawn(self, coro) -> None:
+        """Run ``coro`` as a task that outlives its request (kept referenced until done; awaited at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -205,7 +205,14 @@ def make_gateway(engine_url: str, tmp_path, **overrides) -> SimpleNamespace:
         state.requestlog = None
         return read_request_log(tmp_path / "log.sqlite")
 
-    return SimpleNamespace(call=call, state=state, log=log, app=app, loop=loop)
+    def get(path: str, key: str = "sk-k"):
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                r = await client.get(path, headers={"Authorization": f"Bearer {key}"})
+                return r.status_code, r.json()
+        return loop.run_until_complete(go())
+
+    return SimpleNamespace(call=call, get=get, state=state, log=log, app=app, loop=loop)
 
 
 def chat(content: str, **kw) -> dict:
@@ -598,8 +605,17 @@ def test_two_gateways_hold_one_keys_limits_together_only_with_redis(engine_url, 
         statuses = [gws[i % 2].call("/v1/chat/completions", chat("hi"))[0] for i in range(12)]
         assert statuses.count(200) == (6 if shared else 12), statuses
         assert statuses.count(429) == (6 if shared else 0)
+        served = sum(int(gw.log().query("status == 200").completion_tokens.sum()) for gw in gws)
         if shared:
             assert all(s == 429 for s in statuses[6:])  # refused on both gateways alike
+            for gw in gws:  # the usage records run after the answers, in tasks
+                gw.loop.run_until_complete(asyncio.gather(*gw.state._background))
+            status, usage = gws[1].get("/v1/usage?days=2")
+            assert status == 200 and usage["shared"] is True and len(usage["data"]) == 2
+            # both gateways' requests, read from either one; refused requests are charged no tokens
+            assert usage["totals"] == {"requests": 12, "refused": 6, "prompt_tokens": 6 * 11,
+                                       "completion_tokens": served}, usage
+            assert usage["data"][0] == {"date": usage["data"][0]["date"], **usage["totals"]}
             first, second = gws
             first.state.cfg.limits.max_concurrent_per_key = second.state.cfg.limits.max_concurrent_per_key = 1
             slot = first.loop.run_until_complete(first.state.limiter.acquire("k2", 1))
@@ -640,3 +656,17 @@ def test_a_dead_redis_fails_open_or_closed_as_configured(engine_url, tmp_path, o
         gw.loop.run_until_complete(gw.state.router.close())
         gw.loop.run_until_complete(gw.state.limiter.close())
         gw.loop.close()
+
+
+def test_usage_per_key_and_day(gateway):
+    assert gateway.call("/v1/chat/completions", chat("hello", max_tokens=7))[0] == 200
+    assert gateway.call("/v1/chat/completions", chat("BLOCKME"))[0] == 400
+    status, usage = gateway.get("/v1/usage")
+    assert status == 200 and usage["key"] == "k" and usage["shared"] is False and len(usage["data"]) == 7
+    today = usage["data"][0]
+    assert (today["requests"], today["refused"], today["prompt_tokens"], today["completion_tokens"]) == (2, 1, 11, 3)
+    assert usage["totals"] == {k: today[k] for k in ("requests", "refused", "prompt_tokens", "completion_tokens")}
+    for bad in ("0", "x", "400"):
+        status, data = gateway.get(f"/v1/usage?days={bad}")
+        assert status == 400 and data["error"]["param"] == "days"
+    assert gateway.get("/v1/usage", key="sk-wrong")[0] == 401

@@ -215,3 +215,31 @@ def test_the_config_picks_the_store_and_the_env_var_wins(monkeypatch, redis_serv
     assert isinstance(limiter, RedisLimiter) and limiter.url == redis_server.url
     with pytest.raises(ValueError, match="redis_url must start with"):
         ServingConfig.model_validate({"state": {"redis_url": "http://127.0.0.1:6379"}})
+
+
+def test_usage_adds_up_per_key_and_day_in_both_stores_and_expires_in_redis(redis_server):
+    from serving.gateway.usage import MemoryUsage, RedisUsage, increments, last_days
+
+    prefix = "use" + uuid.uuid4().hex[:6]
+    day1, day2 = 1_800_000_000.0, 1_800_000_000.0 + 86400  # two UTC days
+
+    async def body():
+        rl = RedisLimiter(redis_server.url, prefix=prefix, on_error="closed")
+        stores = [MemoryUsage(keep_days=3), RedisUsage(rl._redis, prefix, keep_days=3)]
+        for store in stores:
+            await store.record("k", day1, increments(200, 10, 5))
+            await store.record("k", day1, increments(429, 10, None))  # refused: no tokens charged
+            await store.record("k", day2, increments(200, 1, 1))
+            await store.record("other", day2, increments(200, 7, 7))
+        days = last_days(day2, 3)
+        got = [await store.read("k", days) for store in stores]
+        await rl.close()
+        return days, got
+
+    days, (memory, redis) = run(body)
+    assert memory == redis
+    assert memory[days[0]] == {"requests": 1, "refused": 0, "prompt_tokens": 1, "completion_tokens": 1}
+    assert memory[days[1]] == {"requests": 2, "refused": 1, "prompt_tokens": 10, "completion_tokens": 5}
+    assert memory[days[2]] == {"requests": 0, "refused": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    keys = redis_server.client.keys(f"{prefix}:usage:*")
+    assert len(keys) == 3 and all(0 < redis_server.client.ttl(k) <= 3 * 86400 for k in keys)
