@@ -44,12 +44,33 @@ def embedding_model_dir() -> Path:
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch):
-    """A real MLflow registry on SQLite in a temporary folder."""
-    from llmops.registry import Registry, RegistryConfig
+def registry(request, tmp_path, monkeypatch):
+    """A real MLflow registry: SQLite in a temporary folder. Parametrized indirectly with "server"
+    (``@pytest.mark.parametrize("registry", ["sqlite", "server"], indirect=True)``), an MLflow tracking server
+    on PostgreSQL with served artifacts, as a team runs it: the test gets its own experiment, and its models
+    and audit records are removed after it. ``artifact_dir`` is where the registry's files land."""
+    from llmops.registry import AUDIT_EXPERIMENT, Registry, RegistryConfig
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+    if getattr(request, "param", "sqlite") == "sqlite":
+        reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
+        reg.artifact_dir = Path(reg.config.root) / "artifacts"
+        yield reg
+        return
+    import uuid
+
+    server = request.getfixturevalue("mlflow_server")
+    reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns"), tracking_uri=server.url,
+                                  experiment=f"test-{uuid.uuid4().hex[:10]}"))
+    assert reg.tracking_uri.startswith("http://")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # what the code under test opens itself, too
+    reg.artifact_dir = server.artifacts / reg._experiment_id
+    yield reg
+    for model in reg.client.search_registered_models():
+        reg.client.delete_registered_model(model.name)
+    audit = reg.client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    for run in reg.client.search_runs([audit.experiment_id]) if audit else []:
+        reg.client.delete_run(run.info.run_id)  # the next test starts with no audit history
 
 
 # A test that uses one of these fixtures talks to a real MLflow store or Qdrant: it is an integration test

@@ -117,6 +117,7 @@ def test_gate_thresholds_regressions_and_changed_datasets():
     assert not none.passed
 
 
+@pytest.mark.parametrize("registry", ["sqlite", "server"], indirect=True)  # also a team's server
 def test_promotion_moves_the_alias_only_when_the_gate_passes(registry, tmp_path):
     from llmops.registry import Lineage
 

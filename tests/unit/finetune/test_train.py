@@ -46,6 +46,7 @@ class Snapshot(TrainerCallback):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("registry", ["sqlite", "server"], indirect=True)  # also a team's server
 def test_lora_run_changes_only_adapter_weights_lowers_loss_and_registers_with_lineage(
         repo_root, tiny_model_dir, tmp_path, registry):
     snap = Snapshot()

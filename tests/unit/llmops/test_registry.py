@@ -3,36 +3,13 @@ MLflow tracking server on PostgreSQL with served artifacts (the team's path), bo
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
 import pytest
 
 from llmops.errors import RegistryError
-from llmops.registry import AUDIT_EXPERIMENT, Lineage, Registry, RegistryConfig, parse_ref, sha256_path
+from llmops.registry import Lineage, Registry, RegistryConfig, parse_ref, sha256_path
 
-
-@pytest.fixture(params=["sqlite", "server"])
-def registry(request, tmp_path, monkeypatch):
-    """A fresh registry; ``artifact_dir`` is where its files land (the server's store for the server). On the
-    shared server each test has its own experiment and its models are deleted after it."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    if request.param == "sqlite":
-        reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns")))
-        reg.artifact_dir = Path(reg.config.root) / "artifacts"
-        yield reg
-        return
-    server = request.getfixturevalue("mlflow_server")
-    reg = Registry(RegistryConfig(root=str(tmp_path / "mlruns"), tracking_uri=server.url,
-                                  experiment=f"test-{uuid.uuid4().hex[:10]}"))
-    assert reg.tracking_uri.startswith("http://")
-    reg.artifact_dir = server.artifacts / reg._experiment_id
-    yield reg
-    for model in reg.client.search_registered_models():
-        reg.client.delete_registered_model(model.name)
-    audit = reg.client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    for run in reg.client.search_runs([audit.experiment_id]) if audit else []:
-        reg.client.delete_run(run.info.run_id)  # the next test starts with no audit history
+# every test that takes the registry runs on both stores
+both = pytest.mark.parametrize("registry", ["sqlite", "server"], indirect=True)
 
 
 @pytest.fixture
@@ -44,6 +21,7 @@ def adapter_dir(tmp_path):
     return d
 
 
+@both
 def test_register_alias_move_audit_resolve(registry, adapter_dir):
     lineage = Lineage(dataset_sha256="d" * 64, base_model="smollm2/1", config_hash="c" * 64,
                       git_commit="abc123")
@@ -92,6 +70,7 @@ def test_store_is_shared_across_instances(tmp_path, adapter_dir, monkeypatch):
     assert Registry(cfg).resolve("m@champion").version == 1
 
 
+@both
 def test_single_file_registration(registry, tmp_path):
     f = tmp_path / "model.skops"
     f.write_bytes(b"sk")
@@ -99,6 +78,7 @@ def test_single_file_registration(registry, tmp_path):
     assert registry.resolve(f"clf/{v.version}").local_path.read_bytes() == b"sk"
 
 
+@both
 def test_failure_leaves_nothing(registry, adapter_dir, monkeypatch):
     # Fail after the run and version exist: in the alias step.
     def boom(*a, **k):
@@ -116,6 +96,7 @@ def test_failure_leaves_nothing(registry, adapter_dir, monkeypatch):
     assert files == []
 
 
+@both
 def test_failed_audit_restores_the_previous_alias(registry, adapter_dir, monkeypatch):
     registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
     registry.register("m", adapter_dir, kind="adapter")
@@ -135,6 +116,7 @@ def test_failed_audit_restores_the_previous_alias(registry, adapter_dir, monkeyp
     assert len(registry.audit("m")) == moves
 
 
+@both
 def test_failure_keeps_existing_versions(registry, adapter_dir, monkeypatch):
     registry.register("keep", adapter_dir, kind="adapter")
     monkeypatch.setattr(registry.client, "create_model_version",
@@ -144,6 +126,7 @@ def test_failure_keeps_existing_versions(registry, adapter_dir, monkeypatch):
     assert [v.version for v in registry.versions("keep")] == [1]
 
 
+@both
 def test_bad_inputs(registry, adapter_dir, tmp_path):
     with pytest.raises(RegistryError, match="does not exist"):
         registry.register("x", tmp_path / "missing", kind="adapter")
@@ -201,6 +184,7 @@ def test_sklearn_models_load_only_with_the_projects_trusted_types(tmp_path):
         load_sklearn_model(tmp_path / "pickled")
 
 
+@both
 def test_alias_moves_and_their_audit_records_are_all_or_nothing(registry, adapter_dir, monkeypatch):
     registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
     registry.register("m", adapter_dir, kind="adapter")
@@ -239,6 +223,7 @@ def test_alias_moves_and_their_audit_records_are_all_or_nothing(registry, adapte
     assert registry.alias_version("m", "champion") == 2
 
 
+@both
 def test_a_move_made_outside_the_project_is_detected_and_recorded(registry, adapter_dir):
     registry.register("m", adapter_dir, kind="adapter", aliases=["champion"])
     registry.register("m", adapter_dir, kind="adapter")
@@ -250,6 +235,7 @@ def test_a_move_made_outside_the_project_is_detected_and_recorded(registry, adap
     assert registry.unaudited_move("m", "champion") is None  # recorded once
 
 
+@both
 def test_runs_of_eval_and_training_round_trip(registry, adapter_dir, tmp_path):
     """What eval and fine-tuning log (a finished run with a report linked to a version; an open training run
     with stepped metrics and its dataset) reads back the same on both stores."""

@@ -105,6 +105,7 @@ def test_ingest_counts_skips_bad_files_and_reingest_is_incremental(make_pipeline
     assert set(fresh.store.payloads(["source"])) == set(pipe.store.payloads(["source"]))
 
 
+@pytest.mark.parametrize("registry", ["sqlite", "server"], indirect=True)  # also a team's server
 def test_each_ingest_that_changes_the_index_registers_a_version(make_pipeline, corpus, registry):
     pipe = make_pipeline()
     pipe.ingest([corpus])
