@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -236,13 +237,21 @@ class Registry:
             return local
         dest = Path(self.config.root).resolve() / "cache" / mv.name / str(mv.version)
         if not dest.exists():
-            tmp = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self._mlflow.artifacts.download_artifacts(
-                artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
-            )
-            tmp.rename(dest)
+            # a folder of this call's own: processes sharing the cache (two gateways in one directory) may
+            # download the same version at once; the first rename wins, the others drop their copy
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+            try:
+                self._mlflow.artifacts.download_artifacts(
+                    artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+                )
+                try:
+                    tmp.rename(dest)
+                except OSError:
+                    if not dest.exists():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         children = list(dest.iterdir())
         return children[0] if len(children) == 1 else dest
 

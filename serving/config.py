@@ -284,6 +284,11 @@ class ServingConfig(StrictModel):
             raise ValueError("engines must use distinct ports")
         if self.port in ports:
             raise ValueError("the gateway port must differ from the engine ports")
+        shared = any(e.url or e.api_key_env for e in self.engines)
+        if shared and self.adapters and 0 < self.adapter_retire_s < 2 * self.rollout_poll_s:
+            raise ValueError(f"adapter_retire_s ({self.adapter_retire_s:g}) must be at least twice rollout_poll_s "
+                             f"({self.rollout_poll_s:g}) when engines are shared with other gateways: a replaced "
+                             "adapter must stay loaded until every gateway has polled and switched")
         off = [e.name for e in self.engines if e.enable_lora is False and e.served_name in self.adapter_groups()]
         if off:
             raise ValueError(f"adapters are configured for engines with enable_lora: false ({', '.join(off)}); "

@@ -290,14 +290,16 @@ class Engine:
                 pass
 
     # ----------------------------------------------------------- runtime LoRA
-    def load_adapter(self, name: str, path: str) -> None:
-        """Load a LoRA adapter into the running engine under ``name`` (kept across restarts).
+    def load_adapter(self, name: str, path: str) -> bool:
+        """Load a LoRA adapter into the running engine under ``name`` (kept across restarts); True when this
+        call loaded it, False when it was loaded already.
 
         Raises:
             EngineError: vLLM refused it (the message says why).
         """
-        load_adapter(self, name, path)
+        newly = load_adapter(self, name, path)
         self.adapters[name] = path
+        return newly
 
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
@@ -321,9 +323,12 @@ class Engine:
 
 
 # ------------------------------------------------------------------------------- runtime LoRA (any engine)
-def load_adapter(engine, name: str, path: str) -> None:
+def load_adapter(engine, name: str, path: str) -> bool:
     """POST the adapter to the engine's vLLM. An adapter already loaded under the same name (another gateway
     in front of the same engine loaded it) counts as loaded: names carry the registry version.
+
+    Returns:
+        True when this call loaded it, False when it was loaded already.
 
     Raises:
         EngineError: vLLM refused it (the message says why) or did not answer.
@@ -333,8 +338,11 @@ def load_adapter(engine, name: str, path: str) -> None:
                        headers=engine.headers(), timeout=120)
     except httpx.HTTPError as e:
         raise EngineError(f"Engine {engine.cfg.name} did not answer the load of adapter {name}: {e}") from e
-    if r.status_code != 200 and not (r.status_code == 400 and "already been loaded" in r.text):
-        raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+    if r.status_code == 200:
+        return True
+    if r.status_code == 400 and "already been loaded" in r.text:
+        return False
+    raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
 
 
 def unload_adapter(engine, name: str) -> None:
@@ -353,6 +361,8 @@ class RemoteEngine:
     restarts or stops the process: whoever started it supervises it.
     """
 
+    DOWN_AFTER = 3  # failed health checks in a row (one slow answer under load is not an outage)
+
     def __init__(self, cfg: EngineConfig, check_s: float = 2.0) -> None:
         self.cfg = cfg
         self.url = cfg.url
@@ -362,6 +372,7 @@ class RemoteEngine:
         self.restarts = self.restart_failures = 0
         self.state: State = "starting"
         self._check_s = check_s
+        self._failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -389,6 +400,7 @@ class RemoteEngine:
         deadline = time.monotonic() + (timeout or self.cfg.startup_timeout_s)
         while not self._stop.is_set() and time.monotonic() < deadline:
             if self.healthy():
+                self._check_key()
                 self.state = "ready"
                 return
             time.sleep(0.5)
@@ -396,17 +408,42 @@ class RemoteEngine:
                           f"{timeout or self.cfg.startup_timeout_s:.0f} s; start it first (the gateway that owns it, "
                           "or `llmops serve` where it runs), or fix engines[].url.")
 
+    def _check_key(self) -> None:
+        """Raises:
+            EngineError: the engine wants a key this gateway does not send (or not the right one)."""
+        try:
+            r = httpx.get(f"{self.url}/v1/models", headers=self.headers(), timeout=10)
+        except httpx.HTTPError:
+            return  # reachable a moment ago; the watch decides its state
+        if r.status_code == 401:
+            raise EngineError(f"Engine {self.cfg.name} at {self.url} refuses this gateway's requests (401): set "
+                              "engines[].api_key_env to the variable holding the key of the gateway that started "
+                              "it, with the same value here.")
+
     def _watch(self) -> None:
         while not self._stop.wait(self._check_s):
             ok, was = self.healthy(), self.state
-            if ok != (was == "ready"):
-                log.log(logging.INFO if ok else logging.WARNING, "engine %s at %s %s", self.cfg.name, self.url,
-                        ("is ready again" if was == "down" else "is ready") if ok else "does not answer /health")
+            self._failures = 0 if ok else self._failures + 1
+            if not ok and self._failures < self.DOWN_AFTER:
+                continue
+            if ok and was == "down":  # restarted by its owner: it lost the adapters this gateway loaded
+                log.info("engine %s at %s is ready again", self.cfg.name, self.url)
+                for name, path in list(self.adapters.items()):
+                    try:
+                        load_adapter(self, name, path)
+                    except EngineError as e:
+                        log.error("reloading adapter %s into %s failed: %s", name, self.cfg.name, e)
+            elif ok and was != "ready":
+                log.info("engine %s at %s is ready", self.cfg.name, self.url)
+            elif not ok and was == "ready":
+                log.warning("engine %s at %s does not answer /health (%d checks)", self.cfg.name, self.url,
+                            self._failures)
             self.state = "ready" if ok else "down"
 
-    def load_adapter(self, name: str, path: str) -> None:
-        load_adapter(self, name, path)
+    def load_adapter(self, name: str, path: str) -> bool:
+        newly = load_adapter(self, name, path)
         self.adapters[name] = path
+        return newly
 
     def unload_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a Redis exported in a developer's shell would switch every test gateway to it: tests choose their own
+os.environ.pop("LLMOPS_REDIS_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"

@@ -39,8 +39,16 @@ def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout_s: float 
         if check():
             return
         time.sleep(0.1)
-    proc.kill()
     raise RuntimeError(f"{what} did not come up within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _started(server, wait) -> None:
+    """Wait for ``server`` to come up; if it does not, stop what was started (processes, folders) and re-raise."""
+    try:
+        wait()
+    except BaseException:
+        server.stop()
+        raise
 
 
 class RedisServer:
@@ -65,11 +73,11 @@ class RedisServer:
         def up() -> bool:
             try:
                 return bool(client.ping())
-            except redis.exceptions.ConnectionError:
+            except redis.exceptions.RedisError:
                 return False
 
         self.log.touch()
-        _wait(up, "redis-server", self.proc, self.log)
+        _started(self, lambda: _wait(up, "redis-server", self.proc, self.log))
         self.client = client
 
     def stop(self) -> None:
@@ -122,8 +130,8 @@ class PostgresServer:
             except psycopg.OperationalError:
                 return False
 
-        _wait(up, "postgres", self.proc, self.log)
         self._bindir = bindir
+        _started(self, lambda: _wait(up, "postgres", self.proc, self.log))
 
     def create_db(self, name: str) -> str:
         """A new database; its SQLAlchemy URL."""
@@ -174,7 +182,7 @@ class MlflowServer:
             except httpx.HTTPError:
                 return False
 
-        _wait(up, "mlflow server", self.proc, self.log, timeout_s=120)
+        _started(self, lambda: _wait(up, "mlflow server", self.proc, self.log, timeout_s=120))
 
     def stop(self) -> None:
         import signal

@@ -263,6 +263,9 @@ class RedisLimiter:
         self._count = self._redis.register_script(_IN_FLIGHT)
         self._local = RateLimiter()  # the fallback of on_error: open
         self._down_until = 0.0
+        # slots to remove from Redis once it answers: releases that failed, and slots of enters whose answer was
+        # lost (the script may have run); without this they would be held until their lease ends
+        self._orphans: dict[tuple[str, str], None] = {}
         self._on_failure = on_failure  # called once per failure (a metric counter)
 
     # ------------------------------------------------------------------- the limiter interface
@@ -273,7 +276,10 @@ class RedisLimiter:
         await self._rate_step(key_id, 0, rpm, 0, "check", now)
 
     async def count_refused(self, key_id: str, now: float | None = None) -> None:
-        await self._rate_step(key_id, 0, 0, 0, "refused", now)
+        try:
+            await self._rate_step(key_id, 0, 0, 0, "refused", now)
+        except APIError:
+            pass  # bookkeeping of a request refused anyway: its own answer (a 400) stands, not a 503
 
     async def enter(self, key_id: str, tokens: int, rpm: int, tpm: int, cap: int, now: float | None = None) -> str:
         slot = uuid.uuid4().hex
@@ -282,7 +288,13 @@ class RedisLimiter:
         try:
             code, wait = await self._call(self._enter, [self._key("slots", key_id), self._key("rate", key_id)], args)
         except StateUnavailable:
+            self._orphan(key_id, slot)
             return "local:" + await self._local.enter(key_id, tokens, rpm, tpm, cap)
+        except APIError:
+            self._orphan(key_id, slot)
+            raise
+        if self._orphans:
+            await self._flush_orphans()
         if int(code) == 4:
             raise _busy(int(wait), cap)
         self._raise_for(int(code), float(wait), tokens, rpm, tpm)
@@ -293,7 +305,11 @@ class RedisLimiter:
         try:
             n = await self._call(self._acquire, [self._key("slots", key_id)], ["", self.slot_lease_s, cap, slot])
         except StateUnavailable:
+            self._orphan(key_id, slot)
             return "local:" + await self._local.acquire(key_id, cap)
+        except APIError:
+            self._orphan(key_id, slot)
+            raise
         if n >= 0:
             raise _busy(n, cap)
         return slot
@@ -301,13 +317,33 @@ class RedisLimiter:
     async def release(self, key_id: str, slot: str) -> None:
         if slot.startswith("local:"):
             await self._local.release(key_id, slot)
-            return
+        else:
+            self._orphan(key_id, slot)
+        if self._orphans:
+            await self._flush_orphans()
+
+    def _orphan(self, key_id: str, slot: str) -> None:
+        if len(self._orphans) < 100_000:  # past that, leases free them
+            self._orphans[(key_id, slot)] = None
+
+    async def _flush_orphans(self) -> None:
+        """Remove the slots waiting for removal, in one round trip. Tried whenever a slot is released, even
+        during the pause after a failure (a release must not wait for the lease); kept on failure."""
+        from redis.exceptions import RedisError
+
+        pending = list(self._orphans)
         try:
-            await self._call(self._redis.zrem, self._key("slots", key_id), slot)
-        except StateUnavailable:
-            pass  # the slot's lease frees it
-        except APIError:
-            pass  # on_error: closed; the request is over, its slot's lease frees it
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key_id, slot in pending:
+                    pipe.zrem(self._key("slots", key_id), slot)
+                await pipe.execute()
+        except (RedisError, OSError) as e:
+            if self._on_failure is not None:
+                self._on_failure()
+            log.debug("slot release failed, kept for the next attempt: %s", e)
+            return
+        for item in pending:
+            self._orphans.pop(item, None)
 
     async def in_flight(self, key_id: str) -> int:
         """Slots of the key held in Redis (every gateway) plus those this gateway holds locally."""
@@ -316,6 +352,10 @@ class RedisLimiter:
         except StateUnavailable:
             shared = 0
         return int(shared) + await self._local.in_flight(key_id)
+
+    def paused(self) -> bool:
+        """True in the pause after a failure (on_error: open), when calls skip Redis."""
+        return self.on_error == "open" and time.monotonic() < self._down_until
 
     async def ping(self) -> bool:
         try:
@@ -357,7 +397,7 @@ class RedisLimiter:
         """One Redis step. Failure: StateUnavailable (on_error: open) or a 503 APIError (closed)."""
         from redis.exceptions import RedisError
 
-        if self.on_error == "open" and time.monotonic() < self._down_until:
+        if self.paused():
             raise StateUnavailable  # Redis failed a moment ago: do not make every request wait for it
         try:
             if isinstance(args[0], list):  # a script: keys, args
@@ -379,14 +419,11 @@ class RedisLimiter:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
-    from urllib.parse import urlsplit
+    """The URL without its password (in the user part or as ``?password=``), for logs."""
+    import re
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    return re.sub(r"^([a-z]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def make_limiter(cfg, on_failure=None):

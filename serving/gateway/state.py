@@ -196,13 +196,15 @@ class GatewayState:
                     continue
                 internal = f"{a.public_name}--v{version.version}"
                 engines = [e for e in self.engines if e.cfg.served_name == group]
+                loaded_here = []  # engines where this call loaded it (not another gateway)
                 try:
                     for e in engines:
-                        e.load_adapter(internal, str(version.local_path))
+                        if e.load_adapter(internal, str(version.local_path)) is not False:
+                            loaded_here.append(e)
                 except Exception as e:  # noqa: BLE001
                     log.error("loading %s v%s failed, keeping the old version: %s", a.public_name,
                               version.version, e)
-                    for eng in engines:
+                    for eng in loaded_here:  # what others loaded, others may serve
                         eng.unload_adapter(internal)
                     continue
                 base = self.models[group]

@@ -41,6 +41,7 @@ class MemoryUsage:
         self._data: dict[tuple[str, str], dict[str, int]] = {}
         self._lock = threading.Lock()
         self.keep_days = keep_days
+        self._pruned = ""  # the day old entries were last dropped
 
     async def record(self, key: str, ts: float, inc: dict[str, int]) -> None:
         self.add(key, ts, inc)
@@ -48,12 +49,13 @@ class MemoryUsage:
     def add(self, key: str, ts: float, inc: dict[str, int]) -> None:
         day = day_of(ts)
         with self._lock:
+            if (key, day) not in self._data and day != self._pruned:  # a new day: forget days past keep_days
+                keep = set(last_days(ts, self.keep_days))
+                self._data = {k: v for k, v in self._data.items() if k[1] in keep}
+                self._pruned = day
             row = self._data.setdefault((key, day), dict.fromkeys(FIELDS, 0))
             for k, v in inc.items():
                 row[k] += v
-            if len(self._data) > 10_000:  # forget days past keep_days
-                keep = set(last_days(ts, self.keep_days))
-                self._data = {k: v for k, v in self._data.items() if k[1] in keep}
 
     async def read(self, key: str, days: list[str]) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -66,8 +68,9 @@ class MemoryUsage:
 class RedisUsage:
     shared = True
 
-    def __init__(self, redis, prefix: str, keep_days: int = 35) -> None:
+    def __init__(self, redis, prefix: str, keep_days: int = 35, paused=lambda: False) -> None:
         self._redis, self.prefix, self.keep_days = redis, prefix, keep_days
+        self._paused = paused  # true right after the limiter saw Redis fail: skip instead of waiting on it
 
     def _key(self, key: str, day: str) -> str:
         return f"{self.prefix}:usage:{{{key}}}:{day}"
@@ -76,6 +79,9 @@ class RedisUsage:
         """One round trip (a MULTI pipeline); a failure is logged, not raised: the answer is gone already."""
         from redis.exceptions import RedisError
 
+        if self._paused():
+            log.debug("usage of key %s not recorded: Redis failed a moment ago", key)
+            return
         name = self._key(key, day_of(ts))
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -112,5 +118,5 @@ def make_usage(cfg, limiter):
     """Usage next to the limits: in Redis when the limiter is (sharing its connection), else in memory."""
     redis = getattr(limiter, "_redis", None)
     if redis is not None:
-        return RedisUsage(redis, cfg.key_prefix, cfg.usage_days)
+        return RedisUsage(redis, cfg.key_prefix, cfg.usage_days, paused=limiter.paused)
     return MemoryUsage(cfg.usage_days)

@@ -3,6 +3,8 @@ MLflow tracking server on PostgreSQL with served artifacts (the team's path), bo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llmops.errors import RegistryError
@@ -76,6 +78,8 @@ def test_single_file_registration(registry, tmp_path):
     f.write_bytes(b"sk")
     v = registry.register("clf", f, kind="classic_model")
     assert registry.resolve(f"clf/{v.version}").local_path.read_bytes() == b"sk"
+    # the store's files are where the all-or-nothing test looks for leftovers
+    assert [p.read_bytes() for p in registry.artifact_dir.rglob("model.skops")] == [b"sk"]
 
 
 @both
@@ -261,3 +265,30 @@ def test_runs_of_eval_and_training_round_trip(registry, adapter_dir, tmp_path):
     history = registry.client.get_metric_history(train, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5)]
     assert run.inputs.dataset_inputs[0].dataset.digest == "a" * 36 and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("registry", ["server"], indirect=True)
+def test_processes_resolving_one_version_at_once_share_the_download_cache_safely(registry, adapter_dir, monkeypatch):
+    """Two gateways in one directory resolve the same version from a tracking server at the same moment:
+    each gets the whole version, and no partial download is left in the cache."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry.register("cached", adapter_dir, kind="adapter")
+    other = Registry(registry.config)
+    real = registry._mlflow.artifacts.download_artifacts
+    started = threading.Barrier(4)
+
+    def slow(**kw):
+        started.wait(10)  # all four downloads under way at once
+        time.sleep(0.2)
+        return real(**kw)
+
+    monkeypatch.setattr(registry._mlflow.artifacts, "download_artifacts", slow)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda r: r.resolve("cached/1").local_path, [registry, other, registry, other]))
+    assert len(set(paths)) == 1
+    assert (paths[0] / "adapter_model.safetensors").read_bytes() == b"\x00weights"
+    cache = Path(registry.config.root).resolve() / "cache" / "cached"
+    assert [p.name for p in cache.iterdir()] == ["1"]

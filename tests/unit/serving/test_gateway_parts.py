@@ -347,3 +347,45 @@ def test_prompt_embeddings_wait_in_a_bounded_queue(tmp_path, embedding_model_dir
     assert len(log) == 6  # every record is written
     with_vectors = sorted(i for i, v in log.prompt_embedding.items() if v is not None)
     assert with_vectors == ["r0", "r1", "warm"]  # past the cap of 2 waiting, records go without a vector
+
+
+def test_a_failed_load_unloads_only_what_this_gateway_loaded(registry, tmp_path):
+    """Two replicas shared with another gateway: the first already has the version (the other gateway loaded
+    it), the second refuses it. The old version keeps serving here, and the first replica keeps the new one,
+    which the other gateway serves."""
+    from serving.gateway.state import GatewayState
+
+    weights = tmp_path / "adapter.bin"
+    weights.write_bytes(b"w")
+    registry.register("qa", weights, kind="adapter", aliases=["champion"])
+    registry.register("qa", weights, kind="adapter")
+    cfg = ServingConfig.model_validate({"engines": [{"served_name": "base", "name": "r0", "port": 9001},
+                                                    {"served_name": "base", "name": "r1", "port": 9002}],
+                                        "adapters": [{"registry_name": "qa"}], "embeddings": {"enabled": False},
+                                        "request_log": {"enabled": False}})
+
+    class Shared(RecordingEngine):
+        def load_adapter(self, name, path):
+            if name in self.loaded:
+                return False  # loaded by another gateway
+            self.loaded[name] = path
+            return True
+
+    class Refusing(RecordingEngine):
+        refuse = False
+
+        def load_adapter(self, name, path):
+            if self.refuse:
+                raise RuntimeError("engine refused the adapter")
+            self.loaded[name] = path
+            return True
+
+    first, second = Shared(cfg.engines[0]), Refusing(cfg.engines[1])
+    state = GatewayState(cfg, [first, second], {}, registry)
+    assert state.sync_adapters() == ["qa"]
+    first.loaded["qa--v2"] = "elsewhere"  # the other gateway moved on and loaded v2 into the first replica
+    second.refuse = True
+    registry.set_alias("qa", "champion", 2, reason="rollout")
+    assert state.sync_adapters() == [] and state.models["qa"].upstream == "qa--v1"
+    assert "qa--v2" in first.loaded  # not ours to unload
+    state.close()
