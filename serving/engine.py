@@ -92,7 +92,60 @@ def engine_key(cfg: EngineConfig) -> str | None:
     return key
 
 
-class Engine:
+# ------------------------------------------------------------------------------- runtime LoRA (any engine)
+def load_adapter(engine, name: str, path: str) -> bool:
+    """POST the adapter to the engine's vLLM. An adapter already loaded under the same name (another gateway
+    in front of the same engine loaded it) counts as loaded: names carry the registry version.
+
+    Returns:
+        True when this call loaded it, False when it was loaded already.
+
+    Raises:
+        EngineError: vLLM refused it (the message says why) or did not answer.
+    """
+    try:
+        r = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                       headers=engine.headers(), timeout=120)
+    except httpx.HTTPError as e:
+        raise EngineError(f"Engine {engine.cfg.name} did not answer the load of adapter {name}: {e}") from e
+    if r.status_code == 200:
+        return True
+    if r.status_code == 400 and "already been loaded" in r.text:
+        return False
+    raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+
+
+def unload_adapter(engine, name: str) -> None:
+    try:
+        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=engine.headers(),
+                   timeout=60)
+    except httpx.HTTPError as e:
+        log.warning("unloading %s from %s failed: %s", name, engine.cfg.name, e)
+
+
+class RuntimeAdapters:
+    """Runtime LoRA for an engine with ``url``, ``cfg``, ``headers()`` and ``adapters`` (name -> path: what it
+    should serve, passed again after a restart)."""
+
+    adapters: dict[str, str]
+
+    def load_adapter(self, name: str, path: str) -> bool:
+        """Load a LoRA adapter into the running engine under ``name``; True when this call loaded it, False
+        when it was loaded already.
+
+        Raises:
+            EngineError: vLLM refused it (the message says why).
+        """
+        newly = load_adapter(self, name, path)
+        self.adapters[name] = path
+        return newly
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+        unload_adapter(self, name)
+
+
+class Engine(RuntimeAdapters):
     """One supervised vLLM server process."""
 
     def __init__(self, cfg: EngineConfig, model_path: str, log_dir: str | Path) -> None:
@@ -289,22 +342,6 @@ class Engine:
             except ProcessLookupError:
                 pass
 
-    # ----------------------------------------------------------- runtime LoRA
-    def load_adapter(self, name: str, path: str) -> bool:
-        """Load a LoRA adapter into the running engine under ``name`` (kept across restarts); True when this
-        call loaded it, False when it was loaded already.
-
-        Raises:
-            EngineError: vLLM refused it (the message says why).
-        """
-        newly = load_adapter(self, name, path)
-        self.adapters[name] = path
-        return newly
-
-    def unload_adapter(self, name: str) -> None:
-        self.adapters.pop(name, None)
-        unload_adapter(self, name)
-
     def stop(self, timeout: float = 30) -> None:
         """Terminate the process group (SIGTERM, then SIGKILL)."""
         with self._lock:  # a restart in progress cannot spawn after this point (start checks _stopping)
@@ -322,38 +359,7 @@ class Engine:
         self._state = "stopped"
 
 
-# ------------------------------------------------------------------------------- runtime LoRA (any engine)
-def load_adapter(engine, name: str, path: str) -> bool:
-    """POST the adapter to the engine's vLLM. An adapter already loaded under the same name (another gateway
-    in front of the same engine loaded it) counts as loaded: names carry the registry version.
-
-    Returns:
-        True when this call loaded it, False when it was loaded already.
-
-    Raises:
-        EngineError: vLLM refused it (the message says why) or did not answer.
-    """
-    try:
-        r = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                       headers=engine.headers(), timeout=120)
-    except httpx.HTTPError as e:
-        raise EngineError(f"Engine {engine.cfg.name} did not answer the load of adapter {name}: {e}") from e
-    if r.status_code == 200:
-        return True
-    if r.status_code == 400 and "already been loaded" in r.text:
-        return False
-    raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
-
-
-def unload_adapter(engine, name: str) -> None:
-    try:
-        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=engine.headers(),
-                   timeout=60)
-    except httpx.HTTPError as e:
-        log.warning("unloading %s from %s failed: %s", name, engine.cfg.name, e)
-
-
-class RemoteEngine:
+class RemoteEngine(RuntimeAdapters):
     """An engine this gateway did not start (``engines[].url``): another gateway's, or one on another machine.
 
     Requests and adapter loads go to its URL with the shared key (``api_key_env``); a thread checks its
@@ -439,15 +445,6 @@ class RemoteEngine:
                 log.warning("engine %s at %s does not answer /health (%d checks)", self.cfg.name, self.url,
                             self._failures)
             self.state = "ready" if ok else "down"
-
-    def load_adapter(self, name: str, path: str) -> bool:
-        newly = load_adapter(self, name, path)
-        self.adapters[name] = path
-        return newly
-
-    def unload_adapter(self, name: str) -> None:
-        self.adapters.pop(name, None)
-        unload_adapter(self, name)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()

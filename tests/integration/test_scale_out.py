@@ -9,12 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from testkit import make_adapter, wait_until
 
 from llmops.registry import Lineage, Registry, RegistryConfig
 from serving.engine import free_port
@@ -26,38 +25,13 @@ KEY = "sk-scale-team"
 RPM = 8
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter for SmolLM2 (random B, so it changes outputs)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    peft_model.save_pretrained(out)
-    return out
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 @pytest.fixture(scope="module")
 def deployment(vllm_engine, redis_server, mlflow_server, base_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scale-out")
     registry = Registry(RegistryConfig(root=str(tmp / "client-cache"), tracking_uri=mlflow_server.url,
                                        experiment="scale-out"))
     for version, seed in ((1, 1), (2, 2)):
-        registry.register("scale-qa", make_adapter(base_model_dir, tmp / f"adapter-v{version}", seed),
+        registry.register("scale-qa", make_adapter(base_model_dir, tmp / f"adapter-v{version}", seed, r=4),
                           kind="adapter", aliases=["champion"] if version == 1 else (),
                           lineage=Lineage(base_model="smollm2-135m-instruct"))
     gateways = []

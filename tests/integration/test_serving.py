@@ -16,6 +16,7 @@ import time
 
 import httpx
 import pytest
+from testkit import make_adapter, wait_until
 
 from llmops.contracts import read_request_log
 from llmops.registry import Lineage
@@ -32,22 +33,6 @@ JSON_KEY = "sk-json-key"  # the only key whose answers must match a JSON schema
 LOG_KEY = "sk-log-key"  # used by the request-log test alone (its own rate limit)
 ANSWER_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
                  "additionalProperties": False}
-
-
-def make_adapter(base_dir, out, seed: int, r: int = 8):
-    """A LoRA adapter for the tiny model (random B so it changes outputs)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    peft_model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -354,15 +339,6 @@ def test_request_log_and_metrics(gateway):
 
 def served_version(client) -> str:
     return {m.id: m for m in client.models.list().data}["tiny-lora"].model_extra["registry_version"]
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def wait_for_version(client, want: str, timeout: float = 90) -> bool:

@@ -3,11 +3,10 @@ loads adapters like vLLM (400 "already been loaded" for a name it has) and can b
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from testkit import wait_until
 
 from serving.config import EngineConfig
 from serving.engine import EngineError, RemoteEngine
@@ -60,15 +59,6 @@ def fake_url(fake_server, monkeypatch):
     return fake_server
 
 
-def wait_for(condition, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_remote_engine_is_reached_with_the_shared_key_and_adapters_load_once(fake_url):
     engine = RemoteEngine(EngineConfig(name="shared", url=fake_url, api_key_env="TEST_ENGINE_KEY"), check_s=0.05)
     engine.start()
@@ -87,13 +77,13 @@ def test_one_failed_health_check_is_not_an_outage_and_a_restart_gets_the_adapter
     engine.wait_ready(5)
     engine.load_adapter("qa--v1", "/adapters/1")
     STATE["up"] = False
-    assert wait_for(lambda: engine._failures >= 1)
+    assert wait_until(lambda: engine._failures >= 1, 5, every=0.02)
     assert engine.state == "ready"  # one failed check (two more are 0.4 s away)
-    assert wait_for(lambda: engine.state == "down")
+    assert wait_until(lambda: engine.state == "down", 5, every=0.02)
     STATE["loaded"].clear()  # its owner restarted it: the adapters this gateway loaded are gone
     STATE["up"] = True
-    assert wait_for(lambda: engine.state == "ready")
-    assert wait_for(lambda: "qa--v1" in STATE["loaded"])
+    assert wait_until(lambda: engine.state == "ready", 5, every=0.02)
+    assert wait_until(lambda: "qa--v1" in STATE["loaded"], 5, every=0.02)
     engine.stop()
 
 
