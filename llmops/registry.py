@@ -240,11 +240,15 @@ class Registry:
             # a folder of this call's own: processes sharing the cache (two gateways in one directory) may
             # download the same version at once; the first rename wins, the others drop their copy
             dest.parent.mkdir(parents=True, exist_ok=True)
+            for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # a download killed midway, long ago
+                if time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
             try:
                 self._mlflow.artifacts.download_artifacts(
                     artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
                 )
+                tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from an engine running as another user
                 try:
                     tmp.rename(dest)
                 except OSError:

@@ -284,8 +284,8 @@ class ServingConfig(StrictModel):
             raise ValueError("engines must use distinct ports")
         if self.port in ports:
             raise ValueError("the gateway port must differ from the engine ports")
-        shared = any(e.url or e.api_key_env for e in self.engines)
-        if shared and self.adapters and 0 < self.adapter_retire_s < 2 * self.rollout_poll_s:
+        polled = self.adapters and self.rollout_poll_s > 0
+        if self.shared_engines() and polled and self.adapter_retire_s < 2 * self.rollout_poll_s:
             raise ValueError(f"adapter_retire_s ({self.adapter_retire_s:g}) must be at least twice rollout_poll_s "
                              f"({self.rollout_poll_s:g}) when engines are shared with other gateways: a replaced "
                              "adapter must stay loaded until every gateway has polled and switched")
@@ -294,6 +294,10 @@ class ServingConfig(StrictModel):
             raise ValueError(f"adapters are configured for engines with enable_lora: false ({', '.join(off)}); "
                              "set enable_lora: auto or true there")
         return self
+
+    def shared_engines(self) -> bool:
+        """Whether other gateways may use these engines (one reached by url, or with a shared key)."""
+        return any(e.url or e.api_key_env for e in self.engines)
 
     def adapter_groups(self) -> set[str]:
         """served_name of every engine group an adapter runs on."""

@@ -379,6 +379,7 @@ class RemoteEngine(RuntimeAdapters):
         self.state: State = "starting"
         self._check_s = check_s
         self._failures = 0
+        self._reload: set[str] = set()  # adapters to load again after the engine restarted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -434,17 +435,29 @@ class RemoteEngine(RuntimeAdapters):
                 continue
             if ok and was == "down":  # restarted by its owner: it lost the adapters this gateway loaded
                 log.info("engine %s at %s is ready again", self.cfg.name, self.url)
-                for name, path in list(self.adapters.items()):
-                    try:
-                        load_adapter(self, name, path)
-                    except EngineError as e:
-                        log.error("reloading adapter %s into %s failed: %s", name, self.cfg.name, e)
+                self._reload = set(self.adapters)
             elif ok and was != "ready":
                 log.info("engine %s at %s is ready", self.cfg.name, self.url)
             elif not ok and was == "ready":
                 log.warning("engine %s at %s does not answer /health (%d checks)", self.cfg.name, self.url,
                             self._failures)
+            if ok and self._reload:
+                self._reload_adapters()
+            if self._stop.is_set():
+                return
             self.state = "ready" if ok else "down"
+
+    def _reload_adapters(self) -> None:
+        """Load again what this gateway serves from the engine; what fails is tried at the next check."""
+        for name in sorted(self._reload):
+            path = self.adapters.get(name)  # retired meanwhile: nothing to load
+            try:
+                if path is not None:
+                    load_adapter(self, name, path)
+                self._reload.discard(name)
+            except EngineError as e:
+                log.error("reloading adapter %s into %s failed (tried again in %.0f s): %s", name, self.cfg.name,
+                          self._check_s, e)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()

@@ -67,12 +67,15 @@ def registry(request, tmp_path, monkeypatch):
     assert reg.tracking_uri.startswith("http://")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # what the code under test opens itself, too
     reg.artifact_dir = server.artifacts / reg._experiment_id
+    before = {m.name for m in reg.client.search_registered_models(max_results=1000)}
     yield reg
-    for model in reg.client.search_registered_models():
-        reg.client.delete_registered_model(model.name)
+    made = {m.name for m in reg.client.search_registered_models(max_results=1000)} - before
+    for name in made:  # only what this test made: other modules' models on the server stay
+        reg.client.delete_registered_model(name)
     audit = reg.client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    for run in reg.client.search_runs([audit.experiment_id]) if audit else []:
-        reg.client.delete_run(run.info.run_id)  # the next test starts with no audit history
+    for run in reg.client.search_runs([audit.experiment_id], max_results=5000) if audit and made else []:
+        if run.data.tags.get("model") in made:
+            reg.client.delete_run(run.info.run_id)  # a later test with the same names starts with no history
 
 
 # A test that uses one of these fixtures talks to a real MLflow store or Qdrant: it is an integration test

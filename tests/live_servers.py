@@ -116,6 +116,7 @@ class PostgresServer:
         init = subprocess.run([*self._as, str(bindir / "initdb"), "-D", str(self.data), "-U", "llmops",
                                "--auth=trust", "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
         if init.returncode != 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise RuntimeError(f"initdb failed ({init.returncode}): {init.stderr[-2000:]}")
         self.proc = subprocess.Popen(
             [*self._as, str(bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
@@ -144,11 +145,12 @@ class PostgresServer:
 
     def stop(self) -> None:
         # through pg_ctl: as root self.proc is runuser, which does not pass SIGTERM on to the server
-        subprocess.run([*self._as, str(self._bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)
         try:
+            subprocess.run([*self._as, str(self._bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                            "stop"], capture_output=True, timeout=60)
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
+            subprocess.run(["pkill", "-9", "-f", str(self.data)], capture_output=True)
             self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -14,9 +14,12 @@ fi
 pid=$!
 # stopped through pg_ctl (fast: MLflow's open connections do not hold it up; as root $pid is runuser), on
 # Ctrl-C, TERM, or a failed step below
-trap '"${as[@]}" "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1; wait $pid' EXIT
+trap '"${as[@]}" "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || kill -9 $pid 2>/dev/null || true; wait $pid || true' EXIT
 trap 'exit 0' INT TERM
-until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U llmops; do sleep 0.5; done
+until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U llmops; do
+  kill -0 $pid 2>/dev/null || { echo "postgres exited during start-up" >&2; exit 1; }
+  sleep 0.5
+done
 "$bin/psql" -h 127.0.0.1 -p "$port" -U llmops -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" \
   | grep -q 1 || "$bin/createdb" -h 127.0.0.1 -p "$port" -U llmops "$db"
 wait $pid

@@ -240,6 +240,10 @@ class StateUnavailable(Exception):
     """Redis did not answer (refused, timed out, or an error reply)."""
 
 
+class StatePaused(StateUnavailable):
+    """Redis was not asked: it failed a moment ago (on_error: open)."""
+
+
 class RedisLimiter:
     """The same limits as :class:`RateLimiter`, shared by every gateway that uses the same Redis.
 
@@ -266,6 +270,7 @@ class RedisLimiter:
         # slots to remove from Redis once it answers: releases that failed, and slots of enters whose answer was
         # lost (the script may have run); without this they would be held until their lease ends
         self._orphans: dict[tuple[str, str], None] = {}
+        self._flushing, self._last_flush = False, 0.0
         self._on_failure = on_failure  # called once per failure (a metric counter)
 
     # ------------------------------------------------------------------- the limiter interface
@@ -287,14 +292,13 @@ class RedisLimiter:
                 self.slot_lease_s, cap, slot]
         try:
             code, wait = await self._call(self._enter, [self._key("slots", key_id), self._key("rate", key_id)], args)
-        except StateUnavailable:
-            self._orphan(key_id, slot)
+        except StateUnavailable as e:
+            if not isinstance(e, StatePaused):
+                self._orphan(key_id, slot)  # asked, no answer: the script may have run
             return "local:" + await self._local.enter(key_id, tokens, rpm, tpm, cap)
         except APIError:
             self._orphan(key_id, slot)
             raise
-        if self._orphans:
-            await self._flush_orphans()
         if int(code) == 4:
             raise _busy(int(wait), cap)
         self._raise_for(int(code), float(wait), tokens, rpm, tpm)
@@ -304,8 +308,9 @@ class RedisLimiter:
         slot = uuid.uuid4().hex
         try:
             n = await self._call(self._acquire, [self._key("slots", key_id)], ["", self.slot_lease_s, cap, slot])
-        except StateUnavailable:
-            self._orphan(key_id, slot)
+        except StateUnavailable as e:
+            if not isinstance(e, StatePaused):
+                self._orphan(key_id, slot)
             return "local:" + await self._local.acquire(key_id, cap)
         except APIError:
             self._orphan(key_id, slot)
@@ -323,27 +328,34 @@ class RedisLimiter:
             await self._flush_orphans()
 
     def _orphan(self, key_id: str, slot: str) -> None:
-        if len(self._orphans) < 100_000:  # past that, leases free them
+        if len(self._orphans) < 10_000:  # past that, leases free them
             self._orphans[(key_id, slot)] = None
 
     async def _flush_orphans(self) -> None:
-        """Remove the slots waiting for removal, in one round trip. Tried whenever a slot is released, even
-        during the pause after a failure (a release must not wait for the lease); kept on failure."""
+        """Remove the slots waiting for removal (up to 500 per round trip). One flush at a time; in the pause
+        after a failure at most one attempt a second (a release should not wait for the lease, nor hammer a
+        dead server). What fails stays for the next attempt."""
         from redis.exceptions import RedisError
 
-        pending = list(self._orphans)
+        now = time.monotonic()
+        if self._flushing or (self.paused() and now - self._last_flush < 1.0):
+            return
+        self._flushing, self._last_flush = True, now
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key_id, slot in pending:
-                    pipe.zrem(self._key("slots", key_id), slot)
-                await pipe.execute()
+            while self._orphans:
+                batch = list(self._orphans)[:500]
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key_id, slot in batch:
+                        pipe.zrem(self._key("slots", key_id), slot)
+                    await pipe.execute()
+                for item in batch:
+                    self._orphans.pop(item, None)
         except (RedisError, OSError) as e:
             if self._on_failure is not None:
                 self._on_failure()
             log.debug("slot release failed, kept for the next attempt: %s", e)
-            return
-        for item in pending:
-            self._orphans.pop(item, None)
+        finally:
+            self._flushing = False
 
     async def in_flight(self, key_id: str) -> int:
         """Slots of the key held in Redis (every gateway) plus those this gateway holds locally."""
@@ -398,7 +410,7 @@ class RedisLimiter:
         from redis.exceptions import RedisError
 
         if self.paused():
-            raise StateUnavailable  # Redis failed a moment ago: do not make every request wait for it
+            raise StatePaused  # Redis failed a moment ago: do not make every request wait for it
         try:
             if isinstance(args[0], list):  # a script: keys, args
                 return await fn(keys=args[0], args=args[1])
@@ -419,11 +431,11 @@ class RedisLimiter:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password (in the user part or as ``?password=``), for logs."""
+    """The URL without its password (in the user part, up to the last '@', or as ``?password=``), for logs."""
     import re
 
     url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
-    return re.sub(r"^([a-z]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@]*:).*@", r"\1***@", url)
 
 
 def make_limiter(cfg, on_failure=None):

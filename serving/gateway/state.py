@@ -204,8 +204,11 @@ class GatewayState:
                 except Exception as e:  # noqa: BLE001
                     log.error("loading %s v%s failed, keeping the old version: %s", a.public_name,
                               version.version, e)
-                    for eng in loaded_here:  # what others loaded, others may serve
-                        eng.unload_adapter(internal)
+                    for eng in engines:
+                        if eng in loaded_here and not self.cfg.shared_engines():
+                            eng.unload_adapter(internal)
+                        else:  # loaded by others, or on engines others use (they may serve it): left loaded,
+                            getattr(eng, "adapters", {}).pop(internal, None)  # not passed again on a restart
                     continue
                 base = self.models[group]
                 self.models[a.public_name] = ModelRoute(

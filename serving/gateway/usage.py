@@ -49,7 +49,7 @@ class MemoryUsage:
     def add(self, key: str, ts: float, inc: dict[str, int]) -> None:
         day = day_of(ts)
         with self._lock:
-            if (key, day) not in self._data and day != self._pruned:  # a new day: forget days past keep_days
+            if day > self._pruned:  # a newer day (ISO dates sort as text): forget days past keep_days
                 keep = set(last_days(ts, self.keep_days))
                 self._data = {k: v for k, v in self._data.items() if k[1] in keep}
                 self._pruned = day

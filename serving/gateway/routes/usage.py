@@ -24,7 +24,7 @@ async def usage(request: Request) -> JSONResponse:
                        "invalid_request_error", "not_found")
     raw = request.query_params.get("days", "7")
     keep = state.cfg.state.usage_days
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= keep:
+    if not (len(raw) <= 4 and raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= keep:
         raise bad_request(f"'days' must be a whole number from 1 to {keep} (state.usage_days).", "days")
     days = last_days(time.time(), int(raw))
     rows = await state.usage.read(key.id, days)

@@ -37,6 +37,9 @@ def _fake_vllm() -> FastAPI:
             return JSONResponse({"error": {"message": "Unauthorized"}}, status_code=401)
         body = await request.json()
         STATE["loads"].append(body["lora_name"])
+        if STATE.get("refuse_loads", 0) > 0:  # still warming up after a restart
+            STATE["refuse_loads"] -= 1
+            return JSONResponse({"error": {"message": "not ready"}}, status_code=503)
         if body["lora_name"] in STATE["loaded"]:
             return JSONResponse({"error": {"message": f"The lora adapter '{body['lora_name']}' has already been "
                                            "loaded. If you want to load the adapter in place, set 'load_inplace'"
@@ -54,7 +57,7 @@ def fake_server(serve_on_loopback) -> str:
 
 @pytest.fixture
 def fake_url(fake_server, monkeypatch):
-    STATE.update(up=True, loaded={}, loads=[])
+    STATE.update(up=True, loaded={}, loads=[], refuse_loads=0)
     monkeypatch.setenv("TEST_ENGINE_KEY", KEY)
     return fake_server
 
@@ -81,6 +84,7 @@ def test_one_failed_health_check_is_not_an_outage_and_a_restart_gets_the_adapter
     assert engine.state == "ready"  # one failed check (two more are 0.4 s away)
     assert wait_until(lambda: engine.state == "down", 5, every=0.02)
     STATE["loaded"].clear()  # its owner restarted it: the adapters this gateway loaded are gone
+    STATE["refuse_loads"] = 1  # the first reload fails: it is tried again at the next check
     STATE["up"] = True
     assert wait_until(lambda: engine.state == "ready", 5, every=0.02)
     assert wait_until(lambda: "qa--v1" in STATE["loaded"], 5, every=0.02)
@@ -95,3 +99,10 @@ def test_an_engine_that_refuses_this_gateways_key_is_a_clear_error_at_start(fake
         RemoteEngine(EngineConfig(url=fake_url, api_key_env="TEST_ENGINE_KEY"))
     with pytest.raises(ValueError, match="url must start with http"):
         EngineConfig(url="engine-host:8100")
+    from serving.config import ServingConfig
+
+    shared = {"engines": [{"url": fake_url}], "adapters": [{"registry_name": "qa"}], "rollout_poll_s": 10}
+    for retire in (0, 19):  # 0 would unload a replaced version before the other gateways switch
+        with pytest.raises(ValueError, match="at least twice rollout_poll_s"):
+            ServingConfig.model_validate({**shared, "adapter_retire_s": retire})
+    ServingConfig.model_validate({**shared, "adapter_retire_s": 20})
