@@ -121,8 +121,10 @@ def test_the_gateways_request_logs_merge_into_one_drift_report(deployment):
     from llmops.monitoring.llm import request_signals
 
     merged = request_signals([gw["requests"] for gw in gws])
-    assert len(merged) == sent
-    assert sorted(merged.model.unique()) == ["smollm2"]  # both gateways' records, read as one traffic
+    from llmops.contracts import read_request_log
+
+    per_gateway = [len(read_request_log(gw["requests"])) for gw in gws]
+    assert len(merged) == sent == sum(per_gateway) and min(per_gateway) > 0  # both gateways' records, as one
     split = dt.datetime.fromtimestamp(float(merged.ts.iloc[RPM]), dt.UTC).isoformat()
     out = tmp / "drift"
     args = [sys.executable, "-m", "llmops", "drift", "--out", str(out), "--split", split]
