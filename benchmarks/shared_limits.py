@@ -76,9 +76,11 @@ async def cost(kind: str, url: str | None, n: int, concurrency: int) -> dict:
             "release_p50_ms": round(statistics.median(release), 4), "requests_per_s": round(n / wall)}
 
 
-def _hammer(kind: str, url: str | None, prefix: str, rpm: int, n: int, out) -> None:
+def _hammer(kind: str, url: str | None, prefix: str, rpm: int, n: int, out, start) -> None:
     async def run() -> int:
         rl = limiter(kind, url, prefix)
+        await rl.check_rate("warm-up", 10**9)  # connected and scripts loaded before the race
+        start.wait(60)  # both processes begin together
         sem = asyncio.Semaphore(16)
 
         async def one() -> bool:
@@ -102,10 +104,10 @@ def _hammer(kind: str, url: str | None, prefix: str, rpm: int, n: int, out) -> N
 
 def two_gateways(kind: str, url: str | None, rpm: int) -> dict:
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
+    q, start = ctx.Queue(), ctx.Barrier(2)
     prefix = "two-" + uuid.uuid4().hex[:8]
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=_hammer, args=(kind, url, prefix, rpm, 2 * rpm, q)) for _ in range(2)]
+    procs = [ctx.Process(target=_hammer, args=(kind, url, prefix, rpm, 2 * rpm, q, start)) for _ in range(2)]
     for p in procs:
         p.start()
     admitted = [q.get(timeout=300) for _ in procs]
