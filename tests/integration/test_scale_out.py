@@ -82,6 +82,13 @@ def deployment(vllm_engine, redis_server, mlflow_server, base_model_dir, tmp_pat
             except subprocess.TimeoutExpired:
                 gw["proc"].kill()
             gw["log"].close()
+        # the MLflow server is the session's: later tests (the registry's) expect it as they found it
+        from llmops.registry import AUDIT_EXPERIMENT
+
+        registry.client.delete_registered_model("scale-qa")
+        audit = registry.client.get_experiment_by_name(AUDIT_EXPERIMENT)
+        for run in registry.client.search_runs([audit.experiment_id], "tags.model = 'scale-qa'") if audit else []:
+            registry.client.delete_run(run.info.run_id)
 
 
 def chat(gw, model: str = "smollm2") -> httpx.Response:
