@@ -61,9 +61,6 @@ class MemoryUsage:
         with self._lock:
             return {d: dict(self._data.get((key, d), dict.fromkeys(FIELDS, 0))) for d in days}
 
-    async def close(self) -> None:
-        pass
-
 
 class RedisUsage:
     shared = True
@@ -109,9 +106,6 @@ class RedisUsage:
             raise APIError(503, "The gateway's shared state store (Redis) is unreachable; retry shortly.",
                            "server_error", "state_store_unavailable", headers={"Retry-After": "1"}) from e
         return {d: {f: int(row.get(f, 0)) for f in FIELDS} for d, row in zip(days, rows, strict=True)}
-
-    async def close(self) -> None:
-        pass  # the limiter owns the connection
 
 
 def make_usage(cfg, limiter):
