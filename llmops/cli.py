@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("llmops.registry_cli", "list, resolve and alias registry versions; audit log"),
     "finetune": ("finetune.__main__", "LoRA fine-tuning to a registered, servable adapter"),
     "serve": ("serving.__main__", "vLLM engines behind the OpenAI-compatible gateway"),
+    "rollout": ("serving.rollout_cli", "canary / shadow rollout of a challenger, decided on live traffic"),
     "rag": ("rag.__main__", "ingest documents into Qdrant, retrieve and answer with citations"),
     "guardrails": ("guardrails.__main__", "check prompts and answers against a guardrail policy"),
     "eval": ("eval.__main__", "evaluate an endpoint or RAG pipeline, report and gate promotion"),

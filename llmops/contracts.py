@@ -58,8 +58,14 @@ class RegistryAPI(Protocol):
 
     def alias_version(self, name: str, alias: str) -> int | None: ...
 
+    def model_tag(self, name: str, key: str) -> str | None: ...
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None: ...
+
     def set_alias(self, name: str, alias: str, version: int, *, reason: str,
                   actor: str | None = None) -> AliasMove: ...
+
+    def delete_alias(self, name: str, alias: str, *, reason: str, actor: str | None = None) -> AliasMove: ...
 
     def last_move(self, name: str, alias: str, *, audited_only: bool = False) -> AliasMove | None: ...
 
@@ -294,12 +300,22 @@ CREATE TABLE IF NOT EXISTS requests (
     guardrails TEXT,
     prompt_embedding BLOB,
     finish_reason TEXT,
-    degenerate INTEGER
+    degenerate INTEGER,
+    shadow INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    key_id TEXT,
+    score REAL NOT NULL,
+    comment TEXT,
+    PRIMARY KEY (request_id, key_id)
+);
 """
 # columns added after the first release: a log written before them gets them on open (NULL in old rows)
-REQUEST_LOG_ADDED = {"finish_reason": "TEXT", "degenerate": "INTEGER"}
+REQUEST_LOG_ADDED = {"finish_reason": "TEXT", "degenerate": "INTEGER", "shadow": "INTEGER"}
+FEEDBACK_TABLE = "feedback"
 
 
 def open_request_log_schema(db: sqlite3.Connection) -> None:
@@ -337,6 +353,7 @@ class RequestRecord:
     prompt_embedding: bytes | None = None
     finish_reason: str | None = None  # the first choice's (stop, length, tool_calls, content_filter)
     degenerate: int | None = None  # 1: an answer looped, was empty or in another script (None: not judged)
+    shadow: int | None = None  # 1: a shadow answer of a rollout's challenger (recorded, never returned)
 
     @staticmethod
     def columns() -> list[str]:
@@ -383,6 +400,32 @@ def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFra
                               for b in df["prompt_embedding"]]
     df["stream"] = df["stream"].astype(bool)
     return df
+
+
+def read_feedback(path: str | Path, since: float | None = None) -> pd.DataFrame:
+    """User feedback (``POST /v1/feedback``) joined to its request: columns request_id, ts, key_id, score,
+    comment, model, registry_version. Feedback counts only from the key that made the request.
+
+    Raises:
+        RequestLogError: no such file, or not a request log.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise RequestLogError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
+    q = (f"SELECT f.request_id, f.ts, f.key_id, f.score, f.comment, r.model, r.registry_version "
+         f"FROM {FEEDBACK_TABLE} f JOIN {REQUEST_LOG_TABLE} r ON r.id = f.request_id "
+         "AND r.key_id IS f.key_id" + (" WHERE r.ts >= ?" if since is not None else "") + " ORDER BY f.ts")
+    try:
+        with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if FEEDBACK_TABLE not in tables:  # a log written before feedback existed
+                return pd.DataFrame(columns=["request_id", "ts", "key_id", "score", "comment", "model",
+                                             "registry_version"])
+            return pd.read_sql_query(q, db, params=(since,) if since is not None else None)
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:
+        raise RequestLogError(f"{p} is not a request log: {e}") from e
 
 
 SECOND_STAGE_FILE = "second_stage.json"  # in a registered text classifier's folder: plain numbers, nothing executable

@@ -446,6 +446,22 @@ class Registry:
         except Exception as e:  # noqa: BLE001
             log.warning("could not remove the audit record %s of a failed move: %s", run_id, e)
 
+    def model_tag(self, name: str, key: str) -> str | None:
+        """A tag of the registered model ``name`` (None when the model or the tag does not exist)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(name).tags.get(key)
+        except MlflowException:
+            return None
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        """Set a tag of the registered model ``name`` (rollout state lives there). Raises RegistryError."""
+        try:
+            self.client.set_registered_model_tag(name, key, value)
+        except Exception as e:
+            raise RegistryError(f"Could not set the tag {key} of {name}: {e}") from e
+
     def alias_version(self, name: str, alias: str) -> int | None:
         """The version ``name@alias`` points at, or None when unset."""
         from mlflow.exceptions import MlflowException

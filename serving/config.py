@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmops.config import StrictModel
+from serving.rollout import RolloutConfig
 
 
 class EngineConfig(StrictModel):
@@ -268,7 +269,9 @@ class ServingConfig(StrictModel):
     guardrails: GuardrailsHookConfig = Field(
         default_factory=GuardrailsHookConfig, description="Guardrail hook."
     )
-    rollout_poll_s: float = Field(10, ge=0, description="How often aliases are checked (0: never).")
+    rollout_poll_s: float = Field(10, ge=0, description="How often aliases and rollouts are checked (0: never).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Canary / shadow rollouts of a "
+                                   "champion adapter's challenger (`llmops rollout`), and how they are decided.")
     unaudited_moves: Literal["follow", "ignore"] = Field(
         "follow", description="An alias moved outside the project (the MLflow UI, another tool) is recorded as "
         "unaudited either way; follow: serve the version it points at, ignore: keep serving the last audited one.")

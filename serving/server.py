@@ -121,6 +121,7 @@ class Server:
                 self.registry = Registry()
             self.state = GatewayState(self.cfg, self.engines, paths, self.registry)
             self.state.sync_adapters()
+            self.state.rollouts.sync()  # a rollout running before a restart goes on
         except BaseException:
             self.stop()
             raise
@@ -134,6 +135,8 @@ class Server:
                 changed = self.state.sync_adapters()
                 if changed:
                     log.info("rollout: %s now serve new registry versions", ", ".join(changed))
+                self.state.rollouts.sync()
+                self.state.rollouts.decide()
             except Exception as e:  # noqa: BLE001 - the poller must survive a registry hiccup
                 log.warning("rollout poll failed: %s", e)
 

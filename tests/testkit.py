@@ -30,3 +30,35 @@ def make_adapter(base_dir, out: Path, seed: int, r: int = 8) -> Path:
             torch.nn.init.normal_(p, std=0.02)
     peft_model.save_pretrained(out)
     return out
+
+
+def make_off_script_adapter(base_dir, out: Path, steps: int = 60, r: int = 8) -> Path:
+    """A LoRA adapter trained (a few optimizer steps, ~20 s) to answer every chat prompt with one Cyrillic token
+    over and over: answers in another script than an English question, which the gateway flags as degenerate.
+    A deliberately bad challenger for rollout tests."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    target = tok.encode("ен", add_special_tokens=False)[-1]
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r,
+                                                  target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    prompts = [f"{w} {i}." for i, w in enumerate(["Say hello", "Tell me fact", "What is", "Write a poem about",
+                                                   "Explain", "How do I", "Summarise", "Translate"])]
+    seqs = [tok(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False)["input_ids"] for p in prompts]
+    optim = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-2)
+    k = 6  # answer positions trained: the token after the prompt and after itself
+    for _ in range(steps):
+        loss = 0
+        for ids in seqs:
+            logits = peft_model(torch.tensor([ids + [target] * k])).logits[0, len(ids) - 1:len(ids) - 1 + k]
+            loss = loss + torch.nn.functional.cross_entropy(logits, torch.full((k,), target))
+        optim.zero_grad()
+        (loss / len(seqs)).backward()
+        optim.step()
+    peft_model.save_pretrained(out)
+    return out

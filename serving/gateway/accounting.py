@@ -14,8 +14,9 @@ def finish_request(state: GatewayState, rec: RequestRecord, t0: float, prompt_te
     m = state.metrics
     model = rec.model or "unknown"
     key = rec.key_id or "anonymous"
-    m.requests.labels(rec.endpoint, model, key, str(rec.status)).inc()
-    m.latency.labels(rec.endpoint, model).observe(rec.latency_ms / 1000)
+    version = rec.registry_version or ""
+    m.requests.labels(rec.endpoint, model, version, key, str(rec.status)).inc()
+    m.latency.labels(rec.endpoint, model, version).observe(rec.latency_ms / 1000)
     if rec.prompt_tokens:
         m.tokens.labels(model, key, "prompt").inc(rec.prompt_tokens)
     if rec.completion_tokens:

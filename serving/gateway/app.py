@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.gateway.errors import APIError
-from serving.gateway.routes import completions, embeddings, health, models, usage
+from serving.gateway.routes import completions, embeddings, feedback, health, models, usage
 from serving.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="llmops gateway", docs_url=None, redoc_url=None)
     app.state.gateway = state
-    for module in (completions, models, embeddings, health, usage):
+    for module in (completions, models, embeddings, health, usage, feedback):
         app.include_router(module.router)
 
     @app.exception_handler(APIError)
@@ -44,6 +44,7 @@ def create_app(state: GatewayState) -> FastAPI:
 
     @app.on_event("shutdown")
     async def _close() -> None:
+        await state.rollouts.shadow.close()
         await state.router.close()
         await asyncio.gather(*list(state._background), return_exceptions=True)  # slot releases under way
         await state.limiter.close()

@@ -80,6 +80,7 @@ class CompletionHandler:
         self.reasons: dict[int, str] = {}  # finish_reason per choice
         self.tool_choices: set[int] = set()  # choices that called tools (their text is not judged)
         self.answer_blocked = False  # an output rail blocked the answer: it is not judged
+        self.forwarded = False  # the body went to an engine (what a shadow request sends again)
 
     @property
     def path(self) -> str:
@@ -102,7 +103,7 @@ class CompletionHandler:
             if self.rec.stream:
                 streaming = True  # the relay accounts for the request when the stream ends
                 return _Stream(self.relay(resp), self.close_stream(resp), media_type="text/event-stream",
-                               headers={"cache-control": "no-cache", "x-request-id": self.rec.id})
+                               headers={"cache-control": "no-cache", **self.id_headers()})
             return await self.answer(resp)
         except APIError as e:
             self.rec.status, self.rec.error_code = e.status, e.code
@@ -116,6 +117,13 @@ class CompletionHandler:
             if not streaming:
                 await self.finish()
 
+    def id_headers(self) -> dict[str, str]:
+        """x-request-id (what POST /v1/feedback names) and, for a registry version, x-model-version."""
+        headers = {"x-request-id": self.rec.id}
+        if self.rec.registry_version:
+            headers["x-model-version"] = self.rec.registry_version
+        return headers
+
     async def finish(self) -> None:
         """Account for the request and give back its concurrency slot; only the first call counts."""
         if self._finished:
@@ -126,6 +134,11 @@ class CompletionHandler:
             self.in_flight = None
             await self.state.release_slot(key, slot)
         finish_request(self.state, self.rec, self.t0, self.prompt_text)
+        if self.rec.status == 200 and self.route is not None and self.forwarded:
+            shadow = self.state.rollouts.shadow_route(self.route, self.rec.id)
+            if shadow is not None:  # after the answer: the shadow never delays it
+                self.state.rollouts.shadow.submit(shadow, self.path, self.body, self.rec.key_id, self.prompt_text,
+                                                  self.chat)
 
     async def close_stream(self, resp: httpx.Response) -> None:
         """After a stream, however it ended (also when the client left before it started): the engine's
@@ -142,6 +155,11 @@ class CompletionHandler:
         state = self.state
         self.body = await read_json(request, state.cfg.limits.max_body_bytes)
         self.route = state.route(self.body.get("model"), ("base", "adapter"))
+        # a running rollout answers its canary share of users with the challenger (sticky: the `user` field, else
+        # the key, so one user sees one version)
+        user = self.body.get("user")
+        sticky = f"user:{user}" if isinstance(user, str) and user else f"key:{self.rec.key_id or self.rec.id}"
+        self.route = state.rollouts.pick(self.route, sticky)
         self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
         limits = state.cfg.limits
         self.max_tokens = common(self.body, limits)
@@ -266,10 +284,12 @@ class CompletionHandler:
         body.pop("max_completion_tokens", None)
 
         def body_for(model: str) -> bytes:
-            return json.dumps({**body, "model": state.models[model].upstream}).encode()
+            upstream = self.route.upstream if model == self.route.public else state.models[model].upstream
+            return json.dumps({**body, "model": upstream}).encode()
 
         resp, _engine, used = await state.router.send_with_fallbacks(
             self.route.public, lambda m: state.models[m].group, self.path, body_for)
+        self.forwarded = used == self.route.public
         if used != self.route.public:
             self.route = state.models[used]
             self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
@@ -333,7 +353,7 @@ class CompletionHandler:
         usage = data.get("usage") or {}
         self.rec.prompt_tokens = usage.get("prompt_tokens", self.rec.prompt_tokens)
         self.rec.completion_tokens = (usage.get("completion_tokens") or 0) + reask_tokens
-        return JSONResponse(data, headers={"x-request-id": self.rec.id})
+        return JSONResponse(data, headers=self.id_headers())
 
     async def guard_tool_calls(self, choice: dict) -> None:
         """Output rails on the arguments of a choice's tool calls: redacted in place; a block drops the
@@ -418,7 +438,7 @@ class CompletionHandler:
                 choices = event.get("choices") or []
                 if rec.ttft_ms is None and any(delta_text(c) for c in choices):
                     rec.ttft_ms = (time.perf_counter() - self.t0) * 1000
-                    state.metrics.ttft.labels(route.public).observe(rec.ttft_ms / 1000)
+                    state.metrics.ttft.labels(route.public, route.registry_version or "").observe(rec.ttft_ms / 1000)
                 if event.get("usage"):
                     rec.prompt_tokens = event["usage"].get("prompt_tokens", rec.prompt_tokens)
                     rec.completion_tokens = event["usage"].get("completion_tokens")

@@ -11,12 +11,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("llmops_requests", "Requests by endpoint, model, key and status",
-                                ["endpoint", "model", "key", "status"], registry=r)
+        # version: the registry version that answered (adapters; "" for base models), so a rollout's two
+        # versions can be told apart on a dashboard
+        self.requests = Counter("llmops_requests", "Requests by endpoint, model, registry version, key and status",
+                                ["endpoint", "model", "version", "key", "status"], registry=r)
         self.latency = Histogram("llmops_request_latency_seconds", "End-to-end latency",
-                                 ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["endpoint", "model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("llmops_time_to_first_token_seconds", "Time to first streamed token",
-                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                              ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow = Counter("llmops_shadow_requests", "Shadow requests to a rollout's challenger by outcome (ok, "
+                              "error, dropped: the shadow queue was full)", ["model", "version", "outcome"], registry=r)
+        self.feedback = Counter("llmops_feedback", "User feedback scores received, by model and registry version",
+                                ["model", "version"], registry=r)
         self.tokens = Counter("llmops_tokens", "Tokens by model, key and direction (prompt/completion)",
                               ["model", "key", "direction"], registry=r)
         self.guardrail = Counter("llmops_guardrail_verdicts", "Guardrail verdicts by rail and action",

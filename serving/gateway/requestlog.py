@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmops.contracts import REQUEST_LOG_TABLE, RequestRecord, open_request_log_schema
+from llmops.contracts import FEEDBACK_TABLE, REQUEST_LOG_TABLE, RequestRecord, open_request_log_schema
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,34 @@ class RequestLog:
                 log.warning("request log queue full: %d records dropped so far", self.dropped)
             return False
 
+    def add_feedback(self, request_id: str, key_id: str | None, score: float,
+                     comment: str | None) -> tuple[str | None, str | None] | None:
+        """Store a user's feedback on one of their requests (a later one from the same key replaces it): the
+        request's (model, registry version), or None when the log holds no such request of that key. Blocking
+        (one short transaction): call it off the event loop."""
+        db = sqlite3.connect(self.path, timeout=10)
+        try:
+            found = db.execute(f"SELECT model, registry_version FROM {REQUEST_LOG_TABLE} WHERE id = ? AND key_id IS ? "
+                               "AND (shadow IS NULL OR shadow = 0)", (request_id, key_id)).fetchone()
+            if found is None:
+                return None
+            with db:
+                db.execute(f"INSERT OR REPLACE INTO {FEEDBACK_TABLE} (request_id, ts, key_id, score, comment) "
+                           "VALUES (?, ?, ?, ?, ?)", (request_id, time.time(), key_id, score, comment))
+            return found[0], found[1]
+        finally:
+            db.close()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the records queued so far are written (at most ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while self._q.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def _prune(self, db: sqlite3.Connection) -> None:
         if self.retention_days is not None:
             db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE ts < ?", (time.time() - self.retention_days * 86400,))
+            db.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE ts < ?", (time.time() - self.retention_days * 86400,))
         if self.max_rows is not None:
             db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE id IN (SELECT id FROM {REQUEST_LOG_TABLE} "
                        "ORDER BY ts DESC LIMIT -1 OFFSET ?)", (self.max_rows,))
@@ -93,6 +118,8 @@ class RequestLog:
                     self._prune(db)
             except sqlite3.Error as e:  # a full disk must not take the gateway down
                 log.error("request log write failed (%d records lost): %s", len(rows), e)
+            for _ in batch:
+                self._q.task_done()
         db.close()
 
     def close(self) -> None:

@@ -141,6 +141,9 @@ class GatewayState:
         self._embed_pool = None
         self._embed_pending = 0  # prompts waiting for their embedding (request_log.max_embedding_queue)
         self._embed_lock = threading.Lock()
+        from serving.gateway.rollouts import Rollouts
+
+        self.rollouts = Rollouts(self)
 
     # ------------------------------------------------------------------ models
     def route(self, model: Any, kinds: tuple[str, ...]) -> ModelRoute:
@@ -194,26 +197,12 @@ class GatewayState:
                 current = self.models.get(a.public_name)
                 if current is not None and current.registry_version == str(version.version):
                     continue
-                internal = f"{a.public_name}--v{version.version}"
-                engines = [e for e in self.engines if e.cfg.served_name == group]
-                loaded_here = []  # engines where this call loaded it (not another gateway)
-                try:
-                    for e in engines:
-                        if e.load_adapter(internal, str(version.local_path)) is not False:
-                            loaded_here.append(e)
-                except Exception as e:  # noqa: BLE001
-                    log.error("loading %s v%s failed, keeping the old version: %s", a.public_name,
-                              version.version, e)
-                    for eng in engines:
-                        if eng in loaded_here and not self.cfg.shared_engines():
-                            eng.unload_adapter(internal)
-                        else:  # loaded by others, or on engines others use (they may serve it): left loaded,
-                            getattr(eng, "adapters", {}).pop(internal, None)  # not passed again on a restart
+                route = self.load_version(a, group, version)
+                if route is None:
                     continue
-                base = self.models[group]
-                self.models[a.public_name] = ModelRoute(
-                    a.public_name, "adapter", group, internal, base.max_model_len,
-                    str(version.version), int(time.time()))
+                self.models[a.public_name] = route
+                internal = route.upstream
+                engines = [e for e in self.engines if e.cfg.served_name == group]
                 # served again (a rollback): no earlier retirement of it applies
                 self._retiring = [r for r in self._retiring if r[2] != internal]
                 if current is not None:  # other gateways on these engines may still send to it for a moment
@@ -223,9 +212,39 @@ class GatewayState:
                 changed.append(a.public_name)
         return changed
 
+    def load_version(self, a, group: str, version) -> ModelRoute | None:
+        """Load registry ``version`` of adapter ``a`` into every engine of ``group`` under its versioned name; its
+        route, or None when an engine refused it (logged; what was loaded by this call is unloaded again)."""
+        internal = f"{a.public_name}--v{version.version}"
+        engines = [e for e in self.engines if e.cfg.served_name == group]
+        loaded_here = []  # engines where this call loaded it (not another gateway)
+        try:
+            for e in engines:
+                if e.load_adapter(internal, str(version.local_path)) is not False:
+                    loaded_here.append(e)
+        except Exception as e:  # noqa: BLE001
+            log.error("loading %s v%s failed, keeping what is served: %s", a.public_name, version.version, e)
+            served = {m.upstream for m in self.models.values()} | self.rollouts.upstreams()
+            for eng in engines:
+                if eng in loaded_here and not self.cfg.shared_engines() and internal not in served:
+                    eng.unload_adapter(internal)
+                else:  # loaded by others, or on engines others use (they may serve it): left loaded,
+                    getattr(eng, "adapters", {}).pop(internal, None)  # not passed again on a restart
+            return None
+        base = self.models[group]
+        return ModelRoute(a.public_name, "adapter", group, internal, base.max_model_len, str(version.version),
+                          int(time.time()))
+
+    def retire(self, route: ModelRoute) -> None:
+        """Unload ``route``'s adapter version after ``adapter_retire_s`` unless it is served again by then."""
+        engines = [e for e in self.engines if e.cfg.served_name == route.group]
+        self._retiring.append((time.monotonic() + self.cfg.adapter_retire_s, engines, route.upstream))
+        self._retire_due()
+
     def _retire_due(self) -> None:
         """Unload the replaced adapter versions whose retirement time has come (none still served here)."""
-        now, served = time.monotonic(), {m.upstream for m in self.models.values()}
+        now = time.monotonic()
+        served = {m.upstream for m in self.models.values()} | self.rollouts.upstreams()
         keep = []
         for when, engines, name in self._retiring:
             if when > now:

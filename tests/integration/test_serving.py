@@ -16,7 +16,7 @@ import time
 
 import httpx
 import pytest
-from testkit import make_adapter, wait_until
+from testkit import make_adapter, make_off_script_adapter, wait_until
 
 from llmops.contracts import read_request_log
 from llmops.registry import Lineage
@@ -44,6 +44,9 @@ def gateway(tiny_model_dir, tmp_path_factory):
     adapter_v1 = make_adapter(tiny_model_dir, tmp / "adapter-v1", seed=1)
     registry.register("tiny-adapter", adapter_v1, kind="adapter", aliases=["champion"],
                       lineage=Lineage(base_model="tiny-llama"))
+    # the rollout tests' model: its own versions, so they never touch tiny-adapter's
+    registry.register("tiny-canary", make_adapter(tiny_model_dir, tmp / "canary-v1", seed=11), kind="adapter",
+                      aliases=["champion"], lineage=Lineage(base_model="tiny-llama"))
     policy = tmp / "policy.yaml"
     policy.write_text(json.dumps({
         "input_rails": [{"rail": "injection", "action": "block"}, {"rail": "pii", "action": "redact"}],
@@ -56,7 +59,11 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "port": port,
         "engines": [{"model": str(tiny_model_dir), "served_name": "tiny", "port": 0, "kv_cache_gb": 1,
                      "max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 600}],
-        "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"}],
+        "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"},
+                     {"registry_name": "tiny-canary", "alias": "champion", "served_name": "tiny-canary"}],
+        # small rollouts decide on tens of requests: the margins are wide, the rule is the default one
+        "rollout": {"min_early": 10, "margins": {"error_rate": 0.15, "degenerate_rate": 0.15,
+                                                 "guardrail_rate": 0.15, "latency_ratio": 3.0}},
         "auth": {"keys_file": str(tmp / "keys.json"), "keys_env": "LLMOPS_TEST_NO_KEYS",
                  "keys": [{"id": "test", "sha256": hash_key(KEY)},
                           {"id": "limited", "sha256": hash_key(LIMITED), "rpm": 3},
@@ -330,9 +337,9 @@ def test_request_log_and_metrics(gateway):
     assert drift.status == "ok" and drift.reference_rows + drift.current_rows == len(log)
     assert {"prompt_tokens", "latency_ms", "status_class", "model"} <= {c.column for c in drift.columns}
     metrics = httpx.get(gateway["base"] + "/metrics").text
-    assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="200"}' in metrics
+    assert 'llmops_requests_total{endpoint="chat",key="logged",model="tiny",status="200",version=""}' in metrics
     # refused before its body was read: the model it asked for is not known
-    assert 'llmops_requests_total{endpoint="chat",key="logged",model="unknown",status="429"}' in metrics
+    assert 'llmops_requests_total{endpoint="chat",key="logged",model="unknown",status="429",version=""}' in metrics
     assert "llmops_time_to_first_token_seconds_bucket" in metrics
     assert 'llmops_tokens_total{direction="completion",key="logged",model="tiny"}' in metrics
 
@@ -345,9 +352,11 @@ def wait_for_version(client, want: str, timeout: float = 90) -> bool:
     return wait_until(lambda: served_version(client) == want, timeout)
 
 
-def engine_models(gateway) -> set[str]:
+def engine_models(gateway, prefix: str = "tiny-lora") -> set[str]:
+    """The base model and the adapters named ``prefix...`` that the engine has loaded."""
     engine = gateway["server"].engines[0]
-    return {m["id"] for m in httpx.get(engine.url + "/v1/models", headers=engine.headers()).json()["data"]}
+    names = {m["id"] for m in httpx.get(engine.url + "/v1/models", headers=engine.headers()).json()["data"]}
+    return {n for n in names if n == "tiny" or n.startswith(prefix)}
 
 
 def test_nothing_reaches_the_engine_around_the_gateway(gateway):
@@ -391,6 +400,128 @@ def test_adapter_hot_load_on_alias_move_and_rollback(gateway, client):
 
     registry.set_alias("tiny-adapter", "champion", 1, reason="rollback")
     assert wait_for_version(client, "1")
+
+
+# ------------------------------------------------------------------------------------ rollouts
+QUESTION = [{"role": "user", "content": "What is two plus two?"}]  # English, long enough for the script check
+
+
+def ask_canary(gateway, user: str) -> httpx.Response:
+    r = post(gateway, "/v1/chat/completions", {"model": "tiny-canary", "messages": QUESTION, "max_tokens": 8,
+                                               "temperature": 0, "user": user})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def rollout_card(gateway) -> dict | None:
+    cards = httpx.get(gateway["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    return {c["id"]: c for c in cards}["tiny-canary"].get("rollout")
+
+
+def register_challenger(gateway, folder):
+    return gateway["registry"].register("tiny-canary", folder, kind="adapter", aliases=["challenger"],
+                                        lineage=Lineage(base_model="tiny-llama"))
+
+
+def test_a_canary_of_a_challenger_as_good_as_the_champion_is_promoted(gateway):
+    """Half of the users (sticky) get the challenger, a twin of the champion; the gateway's poller decides."""
+    import shutil
+
+    from serving.rollout import RolloutStore, start_rollout
+
+    registry, store = gateway["registry"], RolloutStore(gateway["registry"])
+    twin = shutil.copytree(registry.resolve("tiny-canary@champion").local_path, gateway["tmp"] / "canary-twin")
+    register_challenger(gateway, twin)
+    r = start_rollout(store, "tiny-canary", canary=50, min_requests=30, max_minutes=10)
+    assert wait_until(lambda: (rollout_card(gateway) or {}).get("id") == r.id, 30)
+    first = {u: ask_canary(gateway, f"user-{u}").headers["x-model-version"] for u in range(16)}
+    assert set(first.values()) == {"1", "2"}, first  # both versions answer
+    assert all(ask_canary(gateway, f"user-{u}").headers["x-model-version"] == v for u, v in first.items())  # sticky
+    for i in range(300):  # traffic until the poller decides (30 challenger requests)
+        if store.get("tiny-canary").state != "running":
+            break
+        ask_canary(gateway, f"user-{i % 40}")
+    assert wait_until(lambda: store.get("tiny-canary").state != "running", 30)
+    ended = store.get("tiny-canary")
+    assert ended.state == "promoted", ended.reason
+    assert registry.alias_version("tiny-canary", "champion") == 2
+    move = registry.last_move("tiny-canary", "champion")
+    assert move.actor == "llmops-rollout" and r.id in move.reason and "no worse" in move.reason
+    # hot: the public name now serves v2 for everyone, the canary is gone, nothing restarted
+    assert wait_until(lambda: rollout_card(gateway) is None, 30)
+    assert {ask_canary(gateway, f"user-{u}").headers["x-model-version"] for u in range(8)} == {"2"}
+    assert wait_until(lambda: engine_models(gateway, "tiny-canary") == {"tiny", "tiny-canary--v2"}, 30)
+
+
+def test_a_shadowed_challenger_that_answers_off_script_is_rolled_back_and_no_user_sees_it(gateway):
+    from serving.rollout import RolloutStore, start_rollout
+
+    registry, store = gateway["registry"], RolloutStore(gateway["registry"])
+    champion = registry.alias_version("tiny-canary", "champion")
+    bad = register_challenger(gateway, make_off_script_adapter(gateway["tiny"], gateway["tmp"] / "canary-bad"))
+    r = start_rollout(store, "tiny-canary", canary=0, shadow=100, min_requests=500, max_minutes=10)
+    assert wait_until(lambda: (rollout_card(gateway) or {}).get("id") == r.id, 30)
+    for i in range(200):
+        resp = ask_canary(gateway, f"shadow-user-{i}")
+        assert resp.headers["x-model-version"] == str(champion)  # users only ever see the champion
+        assert "\u0435" not in resp.json()["choices"][0]["message"]["content"]
+        if store.get("tiny-canary").state != "running":
+            break
+    assert wait_until(lambda: store.get("tiny-canary").state != "running", 30)
+    ended = store.get("tiny-canary")
+    # long before min_requests: the early look sees it answer in the wrong script every time
+    assert ended.state == "rolled_back" and "degenerate_rate" in ended.reason and "early look" in ended.reason
+    assert registry.alias_version("tiny-canary", "challenger") is None
+    assert registry.alias_version("tiny-canary", "champion") == champion
+    assert "degenerate_rate" in registry.last_move("tiny-canary", "challenger").reason
+    gateway["server"].state.requestlog.flush()
+    df = read_request_log(gateway["tmp"] / "requests.sqlite", since=r.started)
+    shadows = df[(df["shadow"] == 1) & (df["registry_version"] == str(bad.version))]
+    assert len(shadows) >= 10 and set(shadows["degenerate"]) == {1}
+    assert wait_until(lambda: f"tiny-canary--v{bad.version}" not in engine_models(gateway, "tiny-canary"), 30)
+
+
+def test_a_failing_shadow_never_touches_the_answer_and_a_restarted_gateway_goes_on_with_the_rollout(gateway):
+    import shutil
+
+    from serving.gateway.state import GatewayState
+    from serving.rollout import RolloutStore, manual, start_rollout
+
+    registry, store, server = gateway["registry"], RolloutStore(gateway["registry"]), gateway["server"]
+    champion = registry.alias_version("tiny-canary", "champion")
+    twin = shutil.copytree(registry.resolve("tiny-canary@champion").local_path, gateway["tmp"] / "canary-twin-2")
+    v = register_challenger(gateway, twin).version
+    r = start_rollout(store, "tiny-canary", canary=30, shadow=100, min_requests=500, max_minutes=10)
+    assert wait_until(lambda: (rollout_card(gateway) or {}).get("id") == r.id, 30)
+
+    # a gateway started now (a restart) reads the same rollout and sends each user to the same version
+    again = GatewayState(server.cfg, server.engines, {"tiny": str(gateway["tiny"])}, registry)
+    try:
+        again.sync_adapters()
+        again.rollouts.sync()
+        assert again.rollouts.active["tiny-canary"].rollout.id == r.id
+        route = server.state.models["tiny-canary"]
+        for u in range(50):
+            assert again.rollouts.pick(route, f"user:u{u}").registry_version == \
+                server.state.rollouts.pick(route, f"user:u{u}").registry_version
+    finally:
+        again.close()
+
+    # the challenger disappears from the engine behind the gateway's back: shadow requests fail...
+    server.engines[0].unload_adapter(f"tiny-canary--v{v}")
+    champion_users = [u for u in range(200) if r.arm(f"user:u{u}") == "champion"][:30]
+    for u in champion_users:  # ...and the champion's users get their answers all the same
+        resp = ask_canary(gateway, f"u{u}")
+        assert resp.headers["x-model-version"] == str(champion)
+        if store.get("tiny-canary").state != "running":
+            break
+    assert wait_until(lambda: store.get("tiny-canary").state != "running", 30)
+    ended = store.get("tiny-canary")
+    assert ended.state == "rolled_back" and "error_rate" in ended.reason, ended.reason
+    metrics = httpx.get(gateway["base"] + "/metrics").text
+    assert f'llmops_shadow_requests_total{{model="tiny-canary",outcome="error",version="{v}"}}' in metrics
+    with pytest.raises(Exception, match="No rollout"):
+        manual(store, "tiny-canary", "stop", "already over")
 
 
 def test_guardrails_block_and_redact_in_the_gateway(gateway, client):

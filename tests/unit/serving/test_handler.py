@@ -382,7 +382,8 @@ def test_unauthenticated_requests_are_sampled_into_the_log_and_all_counted(gatew
     from prometheus_client import generate_latest
 
     metrics = generate_latest(gateway.state.metrics.registry).decode()
-    assert 'llmops_requests_total{endpoint="chat",key="anonymous",model="unknown",status="401"} 5.0' in metrics
+    assert ('llmops_requests_total{endpoint="chat",key="anonymous",model="unknown",status="401",version=""} 5.0'
+            in metrics)
 
 
 def test_ops_routes_can_require_a_key(gateway):
@@ -671,3 +672,37 @@ def test_usage_per_key_and_day(gateway):
         status, data = gateway.get(f"/v1/usage?days={bad}")
         assert status == 400 and data["error"]["param"] == "days"
     assert gateway.get("/v1/usage", key="sk-wrong")[0] == 401
+
+
+def test_feedback_on_an_answer_is_stored_with_its_request_for_its_key_only(engine_url, tmp_path):
+    gw = make_gateway(engine_url, tmp_path, auth={
+        "keys": [{"id": "k", "sha256": hash_key("sk-k")}, {"id": "other", "sha256": hash_key("sk-other")}],
+        "keys_env": "NO_SUCH_ENV", "keys_file": str(tmp_path / "keys.json")})
+    try:
+        async def ask():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as client:
+                r = await client.post("/v1/chat/completions", json=chat("hello"),
+                                      headers={"Authorization": "Bearer sk-k"})
+                return r.headers["x-request-id"]
+        request_id = gw.loop.run_until_complete(ask())
+        status, data = gw.call("/v1/feedback", {"request_id": request_id, "score": True, "comment": "right"})
+        assert status == 200 and (data["score"], data["model"]) == (1.0, "m")
+        status, data = gw.call("/v1/feedback", {"request_id": request_id, "score": 0}, key="sk-other")
+        assert status == 404 and data["error"]["code"] == "request_not_found"  # not that key's request
+        for body, param in (({"request_id": request_id, "score": 2}, "score"),
+                            (f'{{"request_id": "{request_id}", "score": NaN}}'.encode(), "score"),
+                            ({"request_id": request_id, "score": "good"}, "score"),
+                            ({"score": 1}, "request_id"),
+                            ({"request_id": request_id, "score": 1, "comment": "x" * 3000}, "comment")):
+            status, data = gw.call("/v1/feedback", body)
+            assert status == 400 and data["error"]["param"] == param, (body, data)
+        assert gw.call("/v1/feedback", {"request_id": request_id, "score": 1}, key="sk-wrong")[0] == 401
+        from llmops.contracts import read_feedback
+
+        gw.state.requestlog.close()
+        rows = read_feedback(tmp_path / "log.sqlite")
+        assert list(zip(rows.request_id, rows.key_id, rows.score, rows.comment, strict=True)) == [
+            (request_id, "k", 1.0, "right")]
+    finally:
+        gw.loop.run_until_complete(gw.state.router.close())
+        gw.loop.close()

@@ -1,0 +1,248 @@
+"""Rollouts: the decision rule on real figures, sticky arms, the state in a real registry, figures from a real
+request log. The gateway's side against a real engine is in tests/integration/test_serving.py."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from llmops.contracts import RequestRecord, VerdictRecord, read_feedback, read_request_log
+from serving.gateway.requestlog import RequestLog
+from serving.rollout import (
+    Margins,
+    Rollout,
+    RolloutConfig,
+    RolloutError,
+    RolloutStore,
+    VersionStats,
+    apply_decision,
+    decide,
+    manual,
+    rate_interval,
+    start_rollout,
+    status_table,
+    version_stats,
+)
+
+CFG = RolloutConfig()
+
+
+def rollout(**kw) -> Rollout:
+    base = dict(name="m", champion=1, challenger=2, canary=10, shadow=0, min_requests=200, max_minutes=60,
+                started=time.time())
+    return Rollout(**{**base, **kw})
+
+
+def arm(version: int, n: int, *, errors=0, degenerate=0, guarded=0, latency=100.0, spread=10.0, seed=0,
+        feedback=()) -> VersionStats:
+    rng = np.random.default_rng(seed)
+    s = VersionStats(version, requests=n, errors=errors, judged=n - errors, degenerate=degenerate,
+                     answered=n - errors, guarded=guarded)
+    s.latency_ms = list(rng.normal(latency, spread, n - errors).clip(1))
+    s.feedback = list(feedback)
+    return s
+
+
+def test_a_challenger_like_the_champion_is_promoted_once_min_requests_is_reached():
+    r = rollout()
+    early = decide(r, {1: arm(1, 150, degenerate=6, seed=1), 2: arm(2, 150, degenerate=6, seed=2)}, CFG)
+    assert early.action == "continue"  # fine so far, but min_requests is 200
+    d = decide(r, {1: arm(1, 400, degenerate=16, seed=1), 2: arm(2, 400, degenerate=15, seed=2)}, CFG)
+    assert d.action == "promote", d.reason
+    assert "no worse" in d.reason and "degenerate_rate" in d.reason  # the audit reason names the figures
+
+
+def test_a_clearly_worse_challenger_is_rolled_back_at_the_early_look_but_not_before_min_early():
+    r = rollout()
+    bad = {1: arm(1, 30, degenerate=1), 2: arm(2, 30, degenerate=27)}
+    d = decide(r, bad, CFG)
+    assert d.action == "rollback" and "early look" in d.reason and "degenerate_rate" in d.reason
+    tiny = {1: arm(1, 10, degenerate=0), 2: arm(2, 10, degenerate=10)}
+    assert decide(r, tiny, CFG).action == "continue"  # 10 < min_early: no look yet
+
+
+def test_slightly_worse_by_chance_is_not_rolled_back_early():
+    """At the early level a modest difference on a few dozen requests is not enough (no rollback by noise)."""
+    d = decide(rollout(), {1: arm(1, 40, degenerate=4), 2: arm(2, 40, degenerate=9)}, CFG)
+    assert d.action == "continue"
+
+
+@pytest.mark.parametrize("figure, champion, challenger", [
+    ("error_rate", dict(errors=2), dict(errors=40)),
+    ("guardrail_rate", dict(guarded=3), dict(guarded=60)),
+    ("latency_p50", dict(latency=100), dict(latency=260)),
+])
+def test_each_figure_alone_can_roll_a_challenger_back(figure, champion, challenger):
+    d = decide(rollout(), {1: arm(1, 300, seed=1, **champion), 2: arm(2, 300, seed=2, **challenger)}, CFG)
+    assert d.action == "rollback", d.reason
+    worse = [c.metric for c in d.comparisons if c.verdict == "worse"]
+    assert worse == [figure]
+
+
+def test_feedback_is_compared_once_both_versions_have_enough_scores():
+    good, poor = [1.0] * 30 + [0.0] * 10, [1.0] * 8 + [0.0] * 32
+    d = decide(rollout(), {1: arm(1, 300, seed=1, feedback=good), 2: arm(2, 300, seed=2, feedback=poor)}, CFG)
+    assert d.action == "rollback" and "feedback" in d.reason
+    few = decide(rollout(), {1: arm(1, 300, seed=1, feedback=good[:5]), 2: arm(2, 300, seed=2, feedback=poor[:5])},
+                 CFG)
+    assert [c.verdict for c in few.comparisons if c.metric == "feedback"] == ["n/a"]
+
+
+def test_no_decision_in_time_expires_the_rollout():
+    r = rollout(started=time.time() - 3601)
+    d = decide(r, {1: arm(1, 50), 2: arm(2, 50)}, CFG)
+    assert d.action == "expire" and "not enough traffic" in d.reason
+
+
+def test_the_rate_interval_keeps_its_level():
+    """With two equal arms the one-sided upper bound of the difference falls below 0 in about alpha of the
+    trials (the test would roll a good challenger back no more often than it says)."""
+    rng = np.random.default_rng(7)
+    n, p, alpha, trials = 200, 0.1, 0.05, 4000
+    k1, k0 = rng.binomial(n, p, trials), rng.binomial(n, p, trials)
+    misses = sum(rate_interval(a, n, b, n, alpha)[1] < 0 for a, b in zip(k1, k0, strict=True))
+    assert misses / trials <= alpha * 1.3
+    lows = sum(rate_interval(a, n, b, n, alpha)[0] > 0 for a, b in zip(k1, k0, strict=True))
+    assert lows / trials <= alpha * 1.3
+    # at 0 of n on both sides the interval is finite and straddles 0
+    low, high = rate_interval(0, 50, 0, 50, alpha)
+    assert low < 0 < high
+
+
+def test_arms_are_sticky_weighted_and_reshuffled_by_a_new_rollout():
+    r = rollout(canary=10)
+    users = [f"user:{i}" for i in range(20_000)]
+    arms = [r.arm(u) for u in users]
+    assert arms == [r.arm(u) for u in users]  # the same user always gets the same version
+    share = arms.count("challenger") / len(arms)
+    assert 0.09 < share < 0.11
+    other = rollout(canary=10)  # a new rollout id: a different 10% of the users
+    overlap = sum(a == "challenger" and other.arm(u) == "challenger" for a, u in zip(arms, users, strict=True))
+    assert overlap < 0.3 * arms.count("challenger")
+    shadowed = sum(rollout(canary=0, shadow=25).shadowed(f"req{i}") for i in range(20_000)) / 20_000
+    assert 0.23 < shadowed < 0.27
+    ended = rollout(canary=100, state="rolled_back")
+    assert ended.arm("user:1") == "champion" and not ended.shadowed("x")
+
+
+# -------------------------------------------------------------------------------- registry
+@pytest.fixture
+def two_versions(registry, tmp_path):
+    for v in (1, 2, 3):
+        d = tmp_path / f"v{v}"
+        d.mkdir()
+        (d / "adapter_config.json").write_text(f'{{"v": {v}}}')
+        registry.register("qa", d, kind="adapter")
+    registry.set_alias("qa", "champion", 1, reason="first")
+    registry.set_alias("qa", "challenger", 2, reason="trained")
+    return RolloutStore(registry)
+
+
+def test_start_keeps_the_rollout_in_the_registry_and_refuses_a_second_one(two_versions):
+    store = two_versions
+    r = start_rollout(store, "qa", canary=25, min_requests=50, max_minutes=5)
+    again = store.get("qa")  # what a restarted gateway or another one reads
+    assert (again.id, again.champion, again.challenger, again.canary, again.state) == (r.id, 1, 2, 25.0, "running")
+    with pytest.raises(RolloutError, match="running already"):
+        start_rollout(store, "qa", canary=10)
+    with pytest.raises(RolloutError, match="not both 0"):
+        start_rollout(store, "other", canary=0, shadow=0)
+
+
+def test_start_needs_two_different_versions(two_versions):
+    store = two_versions
+    store.registry.set_alias("qa", "challenger", 1, reason="same")
+    with pytest.raises(RolloutError, match="both version 1"):
+        start_rollout(store, "qa")
+    store.registry.delete_alias("qa", "challenger", reason="gone")
+    with pytest.raises(RolloutError, match="challenger is not set"):
+        start_rollout(store, "qa")
+
+
+def test_an_automatic_promotion_moves_the_alias_with_the_figures_in_the_audit(two_versions):
+    store = two_versions
+    r = start_rollout(store, "qa", canary=50, min_requests=100)
+    d = decide(r, {1: arm(1, 300, seed=1), 2: arm(2, 300, seed=2)}, CFG)
+    assert d.action == "promote"
+    apply_decision(store, r, d)
+    reg = store.registry
+    assert reg.alias_version("qa", "champion") == 2
+    move = reg.last_move("qa", "champion")
+    assert move.actor == "llmops-rollout" and r.id in move.reason and "latency_p50" in move.reason
+    assert store.get("qa").state == "promoted"
+    assert "promoted" in status_table(store.get("qa"), d)
+
+
+def test_an_automatic_rollback_removes_the_challenger_alias_and_says_why(two_versions):
+    store = two_versions
+    r = start_rollout(store, "qa", canary=50)
+    d = decide(r, {1: arm(1, 40), 2: arm(2, 40, degenerate=38)}, CFG)
+    apply_decision(store, r, d)
+    reg = store.registry
+    assert reg.alias_version("qa", "challenger") is None and reg.alias_version("qa", "champion") == 1
+    move = reg.last_move("qa", "challenger")
+    assert move.from_version == 2 and move.to_version is None and "degenerate_rate" in move.reason
+    ended = store.get("qa")
+    assert ended.state == "rolled_back" and not ended.running
+
+
+def test_manual_promote_rollback_and_stop(two_versions):
+    store = two_versions
+    reg = store.registry
+    with pytest.raises(RolloutError, match="No rollout"):
+        manual(store, "qa", "promote", "nothing runs")
+    start_rollout(store, "qa")
+    assert manual(store, "qa", "stop", "pause").state == "stopped"
+    assert reg.alias_version("qa", "challenger") == 2  # stop moves no alias
+    start_rollout(store, "qa")
+    manual(store, "qa", "promote", "looks right")
+    assert reg.alias_version("qa", "champion") == 2 and "by hand: looks right" in reg.last_move("qa", "champion").reason
+    reg.set_alias("qa", "challenger", 3, reason="next")
+    start_rollout(store, "qa")
+    manual(store, "qa", "rollback", "users complain")
+    assert reg.alias_version("qa", "challenger") is None and store.get("qa").state == "rolled_back"
+
+
+# -------------------------------------------------------------------------------- request log
+def test_figures_come_from_the_request_log_per_version(tmp_path):
+    log = RequestLog(tmp_path / "log.sqlite")
+    r = rollout(started=time.time() - 10)
+    out = VerdictRecord("output", "redact", "pii")
+    recs = [
+        RequestRecord(id="a1", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="1",
+                      latency_ms=100, completion_tokens=10, degenerate=0),
+        RequestRecord(id="a2", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="1",
+                      latency_ms=120, completion_tokens=20, degenerate=1, guardrails=[out]),
+        RequestRecord(id="a3", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="1",
+                      status=429),  # refused before the model: not counted
+        RequestRecord(id="b1", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=502, error_code="engine_error"),
+        RequestRecord(id="b2", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      latency_ms=300, ttft_ms=50, stream=True, degenerate=0, shadow=1),
+        RequestRecord(id="c1", ts=time.time(), endpoint="chat", key_id="k", model="other", registry_version="2",
+                      latency_ms=1),  # another adapter's version 2
+        RequestRecord(id="old", ts=time.time() - 100, endpoint="chat", key_id="k", model="qa", registry_version="2"),
+    ]
+    for rec in recs:
+        log.write(rec)
+    log.flush()
+    assert log.add_feedback("a1", "k", 1.0, "good") == ("qa", "1")
+    assert log.add_feedback("a1", "someone-else", 0.0, None) is None  # not their request
+    assert log.add_feedback("b2", "k", 0.0, None) is None  # a shadow answer was never seen by anyone
+    assert log.add_feedback("a2", "k", 0.5, None) is not None
+    assert log.add_feedback("a2", "k", 0.0, "changed my mind") is not None  # replaces the first
+    log.close()
+    stats = version_stats(read_request_log(log.path), r, {"qa"}, read_feedback(log.path))
+    one, two = stats[1], stats[2]
+    assert (one.requests, one.answered, one.judged, one.degenerate, one.guarded) == (2, 2, 2, 1, 1)
+    assert one.output_tokens == 15 and sorted(one.feedback) == [0.0, 1.0]
+    assert (two.requests, two.errors, two.shadow, two.ttft_ms) == (2, 1, 1, [50.0])
+    row = one.row()
+    assert row["degenerate_rate"] == 0.5 and row["guardrail_rate"] == 0.5 and row["feedback_n"] == 2
+
+
+def test_margins_are_validated():
+    with pytest.raises(ValueError):
+        Margins(latency_ratio=0.5)  # a ratio margin below 1 would call a faster challenger worse
