@@ -5,6 +5,7 @@ Exit code 0: no dataset drift, 1: dataset drift, 2: bad input. Example::
     llmops drift --reference data/classic/reference.parquet --current data/classic/current.csv \\
         --out reports/drift drift.drift_share=0.3
     llmops drift --request-log data/requestlog/requests.sqlite --split -24h --out reports/llm-drift
+    llmops drift --request-log data/requestlog/requests.sqlite --by-version smollm2-qa --out reports/rollout
     llmops drift --reference-eval reports/eval/default/A/eval_report.json \
         --current-eval reports/eval/default/B/eval_report.json --out reports/eval-drift
 """
@@ -25,6 +26,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
     parser.add_argument("--request-log", action="append",
                         help="gateway request log (SQLite) instead of two files; repeat it for several gateways")
     parser.add_argument("--split", help="with --request-log: ISO time or '-24h' (default) between ref and current")
+    parser.add_argument("--by-version", metavar="MODEL",
+                        help="with --request-log: the traffic of two registry versions of MODEL (a rollout's "
+                        "champion and challenger) instead of before/after --split")
+    parser.add_argument("--versions", help="with --by-version: REFERENCE,CURRENT versions (default: the two highest)")
     parser.add_argument("--reference-eval", help="eval_report.json: per-sample eval scores of a baseline run")
     parser.add_argument("--current-eval", help="eval_report.json of the run to compare with --reference-eval")
     parser.add_argument("--config", help="YAML (configs/drift/*.yaml)")
@@ -40,6 +45,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops drift") -> int:
     # Paths taken verbatim (not parsed as YAML values like the key=value overrides).
     keys = ("reference", "current", "out", "model", "request_log", "split", "reference_eval", "current_eval")
     given = {k: getattr(args, k) for k in keys if getattr(args, k)}
+    if args.by_version:
+        given["by_version"] = args.by_version
+    if args.versions:
+        given["versions"] = [v.strip() for v in args.versions.split(",")]
     cfg = DriftJobConfig.model_validate({**cfg.model_dump(), **given})
     result = run(cfg)
     d = result.drift

@@ -42,8 +42,14 @@ class DriftJobConfig(StrictModel):
         "order); replaces reference/current: requests before `split` are the reference, the rest current."
     )
     split: str | None = Field(
-        None, description="Split time for request_log: ISO time (2026-11-25T12:00) or '-24h' (hours ago)."
+        None, description="Split time for request_log: ISO time (2026-11-25T12:00) or '-24h' (hours ago). With "
+        "by_version: only requests from then on (default: the whole log)."
     )
+    by_version: str | None = Field(
+        None, description="With request_log: compare the traffic of two registry versions of this public model "
+        "(a rollout's champion and challenger) instead of before/after `split`; --by-version MODEL.")
+    versions: list[str] | None = Field(
+        None, description="With by_version: the (reference, current) versions; default the two highest in the log.")
     model: str | None = Field(
         None, description="Registry version monitored (name@alias or name/version); the report "
         "is logged as an MLflow run linked to it."
@@ -77,7 +83,16 @@ def run(cfg: DriftJobConfig) -> DriftJobResult:
         ConfigError: reference or current not given.
         DriftInputError: a file that is missing or unreadable.
     """
-    if cfg.request_log:
+    if cfg.request_log and cfg.by_version:
+        from llmops.monitoring.llm import version_drift
+
+        if cfg.versions is not None and len(cfg.versions) != 2:
+            raise ConfigError("versions takes two registry versions: reference,current (e.g. --versions 3,4).")
+        result = version_drift(cfg.request_log, cfg.by_version, cfg.versions,
+                               parse_split(cfg.split) if cfg.split else None, cfg.drift)
+    elif cfg.by_version:
+        raise ConfigError("--by-version reads the gateway's request log: pass --request-log too.")
+    elif cfg.request_log:
         from llmops.monitoring.llm import request_log_drift
 
         result = request_log_drift(cfg.request_log, parse_split(cfg.split or "-24h"), cfg.drift)

@@ -53,6 +53,8 @@ def request_signals(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         "status_class": (raw["status"].astype(int) // 100).astype(str) + "xx",
         "model": raw["model"].fillna("unknown").astype(str),
         "endpoint": raw["endpoint"].astype(str),
+        # which registry version answered (not a signal: what --by-version splits on)
+        "registry_version": raw["registry_version"].astype(object).where(raw["registry_version"].notna(), None),
     })
     # how answers ended and whether they looped. Rows written before the gateway judged answers have
     # neither: they are missing values (a fall in the missing share is no drift), not a category
@@ -121,6 +123,37 @@ def request_log_drift(path: str | Path | Sequence[str | Path], split_ts: float, 
             if result.dataset_drift is not None:
                 result.dataset_drift = result.share_drifted >= result.drift_share
     return result
+
+
+def version_drift(path: str | Path | Sequence[str | Path], model: str, versions: Sequence[str] | None = None,
+                  since: float | None = None, cfg: DriftConfig | None = None) -> DriftResult:
+    """The traffic of one registry version of ``model`` against another's (a rollout's champion and challenger,
+    shadow answers included): the same signals as :func:`request_log_drift`, split by the version that answered
+    instead of by time. ``versions``: (reference, current); by default the two highest versions in the log.
+
+    Raises:
+        DriftInputError: unreadable log, or fewer than two versions of ``model`` in it.
+    """
+    df = request_signals(path)
+    df = df[(df["model"] == model) & df["registry_version"].notna()]
+    if since is not None:
+        df = df[df["ts"] >= since]
+    present = sorted({str(v) for v in df["registry_version"]}, key=lambda v: (len(v), v))
+    if versions is None:
+        if len(present) < 2:
+            raise DriftInputError(f"The request log has {len(present)} registry version(s) of {model!r} "
+                                  f"({', '.join(present) or 'none'}): --by-version compares two.")
+        versions = present[-2:]
+    missing = [v for v in versions if v not in present]
+    if missing:
+        raise DriftInputError(f"No requests of {model!r} version {', '.join(missing)} in the log (it has "
+                              f"{', '.join(present) or 'none'}).")
+    ref = df[df["registry_version"].astype(str) == str(versions[0])]
+    cur = df[df["registry_version"].astype(str) == str(versions[1])]
+    columns = [c for c in df.columns if (c in SIGNALS or c.startswith("guardrail_")) and c != "model"]
+    base = cfg or DriftConfig()
+    return detect_drift(ref[columns].reset_index(drop=True), cur[columns].reset_index(drop=True),
+                        base.model_copy(update={"columns": columns}))
 
 
 # Per-sample scores of an eval report that are tracked across versions.

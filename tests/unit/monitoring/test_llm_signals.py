@@ -167,3 +167,45 @@ def test_rows_from_before_answers_were_judged_are_missing_not_a_category(tmp_pat
     assert df.degenerate[:60].isna().all() and set(df.degenerate[60:]) == {"no"}
     by = {c.column: c for c in request_log_drift(tmp_path / "log.sqlite", split_ts=1100.0).columns}
     assert not by["degenerate"].drifted and not by["finish_reason"].drifted
+
+
+def write_rollout_log(path, bad: bool, n: int = 300) -> None:
+    """A canary's traffic: versions 1 and 2 of "qa" answer interleaved requests; with ``bad`` version 2 loops to
+    max_tokens on a third of them. Another model's version 2 runs alongside and must not count."""
+    rng = np.random.default_rng(3)
+    log = RequestLog(path)
+    for i in range(n):
+        version = "2" if i % 4 == 0 else "1"
+        loops = bad and version == "2" and rng.random() < 0.35
+        log.write(RequestRecord(
+            id=f"q{i}", ts=1000.0 + i, endpoint="chat", key_id="k", model="qa", registry_version=version, status=200,
+            prompt_tokens=int(rng.normal(40, 8)), completion_tokens=256 if loops else int(rng.normal(60, 10)),
+            latency_ms=float(rng.normal(500, 50)), finish_reason="length" if loops else "stop",
+            degenerate=int(loops), shadow=1 if i % 8 == 0 else None))
+        log.write(RequestRecord(id=f"o{i}", ts=1000.5 + i, endpoint="chat", model="other", registry_version="2",
+                                status=200, prompt_tokens=400, completion_tokens=5, latency_ms=9000.0,
+                                finish_reason="length", degenerate=1))
+    log.close()
+
+
+def test_by_version_compares_the_traffic_of_two_versions_of_one_model(tmp_path):
+    from llmops.monitoring.__main__ import main
+    from llmops.monitoring.llm import version_drift
+
+    write_rollout_log(tmp_path / "bad.sqlite", bad=True)
+    result = version_drift(tmp_path / "bad.sqlite", "qa")
+    drifted = {c.column for c in result.columns if c.drifted}
+    assert {"completion_tokens", "finish_reason", "degenerate"} <= drifted
+    assert "prompt_tokens" not in drifted and "model" not in {c.column for c in result.columns}
+    write_rollout_log(tmp_path / "good.sqlite", bad=False)
+    quiet = version_drift(tmp_path / "good.sqlite", "qa")  # one column may move by chance at p < 0.05; not most
+    assert quiet.dataset_drift is False and not {"degenerate", "finish_reason"} & {
+        c.column for c in quiet.columns if c.drifted}
+    with pytest.raises(DriftInputError, match="1 registry version"):
+        version_drift(tmp_path / "good.sqlite", "other")
+    with pytest.raises(DriftInputError, match="version 7"):
+        version_drift(tmp_path / "good.sqlite", "qa", versions=["1", "7"])
+    out = tmp_path / "report"
+    code = main(["--request-log", str(tmp_path / "bad.sqlite"), "--by-version", "qa", "--versions", "1,2",
+                 "--out", str(out), "drift.drift_share=0.3"])
+    assert code == 1 and (out / "drift_report.html").is_file()
