@@ -8,7 +8,9 @@
    ``smollm2-qa`` (follows ``champion``), left running at the end (``make stop``);
 5. eval the base model and the challenger through that gateway on the shipped sets; promote the
    challenger to ``champion`` only if the gate passes (the decision and its reasons are printed);
-   the running gateway then serves it as ``smollm2-qa`` without a restart;
+   the running gateway then serves it as ``smollm2-qa`` without a restart. A challenger the gate did
+   not promote goes in front of 50% of the users next to an existing champion (a canary; the
+   gateway's decision is printed);
 6. RAG: ingest docs/ into embedded Qdrant, answer questions with citations through the gateway,
    one blocked injection and one redacted PII input;
 7. monitoring: a drift report over the gateway's request log;
@@ -165,9 +167,11 @@ def stage_eval(n: int, registry) -> str:
     if code == 3:
         print("   decision: NOT promoted: the gate was INCONCLUSIVE (too few paired rows or intervals that cross "
               "the margin; the report above says how many rows would decide); RAG uses the base")
+        stage_canary(n, registry)
         return "smollm2"
     if code != 0:
         print("   decision: NOT promoted (the gate's failures are listed in the report above); RAG uses the base")
+        stage_canary(n, registry)
         return "smollm2"
     version = registry.alias_version("smollm2-qa", "champion")
     print(f"   decision: PROMOTED smollm2-qa/{version} to champion (all gate checks passed, see above)")
@@ -178,6 +182,55 @@ def stage_eval(n: int, registry) -> str:
         time.sleep(1)
     print(f"   the running gateway now serves smollm2-qa = smollm2-qa/{version} (no restart)")
     return "smollm2-qa"
+
+
+def stage_canary(n: int, registry) -> None:
+    """The challenger the gate did not promote, in front of live traffic next to the champion: 50% of the users
+    for a short burst, the gateway's decision printed. It needs a champion that differs from the challenger (a
+    later demo run, or one promoted by hand); without one it says so and how to run it."""
+    champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
+    if champion is None or challenger is None or champion == challenger:
+        print("   canary: skipped: smollm2-qa has no champion other than the challenger yet (a rollout compares a "
+              "challenger with the version users get today). Once it has one: llmops rollout start smollm2-qa "
+              "--canary 10 (docs/rollout.md)")
+        return
+    import openai
+
+    print(f"   canary: smollm2-qa/{challenger} answers 50% of the users next to smollm2-qa/{champion}; the gateway "
+          "decides from its request log")
+    llmops(n, "rollout start", "rollout", "start", "smollm2-qa", "--canary", "50", "--min-requests", "20",
+           "--max-minutes", "3")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
+    deadline = time.monotonic() + 30
+    while "rollout" not in served_cards().get("smollm2-qa", {}) and time.monotonic() < deadline:
+        time.sleep(1)
+    questions = ("What is 2 plus 2?", "Name a colour.", "Which day follows Monday?", "Spell cat.", "Say hi.")
+    from serving.rollout import RolloutStore
+
+    store = RolloutStore(registry)
+    for i in range(120):
+        if i % 10 == 0 and not store.get("smollm2-qa").running:
+            break
+        try:
+            client.chat.completions.create(model="smollm2-qa", max_tokens=24, user=f"demo-user-{i % 40}",
+                                           messages=[{"role": "user", "content": questions[i % len(questions)]}])
+        except openai.APIError as e:  # a blocked prompt is traffic too
+            print(f"   ({type(e).__name__}: {e})")
+    while store.get("smollm2-qa").running and time.monotonic() < deadline + 60:
+        time.sleep(2)
+    llmops(n, "rollout status", "rollout", "status", "smollm2-qa")
+    ended = store.get("smollm2-qa")
+    if ended.running:
+        llmops(n, "rollout stop", "rollout", "stop", "smollm2-qa", "--reason", "demo burst over, no decision yet")
+    else:
+        print(f"   canary decision: {ended.state.upper()}: {ended.reason}")
+
+
+def served_cards() -> dict[str, dict]:
+    import httpx
+
+    r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    return {m["id"]: m for m in r.json()["data"]}
 
 
 def show_endpoint(model: str) -> None:
