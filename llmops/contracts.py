@@ -301,20 +301,23 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_embedding BLOB,
     finish_reason TEXT,
     degenerate INTEGER,
-    shadow INTEGER
+    shadow INTEGER,
+    engine_status INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL,
     ts REAL NOT NULL,
-    key_id TEXT,
+    key_id TEXT NOT NULL,
     score REAL NOT NULL,
     comment TEXT,
     PRIMARY KEY (request_id, key_id)
 );
 """
 # columns added after the first release: a log written before them gets them on open (NULL in old rows)
-REQUEST_LOG_ADDED = {"finish_reason": "TEXT", "degenerate": "INTEGER", "shadow": "INTEGER"}
+REQUEST_LOG_ADDED = {"finish_reason": "TEXT", "degenerate": "INTEGER", "shadow": "INTEGER",
+                     "engine_status": "INTEGER"}
+NO_KEY = ""  # the feedback table's key_id of a gateway without keys (NULLs would not be one key in its primary key)
 FEEDBACK_TABLE = "feedback"
 
 
@@ -354,6 +357,7 @@ class RequestRecord:
     finish_reason: str | None = None  # the first choice's (stop, length, tool_calls, content_filter)
     degenerate: int | None = None  # 1: an answer looped, was empty or in another script (None: not judged)
     shadow: int | None = None  # 1: a shadow answer of a rollout's challenger (recorded, never returned)
+    engine_status: int | None = None  # the engine's HTTP status (None: the request never reached an engine)
 
     @staticmethod
     def columns() -> list[str]:
@@ -371,11 +375,13 @@ class RequestLogError(ValueError):
     """The file is missing or is not a request log."""
 
 
-def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFrame:
+def read_request_log(path: str | Path, since: float | None = None, *, columns: Sequence[str] | None = None,
+                     models: Sequence[str] | None = None) -> pd.DataFrame:
     """The request log as a DataFrame, one row per request in time order, optionally from ``since``.
 
-    Columns are :class:`RequestRecord`'s; ``guardrails`` holds lists of :class:`VerdictRecord`,
-    ``prompt_embedding`` float32 arrays (or None), ``stream`` booleans.
+    Columns are :class:`RequestRecord`'s (``columns``: only these, plus ``ts``); ``guardrails`` holds lists of
+    :class:`VerdictRecord`, ``prompt_embedding`` float32 arrays (or None), ``stream`` booleans. ``models``: only
+    the rows of these model ids.
 
     Raises:
         RequestLogError: no such file, or no readable ``requests`` table in it.
@@ -386,19 +392,36 @@ def read_request_log(path: str | Path, since: float | None = None) -> pd.DataFra
     p = Path(path)
     if not p.is_file():
         raise RequestLogError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
-    q = f"SELECT * FROM {REQUEST_LOG_TABLE}" + (" WHERE ts >= ?" if since is not None else "") + " ORDER BY ts"
+    known = RequestRecord.columns()
+    wanted = known if columns is None else ["ts", *(c for c in columns if c != "ts")]
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise ValueError(f"unknown request-log columns: {unknown}")
+    where, params = [], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if models is not None:
+        where.append(f"model IN ({', '.join('?' * len(models))})" if models else "0")
+        params.extend(models)
     try:
         with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
-            df = pd.read_sql_query(q, db, params=(since,) if since is not None else None)
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({REQUEST_LOG_TABLE})")}
+            if not have:
+                raise sqlite3.OperationalError(f"no such table: {REQUEST_LOG_TABLE}")
+            select = ", ".join(c if c in have else f"NULL AS {c}" for c in wanted)  # older logs lack added columns
+            q = (f"SELECT {select} FROM {REQUEST_LOG_TABLE}" + (f" WHERE {' AND '.join(where)}" if where else "")
+                 + " ORDER BY ts")
+            df = pd.read_sql_query(q, db, params=params or None)
     except (sqlite3.Error, pd.errors.DatabaseError) as e:
         raise RequestLogError(f"{p} is not a request log (no readable '{REQUEST_LOG_TABLE}' table): {e}") from e
-    for name in REQUEST_LOG_ADDED:  # a read-only log written before the column existed
-        if name not in df.columns:
-            df[name] = None
-    df["guardrails"] = [[VerdictRecord.from_dict(v) for v in json.loads(g or "[]")] for g in df["guardrails"]]
-    df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
-                              for b in df["prompt_embedding"]]
-    df["stream"] = df["stream"].astype(bool)
+    if "guardrails" in df:
+        df["guardrails"] = [[VerdictRecord.from_dict(v) for v in json.loads(g or "[]")] for g in df["guardrails"]]
+    if "prompt_embedding" in df:
+        df["prompt_embedding"] = [np.frombuffer(b, dtype=np.float32) if b is not None else None
+                                  for b in df["prompt_embedding"]]
+    if "stream" in df:
+        df["stream"] = df["stream"].astype(bool)
     return df
 
 
@@ -416,7 +439,8 @@ def read_feedback(path: str | Path, since: float | None = None) -> pd.DataFrame:
         raise RequestLogError(f"Request log {p} does not exist (the gateway writes it; see request_log.path).")
     q = (f"SELECT f.request_id, f.ts, f.key_id, f.score, f.comment, r.model, r.registry_version "
          f"FROM {FEEDBACK_TABLE} f JOIN {REQUEST_LOG_TABLE} r ON r.id = f.request_id "
-         "AND r.key_id IS f.key_id" + (" WHERE r.ts >= ?" if since is not None else "") + " ORDER BY f.ts")
+         f"AND COALESCE(r.key_id, '{NO_KEY}') = f.key_id" + (" WHERE r.ts >= ?" if since is not None else "")
+         + " ORDER BY f.ts")
     try:
         with sqlite3.connect(f"file:{p}?mode=ro", uri=True) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -42,6 +42,10 @@ class EngineError(LLMOpsError):
     """The engine could not start or answer (the message carries the tail of its log)."""
 
 
+class AdapterRefused(EngineError):
+    """The engine answered a load of an adapter with an error: it will not serve that adapter (the message says why)."""
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the gateway process dies, even by SIGKILL (Linux)."""
     try:
@@ -101,7 +105,8 @@ def load_adapter(engine, name: str, path: str) -> bool:
         True when this call loaded it, False when it was loaded already.
 
     Raises:
-        EngineError: vLLM refused it (the message says why) or did not answer.
+        AdapterRefused: vLLM answered with an error (the message says why).
+        EngineError: vLLM did not answer.
     """
     try:
         r = httpx.post(f"{engine.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
@@ -112,7 +117,7 @@ def load_adapter(engine, name: str, path: str) -> bool:
         return True
     if r.status_code == 400 and "already been loaded" in r.text:
         return False
-    raise EngineError(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
+    raise AdapterRefused(f"Engine {engine.cfg.name} refused adapter {name} ({path}): {r.text[:500]}")
 
 
 def unload_adapter(engine, name: str) -> None:

@@ -69,12 +69,19 @@ class RolloutConfig(StrictModel):
     min_early: int = Field(20, ge=5, description="Challenger requests before the first early look.")
     min_feedback: int = Field(20, ge=1, description="Feedback scores per version before feedback is compared.")
     min_ttft: int = Field(20, ge=1, description="Streamed answers per version before TTFT is compared.")
+    decide_every_s: float = Field(
+        10, ge=0, description="Least time between two decisions (each reads the request log since the rollout "
+        "started); the poller runs every rollout_poll_s.")
     margins: Margins = Field(default_factory=Margins, description="Non-inferiority margins.")
     bootstrap: int = Field(2000, ge=200, le=100_000, description="Bootstrap resamples for medians and means.")
     shadow_queue: int = Field(
         64, ge=1, description="Shadow requests waiting for the challenger; past it they are dropped and counted, "
         "so the shadow never holds the champion's traffic or memory.")
     shadow_concurrency: int = Field(1, ge=1, le=64, description="Shadow requests sent to the engine at once.")
+    shadow_max_inflight: int | None = Field(
+        4, ge=0, description="Shadow requests yield to users: one is sent only while at most this many user "
+        "requests per ready replica are in flight on the challenger's engines (it waits in the queue meanwhile). "
+        "None: always sent at once, which costs the users about the shadow share of the engine's capacity.")
 
 
 @dataclass
@@ -104,9 +111,19 @@ class Rollout:
 
     @classmethod
     def from_json(cls, raw: str) -> Rollout:
+        """Read a stored rollout; a tag edited into wrong types raises ValueError (never a request's 500)."""
         d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        r = cls(**{k: v for k, v in d.items() if k in known})
+        r.champion, r.challenger, r.min_requests = int(r.champion), int(r.challenger), int(r.min_requests)
+        r.canary, r.shadow, r.max_minutes, r.started = (float(r.canary), float(r.shadow), float(r.max_minutes),
+                                                        float(r.started))
+        r.ended = None if r.ended is None else float(r.ended)
+        if not isinstance(r.id, str) or r.state not in ("running", "promoted", "rolled_back", "expired", "stopped"):
+            raise ValueError(f"bad id or state {r.state!r}")
+        return r
 
     def bucket(self, sticky: str) -> float:
         """Where ``sticky`` (a user or key) falls in [0, 100): the same user lands in the same arm for the whole
@@ -152,9 +169,10 @@ def start_rollout(store: RolloutStore, name: str, *, canary: float = 10, shadow:
     Raises:
         RolloutError: a rollout of ``name`` runs already, an alias is missing, or both name the same version.
     """
-    if not (0 <= canary <= 100 and 0 <= shadow <= 100) or canary + shadow <= 0:
-        raise RolloutError("Give --canary (percent of traffic for the challenger) and/or --shadow (percent of the "
-                           "champion's requests mirrored), each from 0 to 100, not both 0.")
+    if not (0 <= canary < 100 and 0 <= shadow <= 100) or canary + shadow <= 0:
+        raise RolloutError("Give --canary (percent of the users for the challenger, below 100: the champion's users "
+                           "are what it is compared with) and/or --shadow (percent of the champion's requests "
+                           "mirrored, up to 100), not both 0.")
     if min_requests < 1 or max_minutes <= 0:
         raise RolloutError("min_requests must be at least 1 and max_minutes above 0.")
     current = store.get(name)
@@ -218,26 +236,47 @@ class VersionStats:
                 "feedback_n": len(self.feedback)}
 
 
-def version_stats(requests, rollout: Rollout, models: set[str], feedback=None) -> dict[int, VersionStats]:
+ENGINE_FAULTS = ("engine_error", "engine_timeout")  # the engine took the request and broke off / did not answer
+
+
+def version_stats(requests, rollout: Rollout, models: set[str], feedback=None,
+                  until: float | None = None) -> dict[int, VersionStats]:
     """Figures per version (champion and challenger of ``rollout``) from the request log's rows (a DataFrame
     of :func:`llmops.contracts.read_request_log`) since the rollout started, and feedback rows
     (:func:`llmops.contracts.read_feedback`). ``models``: the public model ids that serve ``rollout.name`` (the
-    log names the public model; another adapter's version 2 is not this one's)."""
+    log names the public model; another adapter's version 2 is not this one's). ``until``: rows before this time
+    only (an ended rollout's figures stop at its end).
+
+    A request counts when an engine answered it (``engine_status``) or took it and broke off or timed out;
+    requests refused or failed before (401, 429, a blocked prompt, a context overflow, no engine free) count for
+    neither version. An error is a 5xx, the engine's 404 (a challenger the engine does not have) or, for a shadow
+    copy of a request the champion answered, any engine 4xx; the engine's other 4xx to a user's request are the
+    client's parameters and count for neither. Shadow answers count for the rates, not for latency and TTFT
+    (they are timed without streaming, rails or queueing)."""
     out = {v: VersionStats(v) for v in (rollout.champion, rollout.challenger)}
     if requests is not None and len(requests):
         df = requests[requests["ts"] >= rollout.started]
+        if until is not None:
+            df = df[df["ts"] < until]
         tokens: dict[int, list[float]] = {v: [] for v in out}
         for row in df.itertuples(index=False):
             version = _int(row.registry_version)
             if version not in out or row.model not in models:
                 continue
             s, status = out[version], int(row.status)
-            if 400 <= status < 500:
-                continue  # refused before the model answered: not the version's doing
+            engine = getattr(row, "engine_status", None)
+            engine = None if engine is None or _nan(engine) else int(engine)
+            shadow = getattr(row, "shadow", None) == 1
+            if engine is None and status != 200 and getattr(row, "error_code", None) not in ENGINE_FAULTS:
+                continue  # refused or failed in the gateway before an engine had it: not the version's doing
+            if engine is not None and 400 <= engine < 500 and engine != 404 and not shadow:
+                continue  # the engine refused the client's request (bad parameters): the client's doing
             s.requests += 1
-            s.shadow += int(bool(getattr(row, "shadow", None) == 1))
-            if status >= 500:
+            s.shadow += int(shadow)
+            if status >= 500 or (engine is not None and engine >= 400):
                 s.errors += 1
+                continue
+            if status != 200:
                 continue
             s.answered += 1
             if row.degenerate is not None and not _nan(row.degenerate):
@@ -245,9 +284,9 @@ def version_stats(requests, rollout: Rollout, models: set[str], feedback=None) -
                 s.degenerate += int(row.degenerate)
             if any(v.stage == "output" and v.action in ("block", "redact", "reask") for v in row.guardrails):
                 s.guarded += 1
-            if row.latency_ms is not None and not _nan(row.latency_ms):
+            if not shadow and row.latency_ms is not None and not _nan(row.latency_ms):
                 s.latency_ms.append(float(row.latency_ms))
-            if row.ttft_ms is not None and not _nan(row.ttft_ms):
+            if not shadow and row.ttft_ms is not None and not _nan(row.ttft_ms):
                 s.ttft_ms.append(float(row.ttft_ms))
             if row.completion_tokens is not None and not _nan(row.completion_tokens):
                 tokens[version].append(float(row.completion_tokens))
@@ -305,16 +344,29 @@ def rate_interval(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[flo
     return d - z * se, d + z * se
 
 
+BOOTSTRAP_MAX_SAMPLES = 5000  # per version: a random subsample beyond it (the interval barely narrows further)
+BOOTSTRAP_CHUNK_CELLS = 2_000_000  # resampled values held at once (~16 MB of float64), whatever the traffic
+
+
 def bootstrap_interval(challenger: list[float], champion: list[float], stat, alpha: float, resamples: int,
                        seed: int = 0) -> tuple[float, float]:
-    """One-sided (1 - alpha) percentile-bootstrap bounds of ``stat(challenger, champion)``."""
+    """One-sided (1 - alpha) percentile-bootstrap bounds of ``stat(challenger, champion)``. Memory stays bounded
+    however long the rollout ran: each version is subsampled to BOOTSTRAP_MAX_SAMPLES and the resamples are drawn
+    in chunks."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     a, b = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
-    ia = rng.integers(0, len(a), size=(resamples, len(a)))
-    ib = rng.integers(0, len(b), size=(resamples, len(b)))
-    values = stat(a[ia], b[ib])
+    if len(a) > BOOTSTRAP_MAX_SAMPLES:
+        a = rng.choice(a, BOOTSTRAP_MAX_SAMPLES, replace=False)
+    if len(b) > BOOTSTRAP_MAX_SAMPLES:
+        b = rng.choice(b, BOOTSTRAP_MAX_SAMPLES, replace=False)
+    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // (len(a) + len(b)))
+    values = []
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        values.append(stat(a[rng.integers(0, len(a), size=(k, len(a)))], b[rng.integers(0, len(b), size=(k, len(b)))]))
+    values = np.concatenate(values)
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
@@ -365,10 +417,13 @@ def _verdict(low: float, high: float, margin: float) -> Literal["no worse", "wor
 def decide(rollout: Rollout, stats: dict[int, VersionStats], cfg: RolloutConfig, now: float | None = None) -> Decision:
     """What to do with a running rollout now.
 
+    - Nothing is decided before ``min_early`` challenger requests (whatever ``min_requests`` says).
     - Before ``min_requests`` challenger requests: roll back only when a figure is worse beyond its margin at
-      ``early_alpha`` (from ``min_early`` requests on); otherwise continue.
+      ``early_alpha``; otherwise continue.
     - From ``min_requests`` on: roll back when a figure is worse beyond its margin at ``alpha``; promote when
-      every figure that can be measured is no worse (within its margin) at ``alpha``; otherwise continue.
+      every figure that can be measured is no worse (within its margin) at ``alpha``; otherwise continue. A
+      shadow-only rollout (canary 0) is rolled back the same way but never promoted by itself: it says so and
+      runs on until stopped, promoted by hand or expired.
     - Past ``max_minutes`` without a decision: expire (the challenger leaves the traffic, no alias moves).
     """
     now = time.time() if now is None else now
@@ -380,18 +435,24 @@ def decide(rollout: Rollout, stats: dict[int, VersionStats], cfg: RolloutConfig,
     figures = "; ".join(c.text() for c in comparisons if c.verdict != "n/a")
     counts = (f"challenger v{rollout.challenger} {chall.requests} requests, champion v{rollout.champion} "
               f"{champ.requests}")
-    if worse and (not early or chall.requests >= cfg.min_early):
+    if worse and chall.requests >= cfg.min_early:
         level = f"one-sided alpha {alpha:g}" + (" (early look)" if early else "")
         return Decision("rollback", f"rollout {rollout.id}: v{rollout.challenger} is worse than v{rollout.champion} "
                         f"({level}; {counts}): {'; '.join(c.text() for c in worse)}", comparisons, champ, chall)
     measured = [c for c in comparisons if c.verdict != "n/a"]
-    if not early and champ.requests >= min(rollout.min_requests, cfg.min_early) and measured and \
-            all(c.verdict == "no worse" for c in measured):
+    passed = not early and chall.requests >= cfg.min_early and champ.requests >= cfg.min_early and measured and \
+        all(c.verdict == "no worse" for c in measured)
+    if passed and rollout.canary == 0 and now - rollout.started <= rollout.max_minutes * 60:
+        return Decision("continue", f"{counts}; shadow only: no figure is worse ({figures}). A shadow rollout is "
+                        "not promoted by itself (no user saw the challenger; its latency is not measured on user "
+                        f"traffic): `llmops rollout promote {rollout.name}` or a canary", comparisons, champ, chall)
+    if passed and rollout.canary > 0:
         return Decision("promote", f"rollout {rollout.id}: v{rollout.challenger} is no worse than "
                         f"v{rollout.champion} within the margins (one-sided alpha {alpha:g}; {counts}): {figures}",
                         comparisons, champ, chall)
     if now - rollout.started > rollout.max_minutes * 60:
-        why = "not enough traffic" if early else "no figure showed it worse, not every one no worse"
+        why = ("not enough traffic" if early else "shadow only, no figure worse: promote by hand or run a canary"
+               if passed else "no figure showed it worse, not every one no worse")
         return Decision("expire", f"rollout {rollout.id}: no decision within {rollout.max_minutes:g} min ({why}; "
                         f"{counts}){': ' + figures if figures else ''}", comparisons, champ, chall)
     wait = f" for {rollout.min_requests} challenger requests" if early else " for the figures to settle"
@@ -403,7 +464,13 @@ def apply_decision(store: RolloutStore, rollout: Rollout, decision: Decision) ->
     (if it still names the rolled-out version); expire moves no alias. Each ends the rollout with the reason."""
     reg = store.registry
     actor = "llmops-rollout"
+    current = store.get(rollout.name)
+    if current is None or current.id != rollout.id or not current.running:
+        return current or rollout  # ended meanwhile (by hand, or by another gateway): nothing to do
     if decision.action == "promote":
+        if reg.alias_version(rollout.name, "champion") != rollout.champion:
+            return end_rollout(store, rollout, "stopped", f"rollout {rollout.id}: champion was moved during the "
+                               f"rollout (no longer v{rollout.champion}); not promoted. Figures: {decision.reason}")
         reg.set_alias(rollout.name, "champion", rollout.challenger, reason=decision.reason, actor=actor)
         return end_rollout(store, rollout, "promoted", decision.reason)
     if decision.action == "rollback":

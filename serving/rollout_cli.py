@@ -73,18 +73,25 @@ def _status(store, args) -> int:
     cfg = load_config(args.config, ServingConfig)
     models = {a.public_name for a in cfg.adapters if a.registry_name == args.name and a.alias == "champion"}
     models = models or {args.name}
+    from serving.gateway.rollouts import STATS_COLUMNS
+
     try:
-        requests = read_request_log(cfg.request_log.path, since=rollout.started)
+        requests = read_request_log(cfg.request_log.path, since=rollout.started, columns=STATS_COLUMNS,
+                                    models=sorted(models))
         feedback = read_feedback(cfg.request_log.path, since=rollout.started)
     except RequestLogError as e:
         print(f"note: no figures ({e})", file=sys.stderr)
         requests = feedback = None
-    decision = decide(rollout, version_stats(requests, rollout, models, feedback), cfg.rollout)
+    # an ended rollout's figures stop at its end (later traffic of a promoted version is not the rollout's)
+    stats = version_stats(requests, rollout, models, feedback, until=None if rollout.running else rollout.ended)
+    decision = decide(rollout, stats, cfg.rollout)
     if args.json:
+        outcome = ({"action": decision.action, "reason": decision.reason} if rollout.running
+                   else {"action": rollout.state, "reason": rollout.reason})
         print(json.dumps({"rollout": json.loads(rollout.to_json()), "champion": decision.champion.row(),
                           "challenger": decision.challenger.row(),
                           "comparisons": [c.__dict__ for c in decision.comparisons],
-                          "decision": {"action": decision.action, "reason": decision.reason}}, indent=2))
+                          "decision" if rollout.running else "ended": outcome}, indent=2))
     else:
         print(status_table(rollout, decision))
     return 0

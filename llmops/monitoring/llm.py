@@ -55,6 +55,8 @@ def request_signals(path: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         "endpoint": raw["endpoint"].astype(str),
         # which registry version answered (not a signal: what --by-version splits on)
         "registry_version": raw["registry_version"].astype(object).where(raw["registry_version"].notna(), None),
+        # a rollout's shadow answers (never returned): part of a version's traffic, not of what users got
+        "shadow": raw["shadow"].fillna(0).astype(int) == 1,
     })
     # how answers ended and whether they looped. Rows written before the gateway judged answers have
     # neither: they are missing values (a fall in the missing share is no drift), not a category
@@ -106,6 +108,7 @@ def request_log_drift(path: str | Path | Sequence[str | Path], split_ts: float, 
         DriftInputError: unreadable log.
     """
     df = request_signals(path)
+    df = df[~df["shadow"]]  # users' traffic only: a shadow rollout is no drift
     ref, cur = df[df.ts < split_ts], df[df.ts >= split_ts]
     columns = [c for c in df.columns if c in SIGNALS or c.startswith("guardrail_")]
     base = cfg or DriftConfig()

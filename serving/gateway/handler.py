@@ -81,6 +81,7 @@ class CompletionHandler:
         self.tool_choices: set[int] = set()  # choices that called tools (their text is not judged)
         self.answer_blocked = False  # an output rail blocked the answer: it is not judged
         self.forwarded = False  # the body went to an engine (what a shadow request sends again)
+        self.inflight_group: str | None = None  # the engine group this request is counted in flight on
 
     @property
     def path(self) -> str:
@@ -107,12 +108,16 @@ class CompletionHandler:
             return await self.answer(resp)
         except APIError as e:
             self.rec.status, self.rec.error_code = e.status, e.code
-            return e.response()
+            error = e.response()
+            error.headers.update(self.id_headers())  # what support (and the request log) know it by
+            return error
         except Exception as e:  # noqa: BLE001 - answered, logged and counted as the 500 it is
             log.exception("unexpected error in %s", self.path)
             self.rec.status, self.rec.error_code = 500, "internal_error"
-            return APIError(500, f"Internal error in the gateway ({type(e).__name__}); it is logged.",
-                            "server_error", "internal_error").response()
+            error = APIError(500, f"Internal error in the gateway ({type(e).__name__}); it is logged.",
+                             "server_error", "internal_error").response()
+            error.headers.update(self.id_headers())
+            return error
         finally:
             if not streaming:
                 await self.finish()
@@ -129,22 +134,30 @@ class CompletionHandler:
         if self._finished:
             return
         self._finished = True
+        if self.inflight_group is not None:  # first: nothing below may leave it counted
+            self.state.inflight[self.inflight_group] -= 1
+            self.inflight_group = None
         if self.in_flight is not None:
             key, slot = self.in_flight
             self.in_flight = None
             await self.state.release_slot(key, slot)
         finish_request(self.state, self.rec, self.t0, self.prompt_text)
         if self.rec.status == 200 and self.route is not None and self.forwarded:
-            shadow = self.state.rollouts.shadow_route(self.route, self.rec.id)
-            if shadow is not None:  # after the answer: the shadow never delays it
-                self.state.rollouts.shadow.submit(shadow, self.path, self.body, self.rec.key_id, self.prompt_text,
-                                                  self.chat)
+            try:
+                shadow = self.state.rollouts.shadow_route(self.route, self.rec.id)
+                if shadow is not None:  # after the answer: the shadow never delays it
+                    self.state.rollouts.shadow.submit(shadow, self.path, self.body, self.rec.key_id, self.prompt_text,
+                                                      self.chat)
+            except Exception:  # noqa: BLE001 - the user's answer stands whatever the shadow does
+                log.exception("could not queue a shadow request")
 
     async def close_stream(self, resp: httpx.Response) -> None:
         """After a stream, however it ended (also when the client left before it started): the engine's
         response is closed (vLLM aborts the generation) and the request accounted for."""
-        await resp.aclose()
-        await self.finish()
+        try:
+            await resp.aclose()
+        finally:
+            await self.finish()
 
     def authenticate(self, request: Request) -> None:
         self.key = self.state.keys.authenticate(request.headers.get("authorization"))
@@ -287,11 +300,17 @@ class CompletionHandler:
             upstream = self.route.upstream if model == self.route.public else state.models[model].upstream
             return json.dumps({**body, "model": upstream}).encode()
 
+        self.inflight_group = self.route.group
+        state.inflight[self.inflight_group] = state.inflight.get(self.inflight_group, 0) + 1
         resp, _engine, used = await state.router.send_with_fallbacks(
             self.route.public, lambda m: state.models[m].group, self.path, body_for)
         self.forwarded = used == self.route.public
+        self.rec.engine_status = resp.status_code
         if used != self.route.public:
             self.route = state.models[used]
+            state.inflight[self.inflight_group] -= 1  # it runs on the fallback's engines: counted there
+            self.inflight_group = self.route.group
+            state.inflight[self.inflight_group] = state.inflight.get(self.inflight_group, 0) + 1
             self.rec.model, self.rec.registry_version = self.route.public, self.route.registry_version
         if resp.status_code >= 400:
             await resp.aread()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -21,6 +21,8 @@ class Metrics:
                               ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.shadow = Counter("llmops_shadow_requests", "Shadow requests to a rollout's challenger by outcome (ok, "
                               "error, dropped: the shadow queue was full)", ["model", "version", "outcome"], registry=r)
+        self.shadow_pending = Gauge("llmops_shadow_pending", "Shadow requests queued or in flight to a challenger",
+                                    registry=r)
         self.feedback = Counter("llmops_feedback", "User feedback scores received, by model and registry version",
                                 ["model", "version"], registry=r)
         self.tokens = Counter("llmops_tokens", "Tokens by model, key and direction (prompt/completion)",

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmops.contracts import FEEDBACK_TABLE, REQUEST_LOG_TABLE, RequestRecord, open_request_log_schema
+from llmops.contracts import FEEDBACK_TABLE, NO_KEY, REQUEST_LOG_TABLE, RequestRecord, open_request_log_schema
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class RequestLog:
             open_request_log_schema(db)
             self._prune(db)
         self._q: queue.Queue[RequestRecord | None] = queue.Queue(maxsize=max_queue)
+        self._queued = self._done = 0  # records accepted / written or given up on (flush() waits on these)
+        self._progress = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="requestlog", daemon=True)
         if start:
             self.start()
@@ -51,7 +53,9 @@ class RequestLog:
     def write(self, record: RequestRecord) -> bool:
         """Queue a record; False (and counted in ``dropped``) when the queue is full."""
         try:
-            self._q.put_nowait(record)
+            with self._progress:
+                self._q.put_nowait(record)
+                self._queued += 1
             return True
         except queue.Full:
             self.dropped += 1
@@ -67,29 +71,32 @@ class RequestLog:
         db = sqlite3.connect(self.path, timeout=10)
         try:
             found = db.execute(f"SELECT model, registry_version FROM {REQUEST_LOG_TABLE} WHERE id = ? AND key_id IS ? "
-                               "AND (shadow IS NULL OR shadow = 0)", (request_id, key_id)).fetchone()
+                               "AND status = 200 AND (shadow IS NULL OR shadow = 0)", (request_id, key_id)).fetchone()
             if found is None:
                 return None
             with db:
                 db.execute(f"INSERT OR REPLACE INTO {FEEDBACK_TABLE} (request_id, ts, key_id, score, comment) "
-                           "VALUES (?, ?, ?, ?, ?)", (request_id, time.time(), key_id, score, comment))
+                           "VALUES (?, ?, ?, ?, ?)", (request_id, time.time(), key_id or NO_KEY, score, comment))
             return found[0], found[1]
         finally:
             db.close()
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until the records queued so far are written (at most ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
-        while self._q.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the records queued before this call are written (records queued later are not waited for);
+        False when ``timeout`` seconds passed first or the writer is not running."""
+        with self._progress:
+            target = self._queued
+            return self._progress.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout) \
+                and self._done >= target
 
     def _prune(self, db: sqlite3.Connection) -> None:
         if self.retention_days is not None:
             db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE ts < ?", (time.time() - self.retention_days * 86400,))
-            db.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE ts < ?", (time.time() - self.retention_days * 86400,))
         if self.max_rows is not None:
             db.execute(f"DELETE FROM {REQUEST_LOG_TABLE} WHERE id IN (SELECT id FROM {REQUEST_LOG_TABLE} "
                        "ORDER BY ts DESC LIMIT -1 OFFSET ?)", (self.max_rows,))
+        if self.retention_days is not None or self.max_rows is not None:  # feedback goes with its request
+            db.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE request_id NOT IN (SELECT id FROM {REQUEST_LOG_TABLE})")
         db.commit()
 
     def _run(self) -> None:
@@ -118,8 +125,9 @@ class RequestLog:
                     self._prune(db)
             except sqlite3.Error as e:  # a full disk must not take the gateway down
                 log.error("request log write failed (%d records lost): %s", len(rows), e)
-            for _ in batch:
-                self._q.task_done()
+            with self._progress:
+                self._done += len(rows)
+                self._progress.notify_all()
         db.close()
 
     def close(self) -> None:

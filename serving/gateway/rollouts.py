@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ from llmops.degenerate import degenerate_flags
 from serving.rollout import Rollout, RolloutStore, apply_decision, decide, version_stats
 
 log = logging.getLogger(__name__)
+MAX_LOAD_FAILURES = 3
+STATS_COLUMNS = ["model", "registry_version", "status", "error_code", "engine_status", "shadow", "degenerate",
+                 "guardrails", "latency_ms", "ttft_ms", "completion_tokens"]
 
 
 @dataclass
@@ -41,82 +45,141 @@ class Rollouts:
         self.cfg = state.cfg.rollout
         self.store = RolloutStore(state.registry) if state.registry is not None else None
         self.active: dict[str, Active] = {}  # public model id -> its running rollout (replaced whole, never edited)
-        self.shadow = ShadowRunner(state, self.cfg.shadow_queue, self.cfg.shadow_concurrency)
+        self.shadow = ShadowRunner(state, self.cfg.shadow_queue, self.cfg.shadow_concurrency,
+                                   self.cfg.shadow_max_inflight)
         self.decisions: list[tuple[str, str, str]] = []  # (model, action, reason) taken by this gateway
+        # rollout id -> (polls in a row the engines refused its challenger, when the last one was counted)
+        self._load_failures: dict[str, tuple[int, float]] = {}
+        self._last_decide = 0.0
 
     def champion_adapters(self) -> list:
         return [a for a in self.state.cfg.adapters if a.alias == "champion"]
 
     # ----------------------------------------------------------------------------- poller thread
     def sync(self) -> None:
-        """Follow the registry: load the challenger of each running rollout; take ended ones out of traffic."""
+        """Follow the registry: load the challenger of each running rollout; take ended ones out of traffic. A
+        challenger the engines refuse MAX_LOAD_FAILURES polls in a row ends its rollout (rolled back, when this
+        gateway decides)."""
         if self.store is None:
             return
-        state = self.state
-        active, retire = dict(self.active), []
+        active, retire, seen = dict(self.active), [], set(self._load_failures)
         for a in self.champion_adapters():
             try:
                 rollout = self.store.get(a.registry_name)
             except Exception as e:  # noqa: BLE001 - keep serving what runs
                 log.warning("could not read the rollout of %s: %s", a.registry_name, e)
                 continue
-            current = active.get(a.public_name)
             if rollout is not None and rollout.running:
-                if current is not None and current.rollout.id == rollout.id:
-                    continue
-                group = a.base or state.cfg.engines[0].served_name
-                try:
-                    version = state.registry.get_version(a.registry_name, rollout.challenger, with_path=True)
-                except Exception as e:  # noqa: BLE001
-                    log.error("rollout %s: challenger %s/%s not found: %s", rollout.id, a.registry_name,
-                              rollout.challenger, e)
-                    continue
-                route = state.load_version(a, group, version)
-                if route is None:
-                    continue  # logged; tried again at the next poll
-                if current is not None:
-                    retire.append(current)
-                active[a.public_name] = Active(rollout, route, a.registry_name)
-                log.info("rollout %s: %s v%s answers %g%% of %s's users (shadow %g%%)", rollout.id, a.registry_name,
-                         rollout.challenger, rollout.canary, a.public_name, rollout.shadow)
-            elif current is not None:
-                del active[a.public_name]
+                seen.discard(rollout.id)
+            current = active.get(a.public_name)
+            if current is not None and (rollout is None or not rollout.running or rollout.id != current.rollout.id):
+                del active[a.public_name]  # ended, or replaced: out of traffic before anything else is tried
                 retire.append(current)
                 log.info("rollout %s of %s ended (%s): the challenger is out of traffic", current.rollout.id,
-                         a.registry_name, rollout.state if rollout else "removed")
+                         a.registry_name, rollout.state if rollout and rollout.id == current.rollout.id else "replaced")
+                current = None
+            if rollout is None or not rollout.running or current is not None:
+                continue
+            route = self._load(a, rollout)
+            if route is None:
+                continue
+            active[a.public_name] = Active(rollout, route, a.registry_name)
+            log.info("rollout %s: %s v%s answers %g%% of %s's users (shadow %g%%)", rollout.id, a.registry_name,
+                     rollout.challenger, rollout.canary, a.public_name, rollout.shadow)
         self.active = active
+        for rid in seen:  # counted failures of rollouts that ended meanwhile
+            self._load_failures.pop(rid, None)
         for current in retire:  # after the switch: a promoted challenger is the champion's now, and stays
             self.state.retire(current.challenger)
 
-    def decide(self) -> list[tuple[str, str, str]]:
-        """Decide each running rollout from the request log; carry out promote / rollback / expire. Returns the
-        decisions taken now (model, action, reason)."""
+    def _load(self, a, rollout: Rollout):
+        """The challenger's route, loaded into the engines; None when that failed. An engine that answered the load
+        with an error (``AdapterRefused``) counts, once per poll; after MAX_LOAD_FAILURES polls in a row a deciding
+        gateway rolls the rollout back. Engines not ready (restarting) and registry hiccups are tried again later,
+        uncounted: a short outage must not end a good challenger's rollout."""
+        from serving.engine import AdapterRefused
+
+        state, group = self.state, a.base or self.state.cfg.engines[0].served_name
+        if any(e.state != "ready" for e in state.router.groups.get(group, [])):
+            return None  # an engine is (re)starting: it gets the challenger once it is up
+        try:
+            version = state.registry.get_version(a.registry_name, rollout.challenger, with_path=True)
+            route = state.load_version(a, group, version, raise_errors=True)
+        except AdapterRefused as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - the registry or an engine did not answer: next poll
+            log.warning("rollout %s: challenger %s/%s not loaded yet: %s", rollout.id, a.registry_name,
+                        rollout.challenger, e)
+            return None
+        else:
+            self._load_failures.pop(rollout.id, None)
+            return route
+        now = time.monotonic()
+        failures, last = self._load_failures.get(rollout.id, (0, -1e9))
+        if now - last >= self.state.cfg.rollout_poll_s / 2:  # sync() may run twice in one poll (after a decision)
+            failures, last = failures + 1, now
+            self._load_failures[rollout.id] = (failures, last)
+        log.error("rollout %s: the engines refused challenger %s/%s (%d/%d): %s", rollout.id, a.registry_name,
+                  rollout.challenger, failures, MAX_LOAD_FAILURES, error)
+        if failures >= MAX_LOAD_FAILURES and self.cfg.decide:
+            from serving.rollout import Decision, VersionStats
+
+            reason = (f"rollout {rollout.id}: the engines refused v{rollout.challenger} {failures} times: {error}")
+            decision = Decision("rollback", reason, [], VersionStats(rollout.champion),
+                                VersionStats(rollout.challenger))
+            try:
+                ended = apply_decision(self.store, rollout, decision)
+                if ended.id == rollout.id and ended.state == "rolled_back" and ended.reason == reason:
+                    self.decisions.append((a.public_name, "rollback", reason))
+                self._load_failures.pop(rollout.id, None)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not end rollout %s: %s", rollout.id, e)
+        return None
+
+    def decide(self, now: float | None = None) -> list[tuple[str, str, str]]:
+        """Decide each running rollout from the request log (at most every ``rollout.decide_every_s``); carry out
+        promote / rollback / expire. Returns the decisions taken now (model, action, reason)."""
         if not self.cfg.decide or self.store is None or not self.active:
             return []
+        now = time.monotonic() if now is None else now
+        if now - self._last_decide < self.cfg.decide_every_s:
+            return []
+        self._last_decide = now
         rl = self.state.requestlog
         if rl is None:
             log.warning("rollouts run but request_log is disabled: nothing to decide on")
             return []
         taken = []
         for public, act in list(self.active.items()):
-            rollout = self.store.get(act.registry_name)
-            if rollout is None or rollout.id != act.rollout.id or not rollout.running:
-                continue  # ended elsewhere (CLI, another gateway): sync() takes it out
-            rl.flush(2)
-            models = {a.public_name for a in self.champion_adapters() if a.registry_name == act.registry_name}
-            stats = version_stats(read_request_log(rl.path, since=rollout.started), rollout, models,
-                                  read_feedback(rl.path, since=rollout.started))
-            decision = decide(rollout, stats, self.cfg)
-            if decision.action == "continue":
+            try:
+                decision = self._decide_one(act, rl)
+            except Exception as e:  # noqa: BLE001 - one rollout's trouble does not stop the others
+                log.warning("rollout %s: no decision this time: %s", act.rollout.id, e)
                 continue
-            apply_decision(self.store, rollout, decision)
-            log.warning("rollout %s of %s: %s: %s", rollout.id, act.registry_name, decision.action, decision.reason)
-            taken.append((public, decision.action, decision.reason))
+            if decision is not None:
+                taken.append((public, decision.action, decision.reason))
         if taken:
             self.decisions.extend(taken)
             self.state.sync_adapters()  # a promoted challenger becomes the champion before it leaves the canary
             self.sync()
         return taken
+
+    def _decide_one(self, act: Active, rl):
+        rollout = self.store.get(act.registry_name)
+        if rollout is None or rollout.id != act.rollout.id or not rollout.running:
+            return None  # ended elsewhere (CLI, another gateway): sync() takes it out
+        rl.flush(1.0)
+        models = sorted({a.public_name for a in self.champion_adapters() if a.registry_name == act.registry_name})
+        requests = read_request_log(rl.path, since=rollout.started, columns=STATS_COLUMNS, models=models)
+        stats = version_stats(requests, rollout, set(models), read_feedback(rl.path, since=rollout.started))
+        decision = decide(rollout, stats, self.cfg)
+        if decision.action == "continue":
+            return None
+        ended = apply_decision(self.store, rollout, decision)  # re-reads the rollout first: one decision wins
+        if ended.id != rollout.id or ended.state == "running" or ended.reason != decision.reason:
+            return None
+        log.warning("rollout %s of %s: %s: %s", rollout.id, act.registry_name, decision.action, decision.reason)
+        return decision
 
     # ----------------------------------------------------------------------------- request path
     def pick(self, route, sticky: str):
@@ -129,7 +192,7 @@ class Rollouts:
     def shadow_route(self, route, request_id: str):
         """The challenger's route when this champion request is to be shadowed, else None."""
         act = self.active.get(route.public)
-        if act is None or route is act.challenger or not act.rollout.shadowed(request_id):
+        if act is None or route.upstream == act.challenger.upstream or not act.rollout.shadowed(request_id):
             return None
         return act.challenger
 
@@ -140,11 +203,14 @@ class Rollouts:
 class ShadowRunner:
     """Sends shadow requests to the challenger after the champion answered: a bounded queue, a few workers;
     the answer is judged (output rails, degenerate) and written to the request log with ``shadow=1``, never
-    returned. Nothing it does reaches the user's request."""
+    returned. Nothing it does reaches the user's request. With ``max_inflight`` a shadow yields to users: it
+    waits in the queue while more than that many user requests per replica are in flight on its engines."""
 
-    def __init__(self, state, max_queue: int, concurrency: int) -> None:
+    IDLE_POLL_S = 0.05
+
+    def __init__(self, state, max_queue: int, concurrency: int, max_inflight: int | None = None) -> None:
         self.state = state
-        self.max_queue, self.concurrency = max_queue, concurrency
+        self.max_queue, self.concurrency, self.max_inflight = max_queue, concurrency, max_inflight
         self.queue: asyncio.Queue | None = None
         self.workers: list[asyncio.Task] = []
         self.dropped = self.sent = self.failed = 0
@@ -157,6 +223,7 @@ class ShadowRunner:
             self.workers = [loop.create_task(self._work()) for _ in range(self.concurrency)]
         try:
             self.queue.put_nowait((route, path, body, key_id, question, chat))
+            self.state.metrics.shadow_pending.inc()
         except asyncio.QueueFull:
             self.dropped += 1
             self.state.metrics.shadow.labels(route.public, route.registry_version or "", "dropped").inc()
@@ -167,6 +234,8 @@ class ShadowRunner:
         while True:
             job = await self.queue.get()
             try:
+                while self.max_inflight is not None and self.state.busy(job[0].group, self.max_inflight):
+                    await asyncio.sleep(self.IDLE_POLL_S)
                 await self._run(*job)
             except asyncio.CancelledError:
                 raise
@@ -174,12 +243,16 @@ class ShadowRunner:
                 log.warning("shadow request failed: %s", e)
             finally:
                 self.queue.task_done()
+                self.state.metrics.shadow_pending.dec()
 
     async def _run(self, route, path: str, body: dict, key_id: str | None, question: str | None, chat: bool) -> None:
-        from serving.gateway.handler import guard_call
+        from serving.gateway.errors import APIError
+        from serving.gateway.handler import ANSWER_CHARS, guard_call
 
         state, hook = self.state, self.state.hook
-        rec = RequestRecord(id=f"shadow-{time.time_ns():x}", ts=time.time(), endpoint="chat" if chat else "completions",
+        if route.upstream not in state.rollouts.upstreams():
+            return  # the rollout ended while this waited: its challenger may be unloaded by now
+        rec = RequestRecord(id=f"shadow-{uuid.uuid4().hex}", ts=time.time(), endpoint="chat" if chat else "completions",
                             key_id=key_id, model=route.public, registry_version=route.registry_version, shadow=1)
         t0 = time.perf_counter()
         payload = {**body, "model": route.upstream, "stream": False}
@@ -189,6 +262,7 @@ class ShadowRunner:
         try:
             resp, _ = await state.router.send(route.group, path, json.dumps(payload).encode())
             raw = await resp.aread()
+            rec.engine_status = resp.status_code
             rec.status = 200 if resp.status_code < 400 else 502  # an engine that refuses the challenger: its error
             if resp.status_code >= 400:
                 rec.error_code, outcome = "engine_error", "error"
@@ -198,17 +272,30 @@ class ShadowRunner:
                 rec.prompt_tokens, rec.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
                 flags = []
                 for choice in data.get("choices") or []:
-                    text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+                    message = choice.get("message") or {}
+                    text = message.get("content") if chat else choice.get("text")
                     rec.finish_reason = rec.finish_reason or choice.get("finish_reason")
-                    if not isinstance(text, str):
-                        continue
+                    if not isinstance(text, str) or message.get("tool_calls") or \
+                            choice.get("finish_reason") in ("tool_calls", "content_filter"):
+                        continue  # judged like the champion's answers: tool calls are no answer text
+                    blocked = False
                     if text and not hook.passthrough:
                         out = await guard_call(hook, hook.check_output, text, model=route.public, key=key_id)
                         if out.action != "allow":
                             rec.guardrails.append(VerdictRecord.of("output", out, with_reason=False))
-                    flags.append(degenerate_flags(question or "", text)["degenerate"])
+                            blocked = not out.allowed
+                    if not blocked:
+                        flags.append(degenerate_flags(question or "", text[:ANSWER_CHARS])["degenerate"])
                 rec.degenerate = int(any(flags)) if flags else None
-        except Exception as e:  # noqa: BLE001 - the engine refused or broke: an error of the challenger
+        except APIError as e:
+            if e.status == 504:  # the engine took it and did not answer in time: the challenger's error
+                rec.status, rec.error_code, outcome = 504, "engine_timeout", "error"
+            else:  # the gateway had no engine or connection free: not the challenger's doing
+                self.dropped += 1
+                state.metrics.shadow.labels(route.public, route.registry_version or "", "dropped").inc()
+                log.info("shadow request not sent (%s)", e.code)
+                return
+        except Exception as e:  # noqa: BLE001 - the engine broke off: an error of the challenger
             rec.status, rec.error_code, outcome = 502, "engine_error", "error"
             log.info("shadow request to %s failed: %s", route.upstream, e)
         finally:

@@ -114,6 +114,7 @@ class GatewayState:
         for e in engines:
             groups.setdefault(e.cfg.served_name, []).append(e)
         self.router = Router(groups, cfg.router)
+        self.inflight: dict[str, int] = {}  # engine group -> user requests sent and not finished (shadows yield)
         self.registry = registry
         self.models: dict[str, ModelRoute] = {}
         now = int(time.time())
@@ -212,9 +213,10 @@ class GatewayState:
                 changed.append(a.public_name)
         return changed
 
-    def load_version(self, a, group: str, version) -> ModelRoute | None:
+    def load_version(self, a, group: str, version, raise_errors: bool = False) -> ModelRoute | None:
         """Load registry ``version`` of adapter ``a`` into every engine of ``group`` under its versioned name; its
-        route, or None when an engine refused it (logged; what was loaded by this call is unloaded again)."""
+        route, or None when an engine refused it or did not answer (logged; what was loaded by this call is
+        unloaded again). ``raise_errors``: raise that error after the clean-up instead of returning None."""
         internal = f"{a.public_name}--v{version.version}"
         engines = [e for e in self.engines if e.cfg.served_name == group]
         loaded_here = []  # engines where this call loaded it (not another gateway)
@@ -230,10 +232,17 @@ class GatewayState:
                     eng.unload_adapter(internal)
                 else:  # loaded by others, or on engines others use (they may serve it): left loaded,
                     getattr(eng, "adapters", {}).pop(internal, None)  # not passed again on a restart
+            if raise_errors:
+                raise
             return None
         base = self.models[group]
         return ModelRoute(a.public_name, "adapter", group, internal, base.max_model_len, str(version.version),
                           int(time.time()))
+
+    def busy(self, group: str, per_replica: int) -> bool:
+        """More than ``per_replica`` user requests per ready replica of ``group`` are in flight."""
+        ready = sum(e.state == "ready" for e in self.router.groups.get(group, []))
+        return self.inflight.get(group, 0) > per_replica * max(ready, 1)
 
     def retire(self, route: ModelRoute) -> None:
         """Unload ``route``'s adapter version after ``adapter_retire_s`` unless it is served again by then."""

@@ -62,7 +62,7 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"},
                      {"registry_name": "tiny-canary", "alias": "champion", "served_name": "tiny-canary"}],
         # small rollouts decide on tens of requests: the margins are wide, the rule is the default one
-        "rollout": {"min_early": 10, "margins": {"error_rate": 0.15, "degenerate_rate": 0.15,
+        "rollout": {"min_early": 10, "decide_every_s": 1, "margins": {"error_rate": 0.15, "degenerate_rate": 0.15,
                                                  "guardrail_rate": 0.15, "latency_ratio": 3.0}},
         "auth": {"keys_file": str(tmp / "keys.json"), "keys_env": "LLMOPS_TEST_NO_KEYS",
                  "keys": [{"id": "test", "sha256": hash_key(KEY)},
@@ -185,7 +185,7 @@ def test_embeddings(client):
 
 def test_models_list_shows_base_adapter_and_registry_version(client):
     cards = {m.id: m for m in client.models.list().data}
-    assert set(cards) == {"tiny", "tiny-lora", "minilm"}
+    assert set(cards) == {"tiny", "tiny-lora", "tiny-canary", "minilm"}
     assert cards["tiny-lora"].model_extra["registry_version"] == "1"
     assert cards["tiny-lora"].model_extra["parent"] == "tiny"
 
@@ -510,6 +510,12 @@ def test_a_failing_shadow_never_touches_the_answer_and_a_restarted_gateway_goes_
     # the challenger disappears from the engine behind the gateway's back: shadow requests fail...
     server.engines[0].unload_adapter(f"tiny-canary--v{v}")
     champion_users = [u for u in range(200) if r.arm(f"user:u{u}") == "champion"][:30]
+    challenger_users = [u for u in range(200) if r.arm(f"user:u{u}") == "challenger"][:5]
+    for u in challenger_users:  # the canary's users see the engine's error (counted against the challenger)
+        resp = post(gateway, "/v1/chat/completions", {"model": "tiny-canary", "messages": QUESTION, "max_tokens": 8,
+                                                      "user": f"u{u}"})
+        assert resp.status_code in (400, 404) and resp.headers["x-model-version"] == str(v), resp.text
+        assert resp.headers["x-request-id"]
     for u in champion_users:  # ...and the champion's users get their answers all the same
         resp = ask_canary(gateway, f"u{u}")
         assert resp.headers["x-model-version"] == str(champion)
@@ -522,6 +528,31 @@ def test_a_failing_shadow_never_touches_the_answer_and_a_restarted_gateway_goes_
     assert f'llmops_shadow_requests_total{{model="tiny-canary",outcome="error",version="{v}"}}' in metrics
     with pytest.raises(Exception, match="No rollout"):
         manual(store, "tiny-canary", "stop", "already over")
+
+
+def test_a_challenger_the_engine_refuses_ends_its_rollout_and_the_one_it_replaced_leaves_the_traffic(gateway):
+    import shutil
+
+    from serving.rollout import RolloutStore, manual, start_rollout
+
+    registry, store = gateway["registry"], RolloutStore(gateway["registry"])
+    champion = registry.alias_version("tiny-canary", "champion")
+    twin = shutil.copytree(registry.resolve("tiny-canary@champion").local_path, gateway["tmp"] / "canary-twin-3")
+    register_challenger(gateway, twin)
+    first = start_rollout(store, "tiny-canary", canary=50, min_requests=500, max_minutes=10)
+    assert wait_until(lambda: (rollout_card(gateway) or {}).get("id") == first.id, 30)
+    # replaced between two polls by a rollout of an adapter the engine refuses (rank 32 > max_lora_rank 16)
+    wide = register_challenger(gateway, make_adapter(gateway["tiny"], gateway["tmp"] / "canary-wide", 5, r=32))
+    manual(store, "tiny-canary", "stop", "replaced")
+    second = start_rollout(store, "tiny-canary", canary=50, min_requests=500, max_minutes=10)
+    assert wait_until(lambda: rollout_card(gateway) is None, 30)  # the old canary left the traffic at once
+    assert {ask_canary(gateway, f"user-{u}").headers["x-model-version"] for u in range(12)} == {str(champion)}
+    assert wait_until(lambda: store.get("tiny-canary").state != "running", 30)  # three failed loads
+    ended = store.get("tiny-canary")
+    assert ended.id == second.id and ended.state == "rolled_back"
+    assert "the engines refused" in ended.reason and "max_lora_rank" in ended.reason
+    assert registry.alias_version("tiny-canary", "challenger") is None
+    assert f"tiny-canary--v{wide.version}" not in engine_models(gateway, "tiny-canary")
 
 
 def test_guardrails_block_and_redact_in_the_gateway(gateway, client):

@@ -423,6 +423,37 @@ def test_no_free_engine_connection_is_a_503_with_retry_after(gateway):
     assert busy.json()["error"]["code"] == "gateway_busy"
 
 
+def test_user_requests_in_flight_are_counted_on_their_engine_group_until_they_end(gateway):
+    """What a shadow request yields to (GatewayState.busy): counted while the engine has the request, on the group
+    that runs it (a fallback's), and given back on every way out."""
+    state = gateway.state
+    ANSWERS.append("__SLOW__")  # a stream that takes about 2 s
+
+    async def during():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw") as c:
+            task = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat("hi", stream=True),
+                                                headers={"Authorization": "Bearer sk-k"}))
+            await asyncio.sleep(0.5)
+            seen = dict(state.inflight)
+            assert (await task).status_code == 200
+            return seen
+
+    assert gateway.loop.run_until_complete(during()) == {"m": 1}
+    assert state.inflight == {"m": 0}
+    # a model whose engines are all gone falls back to "m": counted there, not on the empty group
+    state.models["broken"] = SimpleNamespace(**{**vars(state.models["m"]), "public": "broken", "upstream": "broken",
+                                                "group": "gone"})
+    status, data = gateway.call("/v1/chat/completions", {**chat("hi"), "model": "broken"})
+    assert status == 200 and data["model"] == "m"
+    ANSWERS.extend(["__DIES__", "__SLEEP__"])
+    assert gateway.call("/v1/chat/completions", chat("hi", stream=True), stream=True)[0] == 200  # breaks off
+    state.router.client.timeout = httpx.Timeout(0.5, connect=5.0, pool=5.0)
+    assert gateway.call("/v1/chat/completions", chat("hi"))[0] == 504
+    assert gateway.call("/v1/chat/completions", chat("BLOCKME"))[0] == 400  # never reached an engine
+    assert state.inflight == {"m": 0, "gone": 0}
+    assert not state.busy("m", 0)
+
+
 def test_a_client_that_leaves_at_once_gives_back_its_slot_and_is_logged(gateway):
     """Raw ASGI: the client disconnects right after sending its streamed request."""
     ANSWERS.append("__SLOW__")
@@ -703,6 +734,32 @@ def test_feedback_on_an_answer_is_stored_with_its_request_for_its_key_only(engin
         rows = read_feedback(tmp_path / "log.sqlite")
         assert list(zip(rows.request_id, rows.key_id, rows.score, rows.comment, strict=True)) == [
             (request_id, "k", 1.0, "right")]
+    finally:
+        gw.loop.run_until_complete(gw.state.router.close())
+        gw.loop.close()
+
+
+def test_feedback_without_keys_is_one_score_per_answer(engine_url, tmp_path):
+    """A gateway without auth: every client is "no key", and a score sent again replaces the first (a flood of
+    scores on one answer is still one score)."""
+    gw = make_gateway(engine_url, tmp_path, auth={"enabled": False, "keys_env": "NO_SUCH_ENV",
+                                                  "keys_file": str(tmp_path / "keys.json")})
+    try:
+        async def ask(text):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gw") as client:
+                r = await client.post("/v1/chat/completions", json=chat(text))
+                return r.status_code, r.headers["x-request-id"]
+        request_id = gw.loop.run_until_complete(ask("hello"))[1]
+        for score in (1, 0, 0, 1, 0):
+            assert gw.call("/v1/feedback", {"request_id": request_id, "score": score}, key="")[0] == 200
+        status, blocked_id = gw.loop.run_until_complete(ask("BLOCKME"))
+        assert status == 400  # a refused request is no answer to score
+        assert gw.call("/v1/feedback", {"request_id": blocked_id, "score": 0}, key="")[0] == 404
+        from llmops.contracts import read_feedback
+
+        gw.state.requestlog.close()
+        rows = read_feedback(tmp_path / "log.sqlite")
+        assert list(zip(rows.request_id, rows.score, strict=True)) == [(request_id, 0.0)]
     finally:
         gw.loop.run_until_complete(gw.state.router.close())
         gw.loop.close()

@@ -18,6 +18,7 @@ from serving.rollout import (
     RolloutStore,
     VersionStats,
     apply_decision,
+    compare,
     decide,
     manual,
     rate_interval,
@@ -88,6 +89,16 @@ def test_feedback_is_compared_once_both_versions_have_enough_scores():
     few = decide(rollout(), {1: arm(1, 300, seed=1, feedback=good[:5]), 2: arm(2, 300, seed=2, feedback=poor[:5])},
                  CFG)
     assert [c.verdict for c in few.comparisons if c.metric == "feedback"] == ["n/a"]
+
+
+def test_a_shadow_rollout_is_rolled_back_by_itself_but_promoted_only_by_hand():
+    r = rollout(canary=0, shadow=50)
+    good = {1: arm(1, 300, degenerate=6, seed=1), 2: arm(2, 300, degenerate=6, seed=2)}
+    held = decide(r, good, CFG)
+    assert held.action == "continue" and "promote m" in held.reason and "no figure is worse" in held.reason
+    late = decide(r, good, CFG, now=r.started + 61 * 60)
+    assert late.action == "expire" and "promote by hand" in late.reason
+    assert decide(r, {1: arm(1, 300), 2: arm(2, 300, degenerate=120)}, CFG).action == "rollback"
 
 
 def test_no_decision_in_time_expires_the_rollout():
@@ -220,7 +231,21 @@ def test_figures_come_from_the_request_log_per_version(tmp_path):
         RequestRecord(id="b1", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
                       status=502, error_code="engine_error"),
         RequestRecord(id="b2", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
-                      latency_ms=300, ttft_ms=50, stream=True, degenerate=0, shadow=1),
+                      latency_ms=300, ttft_ms=50, stream=True, degenerate=0, shadow=1, engine_status=200),
+        RequestRecord(id="b3", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      latency_ms=400, ttft_ms=70, stream=True, degenerate=0, engine_status=200),
+        RequestRecord(id="b4", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=404, error_code="model_not_found", engine_status=404),  # the engine lacks the adapter
+        RequestRecord(id="b5", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=400, error_code="content_blocked"),  # a prompt refused by the input rails
+        RequestRecord(id="b6", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=400, error_code="bad_request", engine_status=400),  # the client's bad parameters
+        RequestRecord(id="b7", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=502, error_code="engine_error", engine_status=400, shadow=1),  # the champion answered it
+        RequestRecord(id="b8", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=503, error_code="engine_unavailable"),  # no engine free: not the version's doing
+        RequestRecord(id="b9", ts=time.time(), endpoint="chat", key_id="k", model="qa", registry_version="2",
+                      status=504, error_code="engine_timeout"),  # the engine took it and did not answer in time
         RequestRecord(id="c1", ts=time.time(), endpoint="chat", key_id="k", model="other", registry_version="2",
                       latency_ms=1),  # another adapter's version 2
         RequestRecord(id="old", ts=time.time() - 100, endpoint="chat", key_id="k", model="qa", registry_version="2"),
@@ -238,7 +263,12 @@ def test_figures_come_from_the_request_log_per_version(tmp_path):
     one, two = stats[1], stats[2]
     assert (one.requests, one.answered, one.judged, one.degenerate, one.guarded) == (2, 2, 2, 1, 1)
     assert one.output_tokens == 15 and sorted(one.feedback) == [0.0, 1.0]
-    assert (two.requests, two.errors, two.shadow, two.ttft_ms) == (2, 1, 1, [50.0])
+    # errors: the broken-off 502, the engine's 404, the engine's 400 to a shadow copy and the timeout; shadow
+    # answers count for the rates, not the timings
+    assert (two.requests, two.errors, two.shadow, two.answered, two.judged) == (6, 4, 2, 2, 2)
+    assert (two.ttft_ms, two.latency_ms) == ([70.0], [400.0])
+    until = version_stats(read_request_log(log.path), r, {"qa"}, until=time.time() - 5)
+    assert until[1].requests == 0 and until[2].requests == 0  # an ended rollout's figures stop at its end
     row = one.row()
     assert row["degenerate_rate"] == 0.5 and row["guardrail_rate"] == 0.5 and row["feedback_n"] == 2
 
@@ -246,3 +276,130 @@ def test_figures_come_from_the_request_log_per_version(tmp_path):
 def test_margins_are_validated():
     with pytest.raises(ValueError):
         Margins(latency_ratio=0.5)  # a ratio margin below 1 would call a faster challenger worse
+
+
+def test_decisions_wait_for_min_early_whatever_min_requests_says():
+    """min_requests below min_early does not let a few unlucky errors roll a challenger back."""
+    r = rollout(min_requests=1)
+    few = {1: arm(1, 50), 2: arm(2, 3, errors=3)}  # 3 of 3 failed: "worse" on the figures alone
+    assert any(c.verdict == "worse" for c in compare(few[1], few[2], CFG, CFG.alpha))
+    assert decide(r, few, CFG).action == "continue"
+    assert decide(r, {1: arm(1, 50), 2: arm(2, 30, degenerate=29)}, CFG).action == "rollback"
+
+
+def test_a_tag_edited_into_nonsense_is_ignored_not_served(two_versions):
+    store = two_versions
+    start_rollout(store, "qa", canary=10)
+    raw = store.registry.model_tag("qa", "llmops.rollout")
+    store.registry.set_model_tag("qa", "llmops.rollout", raw.replace('"canary":10.0', '"canary":"ten"'))
+    assert store.get("qa") is None  # logged; no request ever meets a TypeError from it
+    store.registry.set_model_tag("qa", "llmops.rollout", "[1, 2]")
+    assert store.get("qa") is None
+
+
+def test_a_full_canary_is_refused(two_versions):
+    with pytest.raises(RolloutError, match="below 100"):
+        start_rollout(two_versions, "qa", canary=100)
+
+
+def test_a_promotion_after_the_champion_moved_by_hand_is_not_made(two_versions):
+    store = two_versions
+    r = start_rollout(store, "qa", canary=50)
+    store.registry.set_alias("qa", "champion", 3, reason="hotfix by hand")
+    ended = apply_decision(store, r, decide(r, {1: arm(1, 300, seed=1), 2: arm(2, 300, seed=2)}, CFG))
+    assert ended.state == "stopped" and "champion was moved" in ended.reason
+    assert store.registry.alias_version("qa", "champion") == 3
+
+
+def test_bootstrap_memory_stays_bounded_on_a_long_rollout():
+    """Hundreds of thousands of latencies: subsampled and resampled in chunks (the poller must not eat the
+    gateway's memory), and the interval still finds a 2x slowdown."""
+    import tracemalloc
+
+    from serving.rollout import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    fast, slow = rng.normal(100, 10, 300_000), rng.normal(200, 20, 30_000)
+    tracemalloc.start()
+    low, high = bootstrap_interval(list(slow), list(fast), lambda a, b: np.median(a, axis=1) / np.median(b, axis=1),
+                                   0.05, 2000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert 1.9 < low < high < 2.1
+    assert peak < 200 * 2**20
+
+
+def test_an_old_request_log_gains_the_new_columns_and_the_feedback_table(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first release wrote it
+        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, endpoint TEXT NOT NULL, key_id TEXT, "
+                   "model TEXT, registry_version TEXT, status INTEGER NOT NULL, error_code TEXT, stream INTEGER NOT "
+                   "NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms REAL, ttft_ms REAL, "
+                   "guardrails TEXT, prompt_embedding BLOB)")
+        db.execute("INSERT INTO requests (id, ts, endpoint, key_id, model, registry_version, status) VALUES "
+                   "('old', 1.0, 'chat', NULL, 'qa', '1', 200)")
+    assert len(read_feedback(path)) == 0  # read-only readers cope with a log that has no feedback table
+    df = read_request_log(path)
+    assert df.loc[0, "shadow"] is None and df.loc[0, "engine_status"] is None
+    log = RequestLog(path)  # the writer brings it up to date
+    assert log.add_feedback("old", None, 1.0, None) == ("qa", "1")
+    assert log.add_feedback("old", None, 0.0, "again") == ("qa", "1")  # a gateway without keys: still one score
+    log.write(RequestRecord(id="new", ts=2.0, endpoint="chat", model="qa", registry_version="2", shadow=1,
+                            engine_status=200))
+    assert log.flush(5)
+    log.close()
+    assert list(read_feedback(path).score) == [0.0]
+    df = read_request_log(path, columns=["model", "shadow"], models=["qa"])
+    assert list(df.columns) == ["ts", "model", "shadow"] and list(df.shadow.fillna(0)) == [0, 1]
+
+
+def test_flush_says_when_the_writer_is_not_running(tmp_path):
+    log = RequestLog(tmp_path / "log.sqlite", start=False)
+    log.write(RequestRecord(id="x", ts=1.0, endpoint="chat"))
+    t0 = time.monotonic()
+    assert log.flush(5) is False and time.monotonic() - t0 < 1  # a dead writer is not waited for
+    log.start()
+    assert log.flush(5) is True
+    log.close()
+
+
+def test_a_shadow_waits_while_the_engines_are_busy_with_users():
+    """The runner's gate on the gateway's own in-flight count (GatewayState.busy): a queued shadow goes out only
+    once user requests per ready replica fall to shadow_max_inflight."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from serving.gateway.rollouts import ShadowRunner
+    from serving.gateway.state import GatewayState
+
+    replicas = [SimpleNamespace(state="ready"), SimpleNamespace(state="ready"), SimpleNamespace(state="starting")]
+    state = SimpleNamespace(inflight={"base": 5}, router=SimpleNamespace(groups={"base": replicas}),
+                            metrics=SimpleNamespace(shadow_pending=Gauge("p", "p", registry=CollectorRegistry())))
+    state.busy = lambda group, n: GatewayState.busy(state, group, n)
+    assert state.busy("base", 2) and not state.busy("base", 3)  # 5 users on 2 ready replicas
+    assert state.busy("other", 0) is False  # nothing in flight there
+
+    sent = []
+
+    async def scenario():
+        runner = ShadowRunner(state, max_queue=4, concurrency=1, max_inflight=2)
+        runner.IDLE_POLL_S = 0.01
+
+        async def run(route, *rest):
+            sent.append((route.group, state.inflight["base"]))
+
+        runner._run = run
+        runner.submit(SimpleNamespace(group="base", public="m", registry_version="2"), "/v1/chat/completions", {},
+                      None, None, True)
+        await asyncio.sleep(0.1)
+        assert sent == []  # still busy: it waits in the queue
+        state.inflight["base"] = 4
+        await asyncio.sleep(0.1)
+        assert sent == [("base", 4)]
+        await runner.close()
+
+    asyncio.run(scenario())
