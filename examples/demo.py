@@ -6,11 +6,12 @@
 3. fine-tune a short LoRA run on the shipped context-QA set -> ``smollm2-qa@challenger``;
 4. serve: vLLM + gateway (guardrails on) with the base model, ``smollm2-qa-challenger`` and
    ``smollm2-qa`` (follows ``champion``), left running at the end (``make stop``);
-5. eval the base model and the challenger through that gateway on the shipped sets; promote the
-   challenger to ``champion`` only if the gate passes (the decision and its reasons are printed);
-   the running gateway then serves it as ``smollm2-qa`` without a restart. A challenger the gate did
-   not promote goes in front of 50% of the users next to an existing champion (a canary; the
-   gateway's decision is printed);
+5. eval the base model and the challenger through that gateway on the shipped sets. With no champion
+   yet, the challenger becomes ``champion`` only if the gate passes (the decision and its reasons are
+   printed); the running gateway then serves it as ``smollm2-qa`` without a restart. Once users have
+   a champion, a challenger that passes the gate (or that it cannot judge yet) goes in front of 50%
+   of the users next to it for a short burst (a canary; the gateway's decision is printed), and one
+   that fails stays out of traffic;
 6. RAG: ingest docs/ into embedded Qdrant, answer questions with citations through the gateway,
    one blocked injection and one redacted PII input;
 7. monitoring: a drift report over the gateway's request log;
@@ -152,6 +153,14 @@ def served_models() -> dict[str, str | None]:
 def stage_eval(n: int, registry) -> str:
     heading(n, "eval: base model and challenger through the gateway; promote only if the gate passes")
     os.environ["LLMOPS_API_KEY"] = KEY  # the eval subprocesses use the demo key
+    want = {served: registry.alias_version("smollm2-qa", alias)
+            for served, alias in (("smollm2-qa-challenger", "challenger"), ("smollm2-qa", "champion"))}
+    deadline = time.monotonic() + 120  # a gateway of an earlier run follows aliases moved since (rollout_poll_s)
+    while any(v is not None and served_models().get(m) != str(v) for m, v in want.items()):
+        if time.monotonic() > deadline:
+            raise StageError(f"Stage {n} (eval): the gateway does not serve the registry's versions {want}; see "
+                             f"{SERVE_LOG}, or `make stop` and run `make demo` again.")
+        time.sleep(1)
     limits = ["suites.0.limit=8", "suites.1.limit=6", "suites.2.limit=10"] if quick() else []
     endpoint = ["target.model=null", f"target.base_url=http://127.0.0.1:{PORT}/v1"]
     base = "smollm2-135m-instruct@champion"
@@ -160,10 +169,21 @@ def stage_eval(n: int, registry) -> str:
     else:
         llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
                "target.model_name=smollm2", f"target.registry_ref={base}", *limits)
+    champion, challenger = want["smollm2-qa"], want["smollm2-qa-challenger"]
+    release = champion is not None and champion != challenger  # users already get a champion: canary first
     # flags before the key=value overrides: argparse ends the override list at the first flag
-    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", "--promote",
-                  *endpoint, "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
-                  f"gate.baseline={base}", *limits, ok_codes=(0, 1, 3))
+    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml",
+                  "--gate" if release else "--promote", *endpoint, "target.model_name=smollm2-qa-challenger",
+                  "target.registry_ref=smollm2-qa@challenger", f"gate.baseline={base}", *limits, ok_codes=(0, 1, 3))
+    if release:
+        if code == 1:
+            print(f"   decision: NOT promoted: smollm2-qa/{challenger} failed the gate (the failures are listed in the "
+                  f"report above), so it does not go in front of users; smollm2-qa stays smollm2-qa/{champion}")
+            return "smollm2-qa"
+        print(f"   decision: the gate {'PASSED' if code == 0 else 'was INCONCLUSIVE'}: smollm2-qa/{challenger} goes "
+              f"to a canary next to the champion smollm2-qa/{champion}; live traffic decides")
+        stage_canary(n, registry)
+        return wait_served(n, registry)
     if code == 3:
         print("   decision: NOT promoted: the gate was INCONCLUSIVE (too few paired rows or intervals that cross "
               "the margin; the report above says how many rows would decide); RAG uses the base")
@@ -175,52 +195,77 @@ def stage_eval(n: int, registry) -> str:
         return "smollm2"
     version = registry.alias_version("smollm2-qa", "champion")
     print(f"   decision: PROMOTED smollm2-qa/{version} to champion (all gate checks passed, see above)")
+    return wait_served(n, registry)
+
+
+def wait_served(n: int, registry) -> str:
+    """Wait until the running gateway serves smollm2-qa@champion as smollm2-qa (it follows the alias)."""
+    version = registry.alias_version("smollm2-qa", "champion")
     deadline = time.monotonic() + 120
     while served_models().get("smollm2-qa") != str(version):
         if time.monotonic() > deadline:
             raise StageError(f"Stage {n} (eval): the gateway did not pick up smollm2-qa@champion; see {SERVE_LOG}.")
         time.sleep(1)
-    print(f"   the running gateway now serves smollm2-qa = smollm2-qa/{version} (no restart)")
+    print(f"   the running gateway serves smollm2-qa = smollm2-qa/{version} (no restart)")
     return "smollm2-qa"
 
 
 def stage_canary(n: int, registry) -> None:
-    """The challenger the gate did not promote, in front of live traffic next to the champion: 50% of the users
-    for a short burst, the gateway's decision printed. It needs a champion that differs from the challenger (a
-    later demo run, or one promoted by hand); without one it says so and how to run it."""
+    """The challenger in front of live traffic next to the champion: 50% of the users for a short burst, then the
+    gateway's decision, or the status table and a stop when the burst was too short to decide. It needs a
+    champion that differs from the challenger (a later demo run, or one promoted by hand); without one it says
+    so and how to run it."""
     champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
     if champion is None or challenger is None or champion == challenger:
         print("   canary: skipped: smollm2-qa has no champion other than the challenger yet (a rollout compares a "
               "challenger with the version users get today). Once it has one: llmops rollout start smollm2-qa "
               "--canary 10 (docs/rollout.md)")
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     import openai
+
+    from serving.rollout import RolloutStore
 
     print(f"   canary: smollm2-qa/{challenger} answers 50% of the users next to smollm2-qa/{champion}; the gateway "
           "decides from its request log")
     llmops(n, "rollout start", "rollout", "start", "smollm2-qa", "--canary", "50", "--min-requests", "20",
-           "--max-minutes", "3")
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
-    deadline = time.monotonic() + 30
-    while "rollout" not in served_cards().get("smollm2-qa", {}) and time.monotonic() < deadline:
-        time.sleep(1)
-    questions = ("What is 2 plus 2?", "Name a colour.", "Which day follows Monday?", "Spell cat.", "Say hi.")
-    from serving.rollout import RolloutStore
-
+           "--max-minutes", "5")
     store = RolloutStore(registry)
-    for i in range(120):
-        if i % 10 == 0 and not store.get("smollm2-qa").running:
-            break
+    rollout = store.get("smollm2-qa")
+    deadline = time.monotonic() + 30
+    while (served_cards().get("smollm2-qa", {}).get("rollout") or {}).get("id") != rollout.id:
+        if time.monotonic() > deadline:
+            raise StageError(f"Stage {n} (canary): the gateway did not pick up the rollout; see {SERVE_LOG}.")
+        time.sleep(1)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
+    questions = ("What is 2 plus 2?", "Name a colour.", "Which day follows Monday?", "Spell cat.", "Say hi.")
+    versions: dict[str, int] = {}
+
+    def ask(i: int) -> None:
+        if not store.get("smollm2-qa").running:
+            return
         try:
-            client.chat.completions.create(model="smollm2-qa", max_tokens=24, user=f"demo-user-{i % 40}",
-                                           messages=[{"role": "user", "content": questions[i % len(questions)]}])
+            r = client.chat.completions.with_raw_response.create(
+                model="smollm2-qa", max_tokens=16, user=f"demo-user-{i % 40}",
+                messages=[{"role": "user", "content": questions[i % len(questions)]}])
+            version = r.headers.get("x-model-version", "?")
+            versions[version] = versions.get(version, 0) + 1
         except openai.APIError as e:  # a blocked prompt is traffic too
             print(f"   ({type(e).__name__}: {e})")
-    while store.get("smollm2-qa").running and time.monotonic() < deadline + 60:
+
+    burst = 48 if quick() else 120
+    with ThreadPoolExecutor(4) as pool:  # four users at a time
+        list(pool.map(ask, range(burst)))
+    print("   answers per version: " + ", ".join(f"smollm2-qa/{v}: {c}" for v, c in sorted(versions.items())))
+    wait = time.monotonic() + 20  # the gateway decides every rollout.decide_every_s
+    while store.get("smollm2-qa").running and time.monotonic() < wait:
         time.sleep(2)
     llmops(n, "rollout status", "rollout", "status", "smollm2-qa")
     ended = store.get("smollm2-qa")
     if ended.running:
+        print(f"   canary decision: none after {burst} requests: the figures are not yet clear either way (the table "
+              "above says which are inconclusive); a real rollout runs until --min-requests and --max-minutes")
         llmops(n, "rollout stop", "rollout", "stop", "smollm2-qa", "--reason", "demo burst over, no decision yet")
     else:
         print(f"   canary decision: {ended.state.upper()}: {ended.reason}")
@@ -338,6 +383,9 @@ def main(argv=None) -> int:
     if 4 in wanted:
         stage_serve(4, registry)
     if 5 in wanted:
+        if 4 not in wanted:  # the gateway of an earlier run is still up: fresh keys (it follows the key file)
+            new_keys()
+            time.sleep(2)
         model = stage_eval(5, registry)
         show_endpoint(model)
     if 6 in wanted:

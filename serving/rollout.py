@@ -45,7 +45,8 @@ class RolloutError(LLMOpsError):
 class Margins(StrictModel):
     """How much worse the challenger may be and still count as no worse (non-inferiority margins)."""
 
-    error_rate: float = Field(0.02, ge=0, le=1, description="Server errors (5xx): absolute difference in rate.")
+    error_rate: float = Field(0.02, ge=0, le=1, description="Errors (5xx, the engine's 404, any engine error on a "
+                              "shadow copy): absolute difference in rate.")
     degenerate_rate: float = Field(
         0.05, ge=0, le=1, description="Degenerate answers (loops, empty, wrong script): absolute difference.")
     guardrail_rate: float = Field(

@@ -74,14 +74,39 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         import httpx
 
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        # next week's release: last week's challenger is the champion users get (promoted by hand here), a new
+        # challenger is registered (a copy: a release the gate cannot tell apart); the second run's eval stage
+        # puts it in front of half the users on the running gateway and prints the canary's outcome
+        first = reg.resolve("smollm2-qa@challenger")
+        reg.set_alias("smollm2-qa", "champion", first.version, reason="test: last week's release", actor="test")
+        second = reg.register("smollm2-qa", first.local_path, kind="adapter", aliases=["challenger"]).version
         again = subprocess.run([sys.executable, "examples/demo.py"], cwd=tmp_path,
-                               env=dict(env, LLMOPS_DEMO_STAGES="1,2,8"), capture_output=True, text=True,
+                               env=dict(env, LLMOPS_DEMO_STAGES="1,2,5,8"), capture_output=True, text=True,
                                timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         assert "smollm2-135m-instruct/1" in again.stdout and "smollm2-135m-instruct/2" not in again.stdout
         assert "credit-risk/2" in again.stdout  # a new training run is a new version
         # the guardrail classifiers were trained on the same data and config: kept, not retrained
         assert again.stdout.count("reused ") >= 2 and "injection-classifier/2" not in again.stdout
+        from serving.rollout import RolloutStore
+
+        ended = RolloutStore(reg).get("smollm2-qa")
+        reports = [json.loads(p.read_text()) for p in (tmp_path / "reports/eval/demo").glob("*/eval_report.json")]
+        verdict = next(r["gate"]["outcome"] for r in reports
+                       if r.get("model_ref") in ("smollm2-qa@challenger", f"smollm2-qa/{second}"))
+        if verdict == "failed":  # a challenger that fails the gate never meets users
+            assert "so it does not go in front of users" in again.stdout and ended is None
+            assert reg.alias_version("smollm2-qa", "champion") == first.version
+            return
+        assert f"canary: smollm2-qa/{second} answers 50% of the users next to smollm2-qa/{first.version}" in \
+            again.stdout, again.stdout[-3000:]
+        per_version = next(line for line in again.stdout.splitlines() if "answers per version:" in line)
+        assert f"smollm2-qa/{first.version}:" in per_version and f"smollm2-qa/{second}:" in per_version
+        assert ended is not None and not ended.running and ended.challenger == second
+        if ended.state == "stopped":  # the burst was too short to tell two equal adapters apart
+            assert "canary decision: none after" in again.stdout and "error_rate" in again.stdout
+        else:
+            assert f"canary decision: {ended.state.upper()}" in again.stdout
     finally:
         subprocess.run([sys.executable, "-m", "llmops", "serve", "stop"], cwd=tmp_path, env=env,
                        capture_output=True, timeout=120)
