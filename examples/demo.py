@@ -161,7 +161,7 @@ def stage_eval(n: int, registry) -> str:
             raise StageError(f"Stage {n} (eval): the gateway does not serve the registry's versions {want}; see "
                              f"{SERVE_LOG}, or `make stop` and run `make demo` again.")
         time.sleep(1)
-    limits = ["suites.0.limit=8", "suites.1.limit=6", "suites.2.limit=10"] if quick() else []
+    limits = ["suites.0.limit=8", "suites.1.limit=6", "suites.2.limit=18"] if quick() else []  # safety: 6 of each kind
     endpoint = ["target.model=null", f"target.base_url=http://127.0.0.1:{PORT}/v1"]
     base = "smollm2-135m-instruct@champion"
     if _evaluated(registry, base, "demo", limits):

@@ -62,3 +62,18 @@ def make_off_script_adapter(base_dir, out: Path, steps: int = 60, r: int = 8) ->
         optim.step()
     peft_model.save_pretrained(out)
     return out
+
+
+def first_release_request_log(path: Path, row: str) -> Path:
+    """A request log as the first release wrote it (no answer, shadow or feedback columns) with one row
+    (``row``: the SQL VALUES of (id, ts, endpoint, key_id, model, registry_version, status, guardrails))."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, endpoint TEXT NOT NULL, "
+                   "key_id TEXT, model TEXT, registry_version TEXT, status INTEGER NOT NULL, error_code TEXT, "
+                   "stream INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, "
+                   "latency_ms REAL, ttft_ms REAL, guardrails TEXT, prompt_embedding BLOB)")
+        db.execute("INSERT INTO requests (id, ts, endpoint, key_id, model, registry_version, status, guardrails) "
+                   f"VALUES {row}")
+    return path

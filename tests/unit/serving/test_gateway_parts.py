@@ -46,15 +46,9 @@ def test_request_log_round_trip(tmp_path):
 
 
 def test_a_request_log_from_before_the_answer_columns_is_brought_up_to_date(tmp_path):
-    import sqlite3
+    from testkit import first_release_request_log
 
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as db:  # the table as the first release wrote it
-        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, endpoint TEXT NOT NULL, "
-                   "key_id TEXT, model TEXT, registry_version TEXT, status INTEGER NOT NULL, error_code TEXT, "
-                   "stream INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, "
-                   "latency_ms REAL, ttft_ms REAL, guardrails TEXT, prompt_embedding BLOB)")
-        db.execute("INSERT INTO requests (id, ts, endpoint, status, guardrails) VALUES ('old', 1.0, 'chat', 200, '[]')")
+    path = first_release_request_log(tmp_path / "old.sqlite", "('old', 1.0, 'chat', NULL, NULL, NULL, 200, '[]')")
     before = read_request_log(path)  # a reader of the old file sees the new columns as empty
     assert before.finish_reason.isna().all() and before.degenerate.isna().all()
     log = RequestLog(path)

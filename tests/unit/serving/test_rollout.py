@@ -330,16 +330,9 @@ def test_bootstrap_memory_stays_bounded_on_a_long_rollout():
 
 
 def test_an_old_request_log_gains_the_new_columns_and_the_feedback_table(tmp_path):
-    import sqlite3
+    from testkit import first_release_request_log
 
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as db:  # the table as the first release wrote it
-        db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, ts REAL NOT NULL, endpoint TEXT NOT NULL, key_id TEXT, "
-                   "model TEXT, registry_version TEXT, status INTEGER NOT NULL, error_code TEXT, stream INTEGER NOT "
-                   "NULL DEFAULT 0, prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms REAL, ttft_ms REAL, "
-                   "guardrails TEXT, prompt_embedding BLOB)")
-        db.execute("INSERT INTO requests (id, ts, endpoint, key_id, model, registry_version, status) VALUES "
-                   "('old', 1.0, 'chat', NULL, 'qa', '1', 200)")
+    path = first_release_request_log(tmp_path / "old.sqlite", "('old', 1.0, 'chat', NULL, 'qa', '1', 200, NULL)")
     assert len(read_feedback(path)) == 0  # read-only readers cope with a log that has no feedback table
     df = read_request_log(path)
     assert df.loc[0, "shadow"] is None and df.loc[0, "engine_status"] is None
