@@ -144,14 +144,12 @@ def stage_serve(n: int, registry) -> None:
 
 def served_models() -> dict[str, str | None]:
     """``{model id: registry version}`` as the gateway lists them."""
-    import httpx
-
-    r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
-    return {m["id"]: m.get("registry_version") for m in r.json()["data"]}
+    return {m: card.get("registry_version") for m, card in served_cards().items()}
 
 
 def stage_eval(n: int, registry) -> str:
-    heading(n, "eval: base model and challenger through the gateway; promote only if the gate passes")
+    heading(n, "eval: base model and challenger through the gateway; the gate decides (then a canary, once "
+               "users have a champion)")
     os.environ["LLMOPS_API_KEY"] = KEY  # the eval subprocesses use the demo key
     want = {served: registry.alias_version("smollm2-qa", alias)
             for served, alias in (("smollm2-qa-challenger", "challenger"), ("smollm2-qa", "champion"))}
@@ -170,7 +168,7 @@ def stage_eval(n: int, registry) -> str:
         llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
                "target.model_name=smollm2", f"target.registry_ref={base}", *limits)
     champion, challenger = want["smollm2-qa"], want["smollm2-qa-challenger"]
-    release = champion is not None and champion != challenger  # users already get a champion: canary first
+    release = None not in (champion, challenger) and champion != challenger  # users have a champion: canary first
     # flags before the key=value overrides: argparse ends the override list at the first flag
     code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml",
                   "--gate" if release else "--promote", *endpoint, "target.model_name=smollm2-qa-challenger",
@@ -221,18 +219,50 @@ def stage_canary(n: int, registry) -> None:
               "challenger with the version users get today). Once it has one: llmops rollout start smollm2-qa "
               "--canary 10 (docs/rollout.md)")
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from serving.rollout import RolloutError, RolloutStore, manual
 
-    import openai
-
-    from serving.rollout import RolloutStore
-
+    store = RolloutStore(registry)
+    left = store.get("smollm2-qa")
+    if left is not None and left.running:  # an earlier demo run was interrupted in the middle of its canary
+        manual(store, "smollm2-qa", "stop", "a new demo run starts its own canary", actor="demo")
+        print(f"   stopped rollout {left.id} left running by an earlier demo run")
     print(f"   canary: smollm2-qa/{challenger} answers 50% of the users next to smollm2-qa/{champion}; the gateway "
           "decides from its request log")
     llmops(n, "rollout start", "rollout", "start", "smollm2-qa", "--canary", "50", "--min-requests", "20",
            "--max-minutes", "5")
-    store = RolloutStore(registry)
     rollout = store.get("smollm2-qa")
+    try:
+        burst = run_canary_burst(n, store, rollout)
+    except BaseException:  # interrupted or failed: the canary does not outlive the demo
+        try:
+            manual(store, "smollm2-qa", "stop", "the demo's canary stage did not finish", actor="demo")
+        except RolloutError:
+            pass  # it ended already
+        raise
+    llmops(n, "rollout status", "rollout", "status", "smollm2-qa")
+    ended = store.get("smollm2-qa")
+    if ended.running:
+        try:
+            ended = manual(store, "smollm2-qa", "stop", "demo burst over, no decision yet", actor="demo")
+        except RolloutError:  # the gateway decided in the meantime
+            ended = store.get("smollm2-qa")
+    if ended.state == "stopped":
+        print(f"   canary decision: none after {burst} requests. With so few answers per version, an error-rate "
+              "difference of 0.02 (rollout.margins.error_rate) can be neither shown nor excluded: a promotion "
+              "needs about 120 clean answers per version; a clearly worse challenger is rolled back much sooner. "
+              "The canary was stopped; the champion stays.")
+    else:
+        print(f"   canary decision: {ended.state.upper()}: {ended.reason}")
+
+
+def run_canary_burst(n: int, store, rollout) -> int:
+    """Wait for the gateway to follow ``rollout``, send a burst of chats as 40 users (4 at a time) while it runs,
+    print the answers per version and wait for one decision round; the number of requests sent."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
     deadline = time.monotonic() + 30
     while (served_cards().get("smollm2-qa", {}).get("rollout") or {}).get("id") != rollout.id:
         if time.monotonic() > deadline:
@@ -240,41 +270,42 @@ def stage_canary(n: int, registry) -> None:
         time.sleep(1)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=1)
     questions = ("What is 2 plus 2?", "Name a colour.", "Which day follows Monday?", "Spell cat.", "Say hi.")
-    versions: dict[str, int] = {}
 
-    def ask(i: int) -> None:
-        if not store.get("smollm2-qa").running:
-            return
+    def ask(i: int) -> str | None:
+        current = store.get("smollm2-qa")
+        if current is None or current.id != rollout.id or not current.running:
+            return None  # decided already
         try:
             r = client.chat.completions.with_raw_response.create(
                 model="smollm2-qa", max_tokens=16, user=f"demo-user-{i % 40}",
                 messages=[{"role": "user", "content": questions[i % len(questions)]}])
-            version = r.headers.get("x-model-version", "?")
-            versions[version] = versions.get(version, 0) + 1
+            return r.headers.get("x-model-version", "?")
         except openai.APIError as e:  # a blocked prompt is traffic too
             print(f"   ({type(e).__name__}: {e})")
+            return None
 
     burst = 48 if quick() else 120
     with ThreadPoolExecutor(4) as pool:  # four users at a time
-        list(pool.map(ask, range(burst)))
+        versions = Counter(v for v in pool.map(ask, range(burst)) if v is not None)
     print("   answers per version: " + ", ".join(f"smollm2-qa/{v}: {c}" for v, c in sorted(versions.items())))
-    wait = time.monotonic() + 20  # the gateway decides every rollout.decide_every_s
+    wait = time.monotonic() + 15  # the gateway decides every rollout.decide_every_s (10 s)
     while store.get("smollm2-qa").running and time.monotonic() < wait:
         time.sleep(2)
-    llmops(n, "rollout status", "rollout", "status", "smollm2-qa")
-    ended = store.get("smollm2-qa")
-    if ended.running:
-        print(f"   canary decision: none after {burst} requests: the figures are not yet clear either way (the table "
-              "above says which are inconclusive); a real rollout runs until --min-requests and --max-minutes")
-        llmops(n, "rollout stop", "rollout", "stop", "smollm2-qa", "--reason", "demo burst over, no decision yet")
-    else:
-        print(f"   canary decision: {ended.state.upper()}: {ended.reason}")
+    return burst
 
 
 def served_cards() -> dict[str, dict]:
+    """The gateway's model cards by id (GET /v1/models with the demo key)."""
     import httpx
 
-    r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{PORT}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    except httpx.HTTPError as e:
+        raise StageError(f"The demo's gateway on :{PORT} does not answer ({e}); run the serve stage (4) first, or "
+                         f"`make demo`. Its log: {SERVE_LOG}.") from e
+    if r.status_code != 200:
+        raise StageError(f"The demo's gateway refused GET /v1/models ({r.status_code}: {r.text[:200]}); see "
+                         f"{SERVE_LOG}.")
     return {m["id"]: m for m in r.json()["data"]}
 
 
@@ -337,8 +368,8 @@ def summary(n: int, registry) -> None:
           "reports/llm-drift/drift_report.html")
     champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
     if challenger is not None:
-        state = "is the champion (promoted by the gate)" if champion == challenger else (
-            "stays challenger (the gate did not pass, or could not decide)"
+        state = "is the champion" if champion == challenger else (
+            "stays challenger (not promoted: see the gate's and the canary's decisions above)"
             + (f"; champion is smollm2-qa/{champion}" if champion else ""))
         print(f"   fine-tuned adapter smollm2-qa/{challenger} {state}")
     print(f"   registry: {registry.tracking_uri}  (browse: make mlflow-ui)")

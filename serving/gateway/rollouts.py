@@ -82,6 +82,7 @@ class Rollouts:
                 continue
             route = self._load(a, rollout)
             if route is None:
+                self._expire_unloaded(a, rollout)
                 continue
             active[a.public_name] = Active(rollout, route, a.registry_name)
             log.info("rollout %s: %s v%s answers %g%% of %s's users (shadow %g%%)", rollout.id, a.registry_name,
@@ -91,6 +92,24 @@ class Rollouts:
             self._load_failures.pop(rid, None)
         for current in retire:  # after the switch: a promoted challenger is the champion's now, and stays
             self.state.retire(current.challenger)
+
+    def _expire_unloaded(self, a, rollout: Rollout) -> None:
+        """A rollout whose challenger never made it into the engines still ends at ``max_minutes`` (when this
+        gateway decides): it must not block the next one."""
+        if not self.cfg.decide or time.time() - rollout.started <= rollout.max_minutes * 60:
+            return
+        from serving.rollout import Decision, VersionStats
+
+        reason = (f"rollout {rollout.id}: v{rollout.challenger} was not loaded into the engines within "
+                  f"{rollout.max_minutes:g} min; no alias moves")
+        try:
+            ended = apply_decision(self.store, rollout, Decision("expire", reason, [], VersionStats(rollout.champion),
+                                                                 VersionStats(rollout.challenger)))
+            if ended.id == rollout.id and ended.state == "expired" and ended.reason == reason:
+                self.decisions.append((a.public_name, "expire", reason))
+                log.warning("%s", reason)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not end rollout %s: %s", rollout.id, e)
 
     def _load(self, a, rollout: Rollout):
         """The challenger's route, loaded into the engines; None when that failed. An engine that answered the load

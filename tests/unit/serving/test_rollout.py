@@ -396,3 +396,29 @@ def test_a_shadow_waits_while_the_engines_are_busy_with_users():
         await runner.close()
 
     asyncio.run(scenario())
+
+
+def test_a_rollout_whose_challenger_never_loads_still_expires(two_versions):
+    """The gateway side (Rollouts.sync) on a real registry: while the engines are not ready the challenger is not
+    loaded (and that is not counted against it); past max_minutes the rollout ends, so the next one can start."""
+    from types import SimpleNamespace
+
+    from serving.gateway.rollouts import Rollouts
+
+    store = two_versions
+    r = start_rollout(store, "qa", canary=10, max_minutes=1)
+    adapter = SimpleNamespace(alias="champion", registry_name="qa", public_name="qa", base="base")
+    state = SimpleNamespace(cfg=SimpleNamespace(rollout=CFG, adapters=[adapter], rollout_poll_s=10),
+                            registry=store.registry,
+                            router=SimpleNamespace(groups={"base": [SimpleNamespace(state="starting")]}))
+    rollouts = Rollouts(state)
+    rollouts.sync()
+    assert store.get("qa").running and rollouts.active == {} and rollouts._load_failures == {}
+    r.started -= 120  # two minutes later
+    store.put(r)
+    rollouts.sync()
+    ended = store.get("qa")
+    assert ended.state == "expired" and "not loaded" in ended.reason
+    assert rollouts.decisions == [("qa", "expire", ended.reason)]
+    assert store.registry.alias_version("qa", "champion") == 1  # no alias moved
+    start_rollout(store, "qa", canary=10)  # the next one is not blocked
