@@ -64,9 +64,16 @@ def _judge_class() -> type:
         def __init__(self, base_url: str, model: str, api_key: str = "none", max_tokens: int = 384,
                      structured: bool = True, timeout_s: float = 120) -> None:
             super().__init__()
+            import openai
             from openai import AsyncOpenAI, OpenAI
+            from ragas.run_config import RunConfig
 
             self.model, self.max_tokens, self.structured = model, max_tokens, structured
+            # ragas retries any exception 10 times, waiting up to 60 s between tries: a request the endpoint
+            # refuses (a 400 for a fix-the-output prompt past the context) then holds the sample until its
+            # timeout. Only transient faults are worth another try, and not many.
+            self.set_run_config(RunConfig(timeout=int(timeout_s), max_retries=3, max_wait=4, exception_types=(
+                openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)))
             self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
             self.aclient = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
             self.calls = 0

@@ -1,6 +1,6 @@
 """`make demo` end to end in a fresh folder (configs, docs, examples and models linked in), on the
-fast path (LLMOPS_DEMO_QUICK: small fine-tune and eval suites); then a second run of the first
-stages reuses what is prepared."""
+fast path (LLMOPS_DEMO_QUICK: small fine-tune and eval suites); then next week's release: a second run
+reuses what is prepared, gates a new challenger and puts it in a canary next to the champion."""
 
 from __future__ import annotations
 
@@ -81,13 +81,12 @@ def test_demo_runs_every_stage_and_a_second_run_reuses(tmp_path, repo_root, base
         reg.set_alias("smollm2-qa", "champion", first.version, reason="test: last week's release", actor="test")
         second = reg.register("smollm2-qa", first.local_path, kind="adapter", aliases=["challenger"]).version
         again = subprocess.run([sys.executable, "examples/demo.py"], cwd=tmp_path,
-                               env=dict(env, LLMOPS_DEMO_STAGES="1,2,5,8"), capture_output=True, text=True,
+                               env=dict(env, LLMOPS_DEMO_STAGES="1,5,8"), capture_output=True, text=True,
                                timeout=900)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        # the prepared models are verified and kept (the classifiers' --reuse is covered by the unit tests)
         assert "smollm2-135m-instruct/1" in again.stdout and "smollm2-135m-instruct/2" not in again.stdout
-        assert "credit-risk/2" in again.stdout  # a new training run is a new version
-        # the guardrail classifiers were trained on the same data and config: kept, not retrained
-        assert again.stdout.count("reused ") >= 2 and "injection-classifier/2" not in again.stdout
+        assert "baseline smollm2-135m-instruct@champion already evaluated (reused)" in again.stdout
         from serving.rollout import RolloutStore
 
         ended = RolloutStore(reg).get("smollm2-qa")
