@@ -6,12 +6,13 @@
 3. fine-tune a short LoRA run on the shipped context-QA set -> ``smollm2-qa@challenger``;
 4. serve: vLLM + gateway (guardrails on) with the base model, ``smollm2-qa-challenger`` and
    ``smollm2-qa`` (follows ``champion``), left running at the end (``make stop``);
-5. eval the base model and the challenger through that gateway on the shipped sets. With no champion
-   yet, the challenger becomes ``champion`` only if the gate passes (the decision and its reasons are
-   printed); the running gateway then serves it as ``smollm2-qa`` without a restart. Once users have
-   a champion, a challenger that passes the gate (or that it cannot judge yet) goes in front of 50%
-   of the users next to it for a short burst (a canary; the gateway's decision is printed), and one
-   that fails stays out of traffic;
+5. eval the base model and the challenger through that gateway on the shipped sets; the gate judges the
+   challenger against the base model's evaluation (the decision and its reasons are printed). One that fails
+   stays out of traffic; one that passes (or that the gate cannot judge yet) goes in front of 50% of the
+   users of ``smollm2-qa`` for a short burst (a canary), next to the champion or, on a first release, the
+   base model. The gateway's decision is printed; when the burst is too short for it to decide, a challenger
+   that passed the gate is promoted by hand (audited) and any other one is stopped. The running gateway
+   serves a promoted challenger as ``smollm2-qa`` without a restart;
 6. RAG: ingest docs/ into embedded Qdrant, answer questions with citations through the gateway,
    one blocked injection and one redacted PII input;
 7. monitoring: a drift report over the gateway's request log;
@@ -148,8 +149,7 @@ def served_models() -> dict[str, str | None]:
 
 
 def stage_eval(n: int, registry) -> str:
-    heading(n, "eval: base model and challenger through the gateway; the gate decides (then a canary, once "
-               "users have a champion)")
+    heading(n, "eval: base model and challenger through the gateway; the gate judges, then a canary decides")
     os.environ["LLMOPS_API_KEY"] = KEY  # the eval subprocesses use the demo key
     want = {served: registry.alias_version("smollm2-qa", alias)
             for served, alias in (("smollm2-qa-challenger", "challenger"), ("smollm2-qa", "champion"))}
@@ -168,31 +168,25 @@ def stage_eval(n: int, registry) -> str:
         llmops(n, "eval (baseline)", "eval", "run", "--config", "configs/eval/demo.yaml", *endpoint,
                "target.model_name=smollm2", f"target.registry_ref={base}", *limits)
     champion, challenger = want["smollm2-qa"], want["smollm2-qa-challenger"]
-    release = None not in (champion, challenger) and champion != challenger  # users have a champion: canary first
-    # flags before the key=value overrides: argparse ends the override list at the first flag
-    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml",
-                  "--gate" if release else "--promote", *endpoint, "target.model_name=smollm2-qa-challenger",
-                  "target.registry_ref=smollm2-qa@challenger", f"gate.baseline={base}", *limits, ok_codes=(0, 1, 3))
-    if release:
-        if code == 1:
-            print(f"   decision: NOT promoted: smollm2-qa/{challenger} failed the gate (the failures are listed in the "
-                  f"report above), so it does not go in front of users; smollm2-qa stays smollm2-qa/{champion}")
-            return "smollm2-qa"
-        print(f"   decision: the gate {'PASSED' if code == 0 else 'was INCONCLUSIVE'}: smollm2-qa/{challenger} goes "
-              f"to a canary next to the champion smollm2-qa/{champion}; live traffic decides")
-        stage_canary(n, registry)
+    # the gate judges offline; live traffic decides (a canary). Flags before the key=value overrides: argparse
+    # ends the override list at the first flag
+    code = llmops(n, "eval (challenger)", "eval", "run", "--config", "configs/eval/demo.yaml", "--gate", *endpoint,
+                  "target.model_name=smollm2-qa-challenger", "target.registry_ref=smollm2-qa@challenger",
+                  f"gate.baseline={base}", *limits, ok_codes=(0, 1, 3))
+    if challenger is not None and champion == challenger:  # a re-run after its promotion: nothing to release
+        print(f"   smollm2-qa/{challenger} is the champion already (fine-tune again for a new challenger)")
         return wait_served(n, registry)
-    if code == 3:
-        print("   decision: NOT promoted: the gate was INCONCLUSIVE (too few paired rows or intervals that cross "
-              "the margin; the report above says how many rows would decide); RAG uses the base")
-        stage_canary(n, registry)
+    today = f"smollm2-qa/{champion}" if champion is not None else "the base model (smollm2-qa has no champion yet)"
+    if code == 1:
+        print(f"   decision: NOT promoted: smollm2-qa/{challenger} failed the gate (the failures are listed in the "
+              f"report above), so it does not go in front of users; smollm2-qa users keep {today}")
+        return "smollm2-qa" if champion is not None else "smollm2"
+    print(f"   decision: the gate {'PASSED' if code == 0 else 'was INCONCLUSIVE'}: smollm2-qa/{challenger} goes to a "
+          f"canary next to {today}; live traffic decides")
+    stage_canary(n, registry, gate_passed=code == 0)
+    if registry.alias_version("smollm2-qa", "champion") is None:
+        print("   RAG uses the base model (smollm2)")
         return "smollm2"
-    if code != 0:
-        print("   decision: NOT promoted (the gate's failures are listed in the report above); RAG uses the base")
-        stage_canary(n, registry)
-        return "smollm2"
-    version = registry.alias_version("smollm2-qa", "champion")
-    print(f"   decision: PROMOTED smollm2-qa/{version} to champion (all gate checks passed, see above)")
     return wait_served(n, registry)
 
 
@@ -208,26 +202,22 @@ def wait_served(n: int, registry) -> str:
     return "smollm2-qa"
 
 
-def stage_canary(n: int, registry) -> None:
-    """The challenger in front of live traffic next to the champion: 50% of the users for a short burst, then the
-    gateway's decision, or the status table and a stop when the burst was too short to decide. It needs a
-    champion that differs from the challenger (a later demo run, or one promoted by hand); without one it says
-    so and how to run it."""
+def stage_canary(n: int, registry, gate_passed: bool = False) -> None:
+    """The challenger in front of live traffic: 50% of the users of smollm2-qa for a short burst, the others keep
+    the champion (or, on a first release, the base model), then the gateway's decision. When the burst was too
+    short for the gateway to decide: a challenger that passed the gate is promoted by hand (audited, with the
+    canary's figures), else the canary is stopped and the status table printed."""
     champion, challenger = (registry.alias_version("smollm2-qa", a) for a in ("champion", "challenger"))
-    if champion is None or challenger is None or champion == challenger:
-        print("   canary: skipped: smollm2-qa has no champion other than the challenger yet (a rollout compares a "
-              "challenger with the version users get today). Once it has one: llmops rollout start smollm2-qa "
-              "--canary 10 (docs/rollout.md)")
-        return
-    from serving.rollout import RolloutError, RolloutStore, manual
+    from serving.rollout import BASE, RolloutError, RolloutStore, manual
 
     store = RolloutStore(registry)
     left = store.get("smollm2-qa")
     if left is not None and left.running:  # an earlier demo run was interrupted in the middle of its canary
         manual(store, "smollm2-qa", "stop", "a new demo run starts its own canary", actor="demo")
         print(f"   stopped rollout {left.id} left running by an earlier demo run")
-    print(f"   canary: smollm2-qa/{challenger} answers 50% of the users next to smollm2-qa/{champion}; the gateway "
-          "decides from its request log")
+    others = f"smollm2-qa/{champion}" if champion is not None else "the base model (a first release: no champion yet)"
+    print(f"   canary: smollm2-qa/{challenger} answers 50% of the users next to {others}; the gateway decides from "
+          "its request log")
     llmops(n, "rollout start", "rollout", "start", "smollm2-qa", "--canary", "50", "--min-requests", "20",
            "--max-minutes", "5")
     rollout = store.get("smollm2-qa")
@@ -241,18 +231,25 @@ def stage_canary(n: int, registry) -> None:
         raise
     llmops(n, "rollout status", "rollout", "status", "smollm2-qa")
     ended = store.get("smollm2-qa")
+    decided_by = "the gateway"
     if ended.running:
+        action = "promote" if gate_passed else "stop"
+        why = (f"demo: the gate passed offline and {burst} canary requests showed nothing worse (too few for the "
+               "gateway's own rule)" if gate_passed else "demo burst over, no decision yet")
         try:
-            ended = manual(store, "smollm2-qa", "stop", "demo burst over, no decision yet", actor="demo")
+            ended, decided_by = manual(store, "smollm2-qa", action, why, actor="demo"), "the demo, by hand"
         except RolloutError:  # the gateway decided in the meantime
             ended = store.get("smollm2-qa")
     if ended.state == "stopped":
+        stays = f"smollm2-qa/{champion}" if champion is not None else "the base model"
         print(f"   canary decision: none after {burst} requests. With so few answers per version, an error-rate "
               "difference of 0.02 (rollout.margins.error_rate) can be neither shown nor excluded: a promotion "
               "needs about 120 clean answers per version; a clearly worse challenger is rolled back much sooner. "
-              "The canary was stopped; the champion stays.")
+              f"The canary was stopped; smollm2-qa users keep {stays}.")
     else:
-        print(f"   canary decision: {ended.state.upper()}: {ended.reason}")
+        print(f"   canary decision ({decided_by}): {ended.state.upper()}: {ended.reason}")
+    if ended.champion == BASE and ended.state != "promoted":
+        print("   smollm2-qa is not served until it has a champion (its first release was not promoted)")
 
 
 def run_canary_burst(n: int, store, rollout) -> int:
@@ -287,7 +284,8 @@ def run_canary_burst(n: int, store, rollout) -> int:
     burst = 48 if quick() else 120
     with ThreadPoolExecutor(4) as pool:  # four users at a time
         versions = Counter(v for v in pool.map(ask, range(burst)) if v is not None)
-    print("   answers per version: " + ", ".join(f"smollm2-qa/{v}: {c}" for v, c in sorted(versions.items())))
+    print("   answers per version: " + ", ".join(f"{'base model' if v == 'base' else f'smollm2-qa/{v}'}: {c}"
+                                                  for v, c in sorted(versions.items())))
     wait = time.monotonic() + 15  # the gateway decides every rollout.decide_every_s (10 s)
     while store.get("smollm2-qa").running and time.monotonic() < wait:
         time.sleep(2)

@@ -14,6 +14,10 @@ challenger out of traffic (rollback), both audited with the figures::
     # the gateways follow it; their pollers decide. By hand:
     table = version_stats(read_request_log(path, since=r.started), r)   # per-version figures
     decision = decide(r, table, RolloutConfig())                        # continue / promote / rollback / expire
+
+A first release has no champion yet: the challenger is then compared with the base model its adapter runs on
+(``champion`` 0, :data:`BASE`), which answers the other users under the public name while the rollout runs and
+is logged as version ``base``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from llmops.errors import LLMOpsError
 log = logging.getLogger(__name__)
 
 ROLLOUT_TAG = "llmops.rollout"
+BASE = 0  # Rollout.champion of a first release: the base model answers the champion's share
+BASE_LABEL = "base"  # how the request log, x-model-version and the metrics name that arm
 RolloutState = Literal["running", "promoted", "rolled_back", "expired", "stopped"]
 
 
@@ -90,7 +96,7 @@ class Rollout:
     """One rollout of ``name``: the challenger version against the champion version, as started."""
 
     name: str
-    champion: int
+    champion: int  # BASE (0): no champion yet, the base model answers the champion's share
     challenger: int
     canary: float  # percent of the traffic answered by the challenger (0: shadow only)
     shadow: float  # percent of the champion's requests also sent to the challenger, answers recorded only
@@ -106,6 +112,11 @@ class Rollout:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def champion_label(self) -> str:
+        """"v3", or "the base model" for a first release."""
+        return "the base model" if self.champion == BASE else f"v{self.champion}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -165,10 +176,12 @@ class RolloutStore:
 
 def start_rollout(store: RolloutStore, name: str, *, canary: float = 10, shadow: float = 0, min_requests: int = 200,
                   max_minutes: float = 60, actor: str | None = None) -> Rollout:
-    """Start a rollout of ``name@challenger`` against ``name@champion``.
+    """Start a rollout of ``name@challenger`` against ``name@champion``; when an adapter has no champion yet (its
+    first release), against the base model it runs on (``champion`` = :data:`BASE`).
 
     Raises:
-        RolloutError: a rollout of ``name`` runs already, an alias is missing, or both name the same version.
+        RolloutError: a rollout of ``name`` runs already, the challenger is not set (or the champion, for a
+            version that is no adapter), or both aliases name the same version.
     """
     if not (0 <= canary < 100 and 0 <= shadow <= 100) or canary + shadow <= 0:
         raise RolloutError("Give --canary (percent of the users for the challenger, below 100: the champion's users "
@@ -178,10 +191,13 @@ def start_rollout(store: RolloutStore, name: str, *, canary: float = 10, shadow:
         raise RolloutError("min_requests must be at least 1 and max_minutes above 0.")
     current = store.get(name)
     if current is not None and current.running:
-        raise RolloutError(f"A rollout of {name} is running already (v{current.challenger} against v"
-                           f"{current.champion}, started {_ago(current.started)}); `llmops rollout stop {name}` first.")
+        raise RolloutError(f"A rollout of {name} is running already (v{current.challenger} against "
+                           f"{current.champion_label}, started {_ago(current.started)}); `llmops rollout stop {name}` "
+                           "first.")
     reg = store.registry
     champion, challenger = reg.alias_version(name, "champion"), reg.alias_version(name, "challenger")
+    if champion is None and challenger is not None and reg.get_version(name, challenger).kind == "adapter":
+        champion = BASE  # a first release: the users of the public name get the base model today
     if champion is None or challenger is None:
         missing = " and ".join(a for a, v in (("champion", champion), ("challenger", challenger)) if v is None)
         raise RolloutError(f"{name}@{missing} is not set: a rollout compares the challenger with the champion. Set "
@@ -191,7 +207,8 @@ def start_rollout(store: RolloutStore, name: str, *, canary: float = 10, shadow:
     rollout = Rollout(name, champion, challenger, float(canary), float(shadow), int(min_requests),
                       float(max_minutes), time.time(), actor=actor)
     store.put(rollout)
-    log.info("rollout %s started: v%d at %g%% (shadow %g%%) against v%d", name, challenger, canary, shadow, champion)
+    log.info("rollout %s started: v%d at %g%% (shadow %g%%) against %s", name, challenger, canary, shadow,
+             rollout.champion_label)
     return rollout
 
 
@@ -261,7 +278,7 @@ def version_stats(requests, rollout: Rollout, models: set[str], feedback=None,
             df = df[df["ts"] < until]
         tokens: dict[int, list[float]] = {v: [] for v in out}
         for row in df.itertuples(index=False):
-            version = _int(row.registry_version)
+            version = _version(row.registry_version)
             if version not in out or row.model not in models:
                 continue
             s, status = out[version], int(row.status)
@@ -295,7 +312,7 @@ def version_stats(requests, rollout: Rollout, models: set[str], feedback=None,
             out[v].output_tokens = _mean(values)
     if feedback is not None and len(feedback):
         for row in feedback.itertuples(index=False):
-            version = _int(row.registry_version)
+            version = _version(row.registry_version)
             if version in out and row.model in models:
                 out[version].feedback.append(float(row.score))
     return out
@@ -434,12 +451,13 @@ def decide(rollout: Rollout, stats: dict[int, VersionStats], cfg: RolloutConfig,
     comparisons = compare(champ, chall, cfg, alpha)
     worse = [c for c in comparisons if c.verdict == "worse"]
     figures = "; ".join(c.text() for c in comparisons if c.verdict != "n/a")
-    counts = (f"challenger v{rollout.challenger} {chall.requests} requests, champion v{rollout.champion} "
+    counts = (f"challenger v{rollout.challenger} {chall.requests} requests, champion {rollout.champion_label} "
               f"{champ.requests}")
     if worse and chall.requests >= cfg.min_early:
         level = f"one-sided alpha {alpha:g}" + (" (early look)" if early else "")
-        return Decision("rollback", f"rollout {rollout.id}: v{rollout.challenger} is worse than v{rollout.champion} "
-                        f"({level}; {counts}): {'; '.join(c.text() for c in worse)}", comparisons, champ, chall)
+        return Decision("rollback", f"rollout {rollout.id}: v{rollout.challenger} is worse than "
+                        f"{rollout.champion_label} ({level}; {counts}): {'; '.join(c.text() for c in worse)}",
+                        comparisons, champ, chall)
     measured = [c for c in comparisons if c.verdict != "n/a"]
     passed = not early and chall.requests >= cfg.min_early and champ.requests >= cfg.min_early and measured and \
         all(c.verdict == "no worse" for c in measured)
@@ -449,7 +467,7 @@ def decide(rollout: Rollout, stats: dict[int, VersionStats], cfg: RolloutConfig,
                         f"traffic): `llmops rollout promote {rollout.name}` or a canary", comparisons, champ, chall)
     if passed and rollout.canary > 0:
         return Decision("promote", f"rollout {rollout.id}: v{rollout.challenger} is no worse than "
-                        f"v{rollout.champion} within the margins (one-sided alpha {alpha:g}; {counts}): {figures}",
+                        f"{rollout.champion_label} within the margins (one-sided alpha {alpha:g}; {counts}): {figures}",
                         comparisons, champ, chall)
     if now - rollout.started > rollout.max_minutes * 60:
         why = ("not enough traffic" if early else "shadow only, no figure worse: promote by hand or run a canary"
@@ -469,9 +487,10 @@ def apply_decision(store: RolloutStore, rollout: Rollout, decision: Decision) ->
     if current is None or current.id != rollout.id or not current.running:
         return current or rollout  # ended meanwhile (by hand, or by another gateway): nothing to do
     if decision.action == "promote":
-        if reg.alias_version(rollout.name, "champion") != rollout.champion:
+        if (reg.alias_version(rollout.name, "champion") or BASE) != rollout.champion:
             return end_rollout(store, rollout, "stopped", f"rollout {rollout.id}: champion was moved during the "
-                               f"rollout (no longer v{rollout.champion}); not promoted. Figures: {decision.reason}")
+                               f"rollout (no longer {rollout.champion_label}); not promoted. Figures: "
+                               f"{decision.reason}")
         reg.set_alias(rollout.name, "champion", rollout.challenger, reason=decision.reason, actor=actor)
         return end_rollout(store, rollout, "promoted", decision.reason)
     if decision.action == "rollback":
@@ -508,7 +527,7 @@ def manual(store: RolloutStore, name: str, action: Literal["promote", "rollback"
 def status_table(rollout: Rollout, decision: Decision) -> str:
     """The status as a person reads it: the rollout, one row per version, then each comparison."""
     lines = [f"rollout {rollout.id} of {rollout.name}: {rollout.state}; challenger v{rollout.challenger} at "
-             f"{rollout.canary:g}% canary, {rollout.shadow:g}% shadow; champion v{rollout.champion}; started "
+             f"{rollout.canary:g}% canary, {rollout.shadow:g}% shadow; champion {rollout.champion_label}; started "
              f"{_ago(rollout.started)}; min {rollout.min_requests} requests, max {rollout.max_minutes:g} min"]
     cols = ["version", "requests", "shadow", "error_rate", "degenerate_rate", "guardrail_rate", "latency_p50_ms",
             "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "output_tokens", "feedback", "feedback_n"]
@@ -529,6 +548,11 @@ def status_table(rollout: Rollout, decision: Decision) -> str:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _version(v: Any) -> int | None:
+    """A request log's registry_version as a rollout counts it: the base model's arm is :data:`BASE`."""
+    return BASE if v == BASE_LABEL else _int(v)
 
 
 def _int(v: Any) -> int | None:

@@ -1,7 +1,8 @@
 """``llmops rollout``: put a registry challenger in front of live traffic; watch it; promote or roll back.
 
 The gateways that serve ``NAME@champion`` follow the rollout within ``rollout_poll_s`` and decide it from their
-request log (see docs/rollout.md)::
+request log (see docs/rollout.md). With no champion yet (a first release), the base model answers the
+champion's share under the public name::
 
     llmops rollout start smollm2-qa --canary 10 --min-requests 200 --max-minutes 60
     llmops rollout start smollm2-qa --canary 0 --shadow 20        # shadow only: nobody sees the challenger
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmops rollout") -> int
         r = start_rollout(store, args.name, canary=args.canary, shadow=args.shadow, min_requests=args.min_requests,
                           max_minutes=args.max_minutes)
         print(f"rollout {r.id} of {r.name}: v{r.challenger} at {r.canary:g}% canary, {r.shadow:g}% shadow, against "
-              f"v{r.champion}; decided after {r.min_requests} challenger requests or {r.max_minutes:g} min. The "
+              f"{r.champion_label}; decided after {r.min_requests} challenger requests or {r.max_minutes:g} min. The "
               "gateways pick it up within rollout_poll_s; `llmops rollout status` shows how it goes.")
         return 0
     if args.action == "status":

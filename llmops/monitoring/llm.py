@@ -141,7 +141,8 @@ def version_drift(path: str | Path | Sequence[str | Path], model: str, versions:
     df = df[(df["model"] == model) & df["registry_version"].notna()]
     if since is not None:
         df = df[df["ts"] >= since]
-    present = sorted({str(v) for v in df["registry_version"]}, key=lambda v: (len(v), v))
+    # numbers in order; "base" (a first release's base-model arm) before them: the reference by default
+    present = sorted({str(v) for v in df["registry_version"]}, key=lambda v: (v.isdigit(), len(v), v))
     if versions is None:
         if len(present) < 2:
             raise DriftInputError(f"The request log has {len(present)} registry version(s) of {model!r} "

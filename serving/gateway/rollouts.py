@@ -24,7 +24,7 @@ from typing import Any
 
 from llmops.contracts import RequestRecord, VerdictRecord, read_feedback, read_request_log
 from llmops.degenerate import degenerate_flags
-from serving.rollout import Rollout, RolloutStore, apply_decision, decide, version_stats
+from serving.rollout import BASE, BASE_LABEL, Rollout, RolloutStore, apply_decision, decide, version_stats
 
 log = logging.getLogger(__name__)
 MAX_LOAD_FAILURES = 3
@@ -84,6 +84,8 @@ class Rollouts:
             if route is None:
                 self._expire_unloaded(a, rollout)
                 continue
+            if rollout.champion == BASE:
+                self._serve_base(a)
             active[a.public_name] = Active(rollout, route, a.registry_name)
             log.info("rollout %s: %s v%s answers %g%% of %s's users (shadow %g%%)", rollout.id, a.registry_name,
                      rollout.challenger, rollout.canary, a.public_name, rollout.shadow)
@@ -92,6 +94,23 @@ class Rollouts:
             self._load_failures.pop(rid, None)
         for current in retire:  # after the switch: a promoted challenger is the champion's now, and stays
             self.state.retire(current.challenger)
+            public = current.challenger.public
+            route = self.state.models.get(public)
+            if route is not None and route.registry_version == BASE_LABEL and public not in active:
+                # a first release that was not promoted: the public name had no champion before, and has none now
+                del self.state.models[public]
+                log.info("%s: no champion; the name is not served until one is set", public)
+
+    def _serve_base(self, a) -> None:
+        """A first release (no champion yet): the base model answers the champion's share under the public name."""
+        from serving.gateway.state import ModelRoute
+
+        state = self.state
+        if state.models.get(a.public_name) is not None:
+            return  # a champion resolved meanwhile (the rollout's promotion check then stops it), or set already
+        group = a.base or state.cfg.engines[0].served_name
+        state.models[a.public_name] = ModelRoute(a.public_name, "adapter", group, group,
+                                                 state.models[group].max_model_len, BASE_LABEL, int(time.time()))
 
     def _expire_unloaded(self, a, rollout: Rollout) -> None:
         """A rollout whose challenger never made it into the engines still ends at ``max_minutes`` (when this

@@ -206,7 +206,9 @@ class GatewayState:
                 engines = [e for e in self.engines if e.cfg.served_name == group]
                 # served again (a rollback): no earlier retirement of it applies
                 self._retiring = [r for r in self._retiring if r[2] != internal]
-                if current is not None:  # other gateways on these engines may still send to it for a moment
+                # other gateways on these engines may still send to it for a moment; a first release's base arm
+                # (the base model itself) is never unloaded
+                if current is not None and current.upstream != group:
                     self._retiring.append((time.monotonic() + self.cfg.adapter_retire_s, engines, current.upstream))
                     self._retire_due()
                 log.info("adapter %s now serves %s/%s", a.public_name, a.registry_name, version.version)

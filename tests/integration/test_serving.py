@@ -60,7 +60,9 @@ def gateway(tiny_model_dir, tmp_path_factory):
         "engines": [{"model": str(tiny_model_dir), "served_name": "tiny", "port": 0, "kv_cache_gb": 1,
                      "max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 600}],
         "adapters": [{"registry_name": "tiny-adapter", "alias": "champion", "served_name": "tiny-lora"},
-                     {"registry_name": "tiny-canary", "alias": "champion", "served_name": "tiny-canary"}],
+                     {"registry_name": "tiny-canary", "alias": "champion", "served_name": "tiny-canary"},
+                     # no champion yet: its first release runs against the base model
+                     {"registry_name": "tiny-first", "alias": "champion", "served_name": "tiny-first"}],
         # small rollouts decide on tens of requests: the margins are wide, the rule is the default one
         "rollout": {"min_early": 10, "decide_every_s": 1, "margins": {"error_rate": 0.15, "degenerate_rate": 0.15,
                                                  "guardrail_rate": 0.15, "latency_ratio": 3.0}},
@@ -451,6 +453,47 @@ def test_a_canary_of_a_challenger_as_good_as_the_champion_is_promoted(gateway):
     assert wait_until(lambda: rollout_card(gateway) is None, 30)
     assert {ask_canary(gateway, f"user-{u}").headers["x-model-version"] for u in range(8)} == {"2"}
     assert wait_until(lambda: engine_models(gateway, "tiny-canary") == {"tiny", "tiny-canary--v2"}, 30)
+
+
+def test_a_first_release_runs_against_the_base_model_and_is_promoted(gateway):
+    """An adapter with no champion yet: while its rollout runs, the base model answers the other users under the
+    public name (logged as version "base"); the promotion makes it the first champion, hot."""
+    from serving.rollout import BASE, RolloutStore, start_rollout
+
+    registry, store = gateway["registry"], RolloutStore(gateway["registry"])
+
+    def cards():
+        r = httpx.get(gateway["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        return {c["id"]: c for c in r.json()["data"]}
+
+    def ask(user):
+        r = post(gateway, "/v1/chat/completions", {"model": "tiny-first", "messages": QUESTION, "max_tokens": 8,
+                                                   "temperature": 0, "user": user})
+        assert r.status_code == 200, r.text
+        return r.headers["x-model-version"]
+
+    assert "tiny-first" not in cards()  # no champion: not served
+    registry.register("tiny-first", make_adapter(gateway["tiny"], gateway["tmp"] / "first-v1", seed=21),
+                      kind="adapter", aliases=["challenger"], lineage=Lineage(base_model="tiny-llama"))
+    r = start_rollout(store, "tiny-first", canary=50, min_requests=30, max_minutes=10)
+    assert r.champion == BASE
+    assert wait_until(lambda: (cards().get("tiny-first", {}).get("rollout") or {}).get("id") == r.id, 30)
+    assert cards()["tiny-first"]["rollout"]["champion_version"] == "base"
+    first = {u: ask(f"user-{u}") for u in range(16)}
+    assert set(first.values()) == {"base", "1"}, first  # the base model and the adapter both answer
+    assert all(ask(f"user-{u}") == v for u, v in first.items())  # sticky
+    for i in range(300):
+        if store.get("tiny-first").state != "running":
+            break
+        ask(f"user-{i % 40}")
+    assert wait_until(lambda: store.get("tiny-first").state != "running", 30)
+    ended = store.get("tiny-first")
+    assert ended.state == "promoted" and "no worse than the base model" in ended.reason, ended.reason
+    assert registry.alias_version("tiny-first", "champion") == 1
+    assert wait_until(lambda: "rollout" not in cards().get("tiny-first", {"rollout": 1}), 30)
+    assert cards()["tiny-first"]["registry_version"] == "1"
+    assert {ask(f"user-{u}") for u in range(8)} == {"1"}
+    assert "tiny" in {m["id"] for m in cards().values()}  # the base model itself is still served
 
 
 def test_a_shadowed_challenger_that_answers_off_script_is_rolled_back_and_no_user_sees_it(gateway):

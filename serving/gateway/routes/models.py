@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serving.gateway.state import GatewayState, ModelRoute
+from serving.rollout import BASE, BASE_LABEL
 
 router = APIRouter()
 
@@ -20,7 +21,8 @@ def _card(r: ModelRoute, state: GatewayState) -> dict:
     act = state.rollouts.active.get(r.public)
     if act is not None and r.kind == "adapter":
         ro = act.rollout
-        card["rollout"] = {"id": ro.id, "champion_version": str(ro.champion), "challenger_version": str(ro.challenger),
+        champion = BASE_LABEL if ro.champion == BASE else str(ro.champion)  # "base": a first release
+        card["rollout"] = {"id": ro.id, "champion_version": champion, "challenger_version": str(ro.challenger),
                            "canary_percent": ro.canary, "shadow_percent": ro.shadow}
     return card
 

@@ -169,13 +169,13 @@ def test_rows_from_before_answers_were_judged_are_missing_not_a_category(tmp_pat
     assert not by["degenerate"].drifted and not by["finish_reason"].drifted
 
 
-def write_rollout_log(path, bad: bool, n: int = 300) -> None:
-    """A canary's traffic: versions 1 and 2 of "qa" answer interleaved requests; with ``bad`` version 2 loops to
-    max_tokens on a third of them. Another model's version 2 runs alongside and must not count."""
+def write_rollout_log(path, bad: bool, n: int = 300, champion: str = "1") -> None:
+    """A canary's traffic: versions ``champion`` and 2 of "qa" answer interleaved requests; with ``bad`` version 2
+    loops to max_tokens on a third of them. Another model's version 2 runs alongside and must not count."""
     rng = np.random.default_rng(3)
     log = RequestLog(path)
     for i in range(n):
-        version = "2" if i % 4 == 0 else "1"
+        version = "2" if i % 4 == 0 else champion
         loops = bad and version == "2" and rng.random() < 0.35
         log.write(RequestRecord(
             id=f"q{i}", ts=1000.0 + i, endpoint="chat", key_id="k", model="qa", registry_version=version, status=200,
@@ -209,3 +209,14 @@ def test_by_version_compares_the_traffic_of_two_versions_of_one_model(tmp_path):
     code = main(["--request-log", str(tmp_path / "bad.sqlite"), "--by-version", "qa", "--versions", "1,2",
                  "--out", str(out), "drift.drift_share=0.3"])
     assert code == 1 and (out / "drift_report.html").is_file()
+
+
+def test_by_version_takes_a_first_releases_base_model_arm_as_the_reference(tmp_path):
+    """A first release's rollout logs the base model's answers as version "base": by default it is the reference
+    and the adapter the current traffic, whatever the version numbers."""
+    from llmops.monitoring.llm import version_drift
+
+    write_rollout_log(tmp_path / "first.sqlite", bad=True, champion="base")
+    result = version_drift(tmp_path / "first.sqlite", "qa")
+    assert {"completion_tokens", "degenerate"} <= {c.column for c in result.columns if c.drifted}
+    assert result.reference_rows > result.current_rows  # base answered three quarters of the requests

@@ -422,3 +422,95 @@ def test_a_rollout_whose_challenger_never_loads_still_expires(two_versions):
     assert rollouts.decisions == [("qa", "expire", ended.reason)]
     assert store.registry.alias_version("qa", "champion") == 1  # no alias moved
     start_rollout(store, "qa", canary=10)  # the next one is not blocked
+
+
+# -------------------------------------------------------------------------------- a first release
+def test_a_first_release_is_compared_with_the_base_model_and_promoted_on_its_figures(registry, tmp_path):
+    """No champion yet: the challenger adapter is compared with the base model it runs on, whose answers the
+    request log names "base"; a promotion sets the first champion, audited."""
+    from serving.rollout import BASE
+
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "adapter_config.json").write_text("{}")
+    registry.register("first", d, kind="adapter", aliases=["challenger"])
+    store = RolloutStore(registry)
+    r = start_rollout(store, "first", canary=50, min_requests=20)
+    assert (r.champion, r.challenger) == (BASE, 1) and store.get("first").champion == BASE
+    log = RequestLog(tmp_path / "log.sqlite")
+    for i in range(60):
+        log.write(RequestRecord(id=f"r{i}", ts=time.time(), endpoint="chat", key_id="k", model="first",
+                                registry_version="base" if i % 2 else "1", latency_ms=100 + i % 7,
+                                completion_tokens=8, degenerate=0, engine_status=200))
+    log.flush()
+    log.close()
+    stats = version_stats(read_request_log(log.path), r, {"first"})
+    assert (stats[BASE].requests, stats[1].requests) == (30, 30)
+    wide = Margins(error_rate=0.15, degenerate_rate=0.15, guardrail_rate=0.15)  # 30 requests a side
+    d = decide(r, stats, RolloutConfig(margins=wide))
+    assert d.action == "promote" and "no worse than the base model" in d.reason, d.reason
+    assert "champion the base model" in status_table(r, d)
+    ended = apply_decision(store, r, d)
+    assert ended.state == "promoted" and registry.alias_version("first", "champion") == 1
+    assert registry.last_move("first", "champion").actor == "llmops-rollout"
+
+
+def test_a_first_release_is_stopped_when_a_champion_is_set_by_hand_meanwhile(registry, tmp_path):
+    for v in (1, 2):
+        d = tmp_path / f"v{v}"
+        d.mkdir()
+        (d / "adapter_config.json").write_text("{}")
+        registry.register("first", d, kind="adapter")
+    registry.set_alias("first", "challenger", 2, reason="trained")
+    store = RolloutStore(registry)
+    r = start_rollout(store, "first", canary=50)
+    registry.set_alias("first", "champion", 1, reason="by hand")
+    ended = apply_decision(store, r, decide(r, {0: arm(0, 300, seed=1), 2: arm(2, 300, seed=2)}, CFG))
+    assert ended.state == "stopped" and "no longer the base model" in ended.reason
+    assert registry.alias_version("first", "champion") == 1
+
+
+def test_only_an_adapter_has_a_base_model_to_be_compared_with(registry, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    registry.register("whole", d, kind="base_model", aliases=["challenger"])
+    with pytest.raises(RolloutError, match="whole@champion is not set"):
+        start_rollout(RolloutStore(registry), "whole", canary=10)
+
+
+def test_the_gateway_serves_a_first_release_with_the_base_model_until_it_ends(registry, tmp_path):
+    """Rollouts.sync on a real registry: while the rollout runs, the public name (which had no champion) is answered
+    by the base model for the champion's share and by the challenger for the canary's; once it ends unpromoted,
+    the name is not served again."""
+    from types import SimpleNamespace
+
+    from serving.gateway.rollouts import Rollouts
+    from serving.gateway.state import ModelRoute
+
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "adapter_config.json").write_text("{}")
+    registry.register("first", d, kind="adapter", aliases=["challenger"])
+    store = RolloutStore(registry)
+    r = start_rollout(store, "first", canary=50)
+    adapter = SimpleNamespace(alias="champion", registry_name="first", public_name="first", base="base")
+    challenger = ModelRoute("first", "adapter", "base", "first--v1", 2048, "1")
+    retired = []
+    state = SimpleNamespace(
+        cfg=SimpleNamespace(rollout=CFG, adapters=[adapter], rollout_poll_s=10, engines=[]), registry=registry,
+        router=SimpleNamespace(groups={"base": [SimpleNamespace(state="ready")]}),
+        models={"base": ModelRoute("base", "base", "base", "base", 2048)},
+        load_version=lambda a, group, version, raise_errors=False: challenger, retire=retired.append)
+    rollouts = Rollouts(state)
+    rollouts.sync()
+    base_arm = state.models["first"]
+    assert (base_arm.upstream, base_arm.registry_version, base_arm.kind) == ("base", "base", "adapter")
+    arms = {rollouts.pick(base_arm, f"user-{i}").registry_version for i in range(40)}
+    assert arms == {"base", "1"}
+    assert all(rollouts.pick(base_arm, f"user-{i}") is rollouts.pick(base_arm, f"user-{i}") for i in range(40))
+    manual(store, "first", "stop", "paused")
+    rollouts.sync()
+    assert "first" not in state.models and retired == [challenger] and rollouts.active == {}
+    assert state.models["base"].upstream == "base"  # the base model itself stays
+    assert r.id == store.get("first").id
