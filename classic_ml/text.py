@@ -251,6 +251,29 @@ def fit_second_stage(stage: EmbeddingStage, texts: list[str], y: Any, first: Any
     return spec, metrics
 
 
+def fit_out_of_fold(pipe: Any, X: pd.DataFrame, y: Any, folds: int, workers: int) -> tuple[Any, Any]:
+    """``pipe`` fitted on every row, and every row's out-of-fold class probabilities (columns in sorted class
+    order), as ``cross_val_predict`` followed by ``fit`` give them. The fit on every row, the longest, starts first
+    and runs beside the folds' fits: on 2 cores training takes about the time of that fit alone instead of the
+    folds' plus its own."""
+    import numpy as np
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y))
+
+    def fit(rows: Any) -> Any:
+        return clone(pipe).fit(X.iloc[rows], y[rows])
+
+    fitted = Parallel(n_jobs=workers)(delayed(fit)(rows) for rows in [np.arange(len(y)), *(tr for tr, _ in splits)])
+    classes = np.unique(y)
+    proba = np.zeros((len(y), len(classes)))
+    for (_, test), model in zip(splits, fitted[1:], strict=True):  # a fold may lack a rare class: map by name
+        proba[np.ix_(test, np.searchsorted(classes, model.classes_))] = model.predict_proba(X.iloc[test])
+    return fitted[0], proba
+
+
 def _cv_metrics(y: Any, proba: Any, classes: Any, binary: bool) -> dict[str, float]:
     """Metrics of out-of-fold predictions (every row scored by a model that did not see it)."""
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
@@ -277,7 +300,6 @@ def run(cfg: TextClassifierConfig, registry: RegistryAPI | None = None, reuse: b
         DataError: bad rows, one label only, or a second stage asked for with more than two labels.
     """
     import numpy as np
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from llmops.registry import Lineage, Registry, save_sklearn_model
     from llmops.textnorm import head_and_tail, normalize
@@ -297,18 +319,15 @@ def run(cfg: TextClassifierConfig, registry: RegistryAPI | None = None, reuse: b
     if cfg.second_stage is not None and not binary:
         raise DataError(f"{cfg.data}: second_stage needs labels 0/1, not class names.")
     y = labels.astype(int).to_numpy() if binary else labels.astype(str).to_numpy()
-    pipe = build_text_pipeline(cfg.c)
-    # the folds' fits run side by side on the machine's cores (logistic regression's solver uses one)
-    workers = max(1, min(cfg.cv_folds, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+    # the fits run side by side on the machine's cores (logistic regression's solver uses one)
+    workers = max(1, min(cfg.cv_folds + 1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else (os.cpu_count() or 1)))
-    proba = cross_val_predict(pipe, X, y, n_jobs=workers, method="predict_proba",
-                              cv=StratifiedKFold(cfg.cv_folds, shuffle=True, random_state=0))
+    pipe, proba = fit_out_of_fold(build_text_pipeline(cfg.c), X, y, cfg.cv_folds, workers)
     metrics = _cv_metrics(y, proba, np.unique(y), binary)
     stage = None
     if cfg.second_stage is not None:
         stage, stage_metrics = fit_second_stage(cfg.second_stage, texts, y, proba[:, 1], cfg.cv_folds)
         metrics.update(stage_metrics)
-    pipe.fit(X, y)
     registry = registry or Registry()
     digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()
     tmp = Path(tempfile.mkdtemp(prefix="textclf-"))

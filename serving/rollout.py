@@ -197,6 +197,9 @@ def start_rollout(store: RolloutStore, name: str, *, canary: float = 10, shadow:
     reg = store.registry
     champion, challenger = reg.alias_version(name, "champion"), reg.alias_version(name, "challenger")
     if champion is None and challenger is not None and reg.get_version(name, challenger).kind == "adapter":
+        if canary <= 0:
+            raise RolloutError(f"{name} has no champion yet, so nobody uses {name} and there is no traffic to mirror: "
+                               "a first release needs --canary (the base model answers the other users meanwhile).")
         champion = BASE  # a first release: the users of the public name get the base model today
     if champion is None or challenger is None:
         missing = " and ".join(a for a, v in (("champion", champion), ("challenger", challenger)) if v is None)
@@ -245,7 +248,8 @@ class VersionStats:
     def row(self) -> dict[str, Any]:
         """The figures as the status table shows them."""
         rate = lambda k, n: round(k / n, 4) if n else None  # noqa: E731
-        return {"version": self.version, "requests": self.requests, "shadow": self.shadow,
+        return {"version": BASE_LABEL if self.version == BASE else self.version, "requests": self.requests,
+                "shadow": self.shadow,
                 "error_rate": rate(self.errors, self.requests), "degenerate_rate": rate(self.degenerate, self.judged),
                 "guardrail_rate": rate(self.guarded, self.answered),
                 "latency_p50_ms": _r(self.p(self.latency_ms, 50)), "latency_p95_ms": _r(self.p(self.latency_ms, 95)),
@@ -340,7 +344,7 @@ class Comparison:
 
 @dataclass
 class Decision:
-    action: Literal["continue", "promote", "rollback", "expire"]
+    action: Literal["continue", "promote", "rollback", "expire", "stop"]
     reason: str
     comparisons: list[Comparison]
     champion: VersionStats

@@ -303,7 +303,10 @@ class CompletionHandler:
         self.inflight_group = self.route.group
         state.inflight[self.inflight_group] = state.inflight.get(self.inflight_group, 0) + 1
         resp, _engine, used = await state.router.send_with_fallbacks(
-            self.route.public, lambda m: state.models[m].group, self.path, body_for)
+            # the request's own route as it was picked: the poller may take a name out of state.models meanwhile
+            # (a first release's base arm when its rollout ends)
+            self.route.public, lambda m: self.route.group if m == self.route.public else state.models[m].group,
+            self.path, body_for)
         self.forwarded = used == self.route.public
         self.rec.engine_status = resp.status_code
         if used != self.route.public:

@@ -74,7 +74,7 @@ class Rollouts:
             current = active.get(a.public_name)
             if current is not None and (rollout is None or not rollout.running or rollout.id != current.rollout.id):
                 del active[a.public_name]  # ended, or replaced: out of traffic before anything else is tried
-                retire.append(current)
+                retire.append((current, rollout))
                 log.info("rollout %s of %s ended (%s): the challenger is out of traffic", current.rollout.id,
                          a.registry_name, rollout.state if rollout and rollout.id == current.rollout.id else "replaced")
                 current = None
@@ -92,14 +92,25 @@ class Rollouts:
         self.active = active
         for rid in seen:  # counted failures of rollouts that ended meanwhile
             self._load_failures.pop(rid, None)
-        for current in retire:  # after the switch: a promoted challenger is the champion's now, and stays
+        for current, now in retire:  # after the switch: a promoted challenger is the champion's now, and stays
             self.state.retire(current.challenger)
-            public = current.challenger.public
-            route = self.state.models.get(public)
-            if route is not None and route.registry_version == BASE_LABEL and public not in active:
-                # a first release that was not promoted: the public name had no champion before, and has none now
-                del self.state.models[public]
-                log.info("%s: no champion; the name is not served until one is set", public)
+            self._end_base(current, now, active)
+
+    def _end_base(self, current: Active, now: Rollout | None, active: dict[str, Active]) -> None:
+        """After a first release's rollout: promoted, the public name goes to the new champion (loaded now, whoever
+        promoted it; the base model answers until it is in); otherwise the name had no champion before and is not
+        served again."""
+        public = current.challenger.public
+        route = self.state.models.get(public)
+        if route is None or route.registry_version != BASE_LABEL or public in active:
+            return
+        ended = now is not None and now.id == current.rollout.id
+        if ended and now.state == "promoted":
+            self.state.sync_adapters()  # promoted by the CLI or another gateway since this poll's sync_adapters
+            return
+        if self.state.models.get(public) is route:
+            del self.state.models[public]
+            log.info("%s: no champion; the name is not served until one is set", public)
 
     def _serve_base(self, a) -> None:
         """A first release (no champion yet): the base model answers the champion's share under the public name."""
@@ -206,6 +217,15 @@ class Rollouts:
         rollout = self.store.get(act.registry_name)
         if rollout is None or rollout.id != act.rollout.id or not rollout.running:
             return None  # ended elsewhere (CLI, another gateway): sync() takes it out
+        if rollout.champion == BASE and self.store.registry.alias_version(act.registry_name, "champion") is not None:
+            from serving.rollout import Decision, VersionStats, end_rollout
+
+            # set by hand meanwhile: that version answers the champion's share now, not the base model
+            reason = (f"rollout {rollout.id}: a champion was set during this first release; the comparison with the "
+                      "base model no longer holds (start a new rollout against the champion)")
+            ended = end_rollout(self.store, rollout, "stopped", reason)
+            log.warning("%s", reason)
+            return Decision("stop", ended.reason, [], VersionStats(BASE), VersionStats(rollout.challenger))
         rl.flush(1.0)
         models = sorted({a.public_name for a in self.champion_adapters() if a.registry_name == act.registry_name})
         requests = read_request_log(rl.path, since=rollout.started, columns=STATS_COLUMNS, models=models)

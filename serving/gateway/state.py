@@ -154,7 +154,7 @@ class GatewayState:
                            code="missing_model")
         r = self.models.get(model)
         if r is None or r.kind not in kinds:
-            known = ", ".join(sorted(k for k, v in self.models.items() if v.kind in kinds))
+            known = ", ".join(sorted(k for k, v in list(self.models.items()) if v.kind in kinds))
             raise APIError(404, f"The model '{model}' does not exist here. Available: {known}.",
                            "invalid_request_error", "model_not_found", "model")
         return r

@@ -106,14 +106,16 @@ def test_a_silent_endpoint_times_out_per_sample(tmp_path):
 
 
 def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_baseline(
-        tiny_model_dir, tmp_path, registry, repo_root, monkeypatch):
+        tiny_model_dir, base_model_dir, vllm_base, tmp_path, registry, repo_root, monkeypatch):
+    """The champion is served by the eval itself (gateway + vLLM subprocess); the challenger, a newer version
+    that a running endpoint already serves, is evaluated there (``registry_ref`` names it), as a deployment's
+    eval does. Both are logged to their registry versions, and the challenger is compared with the champion."""
     from eval.run import EvalConfig, run
     from llmops.registry import Lineage
 
     monkeypatch.chdir(repo_root)  # the serving template names configs/guardrails/default.yaml
-    v1 = registry.register("tiny-base", tiny_model_dir, kind="base_model", lineage=Lineage(), aliases=["champion"])
-    v2 = registry.register("tiny-base", tiny_model_dir, kind="base_model", lineage=Lineage(),
-                           aliases=["challenger"])
+    v1 = registry.register("qa-base", tiny_model_dir, kind="base_model", lineage=Lineage(), aliases=["champion"])
+    v2 = registry.register("qa-base", base_model_dir, kind="base_model", lineage=Lineage(), aliases=["challenger"])
     data = tmp_path / "qa.jsonl"
     write_rows(data, [{"id": str(i), "question": f"Say the number {i}.", "reference": str(i), "tags": ["n"]}
                       for i in range(4)])
@@ -121,14 +123,14 @@ def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_bas
     serving.write_text((repo_root / "configs/serving/default.yaml").read_text()
                        .replace("kv_cache_gb: 2", "kv_cache_gb: 1").replace("embeddings:\n  enabled: true",
                                                                            "embeddings:\n  enabled: false"))
-    raw = {"target": {"model": "tiny-base@champion", "serving_config": str(serving)},
+    raw = {"target": {"model": "qa-base@champion", "serving_config": str(serving)},
            "suites": [{"name": "qa", "dataset": str(data), "kind": "qa"}],
            "requests": {"max_tokens": 4}, "report_dir": str(tmp_path / "reports"),
            "gate": {"thresholds": {"qa.error_rate": 0.0}, "compare": ["qa.token_f1", "qa.error_rate"]}}
     first = run(EvalConfig.model_validate(raw), registry=registry)
     assert first.model_ref == v1.ref and first.suites["qa"].failures["failed"] == 0
     assert first.gate.passed and "the evaluated version is the baseline" in " ".join(first.gate.notes)
-    runs = registry.runs_for("tiny-base", 1)
+    runs = registry.runs_for("qa-base", 1)
     assert runs and runs[0].data.tags["llmops.eval_name"] == "default"
     inputs = runs[0].inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["qa"]
@@ -137,9 +139,12 @@ def test_registry_version_is_served_for_the_run_logged_and_compared_with_its_bas
 
     # the challenger, on an edited dataset: the comparison with the champion is refused, not silent
     write_rows(data, [{"id": str(i), "question": f"Say the number {i}!", "reference": str(i)} for i in range(4)])
-    raw["target"]["model"] = "tiny-base@challenger"
+    raw["target"] = {"model": None, "base_url": f"{vllm_base}/v1", "model_name": "smollm2",
+                     "registry_ref": "qa-base@challenger"}
     second = run(EvalConfig.model_validate(raw), registry=registry)
     assert second.model_ref == v2.ref and second.baseline["ref"] == v1.ref
+    assert second.suites["qa"].failures["failed"] == 0
+    assert registry.runs_for("qa-base", 2)  # logged to the version the endpoint serves
     assert second.baseline["dataset_changed"] == ["qa"] and not second.gate.passed
     assert "dataset changed since the baseline" in second.report_paths["md"].read_text()
 

@@ -513,4 +513,61 @@ def test_the_gateway_serves_a_first_release_with_the_base_model_until_it_ends(re
     rollouts.sync()
     assert "first" not in state.models and retired == [challenger] and rollouts.active == {}
     assert state.models["base"].upstream == "base"  # the base model itself stays
-    assert r.id == store.get("first").id
+    assert store.get("first").id == r.id and store.get("first").state == "stopped"
+
+    # promoted by someone else (the CLI, another gateway) between this poll's sync_adapters and sync: the name goes
+    # straight to the new champion, never through a 404
+    champion = ModelRoute("first", "adapter", "base", "first--v1", 2048, "1")
+    state.sync_adapters = lambda: state.models.__setitem__("first", champion) if registry.alias_version(
+        "first", "champion") == 1 else None
+    start_rollout(store, "first", canary=50)
+    rollouts.sync()
+    assert state.models["first"].registry_version == "base"
+    manual(store, "first", "promote", "looks right")
+    rollouts.sync()
+    assert state.models["first"] is champion and rollouts.active == {}
+
+
+def test_a_first_release_stops_when_a_champion_is_set_by_hand_while_it_runs(registry, tmp_path):
+    """The deciding gateway sees the champion's share answered by that version now, not the base model: the
+    comparison no longer holds, so it ends the rollout instead of running blind until it expires."""
+    from types import SimpleNamespace
+
+    from serving.gateway.rollouts import Rollouts
+    from serving.gateway.state import ModelRoute
+
+    for v in (1, 2):
+        d = tmp_path / f"v{v}"
+        d.mkdir()
+        (d / "adapter_config.json").write_text("{}")
+        registry.register("first", d, kind="adapter")
+    registry.set_alias("first", "challenger", 2, reason="trained")
+    store = RolloutStore(registry)
+    start_rollout(store, "first", canary=50)
+    adapter = SimpleNamespace(alias="champion", registry_name="first", public_name="first", base="base")
+    challenger = ModelRoute("first", "adapter", "base", "first--v2", 2048, "2")
+    state = SimpleNamespace(
+        cfg=SimpleNamespace(rollout=RolloutConfig(decide_every_s=0), adapters=[adapter], rollout_poll_s=10,
+                            engines=[]),
+        registry=registry, router=SimpleNamespace(groups={"base": [SimpleNamespace(state="ready")]}),
+        models={"base": ModelRoute("base", "base", "base", "base", 2048)}, requestlog=SimpleNamespace(),
+        load_version=lambda a, group, version, raise_errors=False: challenger, retire=lambda route: None,
+        sync_adapters=lambda: None)
+    rollouts = Rollouts(state)
+    rollouts.sync()
+    registry.set_alias("first", "champion", 1, reason="by hand")
+    state.models["first"] = ModelRoute("first", "adapter", "base", "first--v1", 2048, "1")  # what sync_adapters does
+    taken = rollouts.decide()
+    ended = store.get("first")
+    assert ended.state == "stopped" and "a champion was set during this first release" in ended.reason
+    assert taken == [("first", "stop", ended.reason)] and rollouts.active == {}
+    assert state.models["first"].registry_version == "1"  # the champion set by hand keeps the name
+
+
+def test_a_first_release_needs_a_canary(registry, tmp_path):
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "adapter_config.json").write_text("{}")
+    registry.register("first", d, kind="adapter", aliases=["challenger"])
+    with pytest.raises(RolloutError, match="needs --canary"):
+        start_rollout(RolloutStore(registry), "first", canary=0, shadow=50)
