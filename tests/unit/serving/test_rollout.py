@@ -425,16 +425,23 @@ def test_a_rollout_whose_challenger_never_loads_still_expires(two_versions):
 
 
 # -------------------------------------------------------------------------------- a first release
+def first_release(registry, tmp_path, versions: int) -> RolloutStore:
+    """Adapter versions 1..``versions`` of "first", no champion, the last one aliased challenger."""
+    for v in range(1, versions + 1):
+        d = tmp_path / f"first-v{v}"
+        d.mkdir()
+        (d / "adapter_config.json").write_text("{}")
+        registry.register("first", d, kind="adapter")
+    registry.set_alias("first", "challenger", versions, reason="trained")
+    return RolloutStore(registry)
+
+
 def test_a_first_release_is_compared_with_the_base_model_and_promoted_on_its_figures(registry, tmp_path):
     """No champion yet: the challenger adapter is compared with the base model it runs on, whose answers the
     request log names "base"; a promotion sets the first champion, audited."""
     from serving.rollout import BASE
 
-    d = tmp_path / "v1"
-    d.mkdir()
-    (d / "adapter_config.json").write_text("{}")
-    registry.register("first", d, kind="adapter", aliases=["challenger"])
-    store = RolloutStore(registry)
+    store = first_release(registry, tmp_path, versions=1)
     r = start_rollout(store, "first", canary=50, min_requests=20)
     assert (r.champion, r.challenger) == (BASE, 1) and store.get("first").champion == BASE
     log = RequestLog(tmp_path / "log.sqlite")
@@ -456,13 +463,7 @@ def test_a_first_release_is_compared_with_the_base_model_and_promoted_on_its_fig
 
 
 def test_a_first_release_is_stopped_when_a_champion_is_set_by_hand_meanwhile(registry, tmp_path):
-    for v in (1, 2):
-        d = tmp_path / f"v{v}"
-        d.mkdir()
-        (d / "adapter_config.json").write_text("{}")
-        registry.register("first", d, kind="adapter")
-    registry.set_alias("first", "challenger", 2, reason="trained")
-    store = RolloutStore(registry)
+    store = first_release(registry, tmp_path, versions=2)
     r = start_rollout(store, "first", canary=50)
     registry.set_alias("first", "champion", 1, reason="by hand")
     ended = apply_decision(store, r, decide(r, {0: arm(0, 300, seed=1), 2: arm(2, 300, seed=2)}, CFG))
@@ -488,11 +489,7 @@ def test_the_gateway_serves_a_first_release_with_the_base_model_until_it_ends(re
     from serving.gateway.rollouts import Rollouts
     from serving.gateway.state import ModelRoute
 
-    d = tmp_path / "v1"
-    d.mkdir()
-    (d / "adapter_config.json").write_text("{}")
-    registry.register("first", d, kind="adapter", aliases=["challenger"])
-    store = RolloutStore(registry)
+    store = first_release(registry, tmp_path, versions=1)
     r = start_rollout(store, "first", canary=50)
     adapter = SimpleNamespace(alias="champion", registry_name="first", public_name="first", base="base")
     challenger = ModelRoute("first", "adapter", "base", "first--v1", 2048, "1")
@@ -536,13 +533,7 @@ def test_a_first_release_stops_when_a_champion_is_set_by_hand_while_it_runs(regi
     from serving.gateway.rollouts import Rollouts
     from serving.gateway.state import ModelRoute
 
-    for v in (1, 2):
-        d = tmp_path / f"v{v}"
-        d.mkdir()
-        (d / "adapter_config.json").write_text("{}")
-        registry.register("first", d, kind="adapter")
-    registry.set_alias("first", "challenger", 2, reason="trained")
-    store = RolloutStore(registry)
+    store = first_release(registry, tmp_path, versions=2)
     start_rollout(store, "first", canary=50)
     adapter = SimpleNamespace(alias="champion", registry_name="first", public_name="first", base="base")
     challenger = ModelRoute("first", "adapter", "base", "first--v2", 2048, "2")
@@ -565,9 +556,6 @@ def test_a_first_release_stops_when_a_champion_is_set_by_hand_while_it_runs(regi
 
 
 def test_a_first_release_needs_a_canary(registry, tmp_path):
-    d = tmp_path / "v1"
-    d.mkdir()
-    (d / "adapter_config.json").write_text("{}")
-    registry.register("first", d, kind="adapter", aliases=["challenger"])
+    store = first_release(registry, tmp_path, versions=1)
     with pytest.raises(RolloutError, match="needs --canary"):
-        start_rollout(RolloutStore(registry), "first", canary=0, shadow=50)
+        start_rollout(store, "first", canary=0, shadow=50)
