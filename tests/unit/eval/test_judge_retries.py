@@ -45,27 +45,18 @@ class _Endpoint:
         self.server.server_close()
 
 
-def _judge(url: str):
+@pytest.mark.parametrize("status, error, calls, requests", [
+    (400, openai.BadRequestError, 1, 1),  # refused: one try, failed at once
+    (503, openai.InternalServerError, 3, 6),  # transient: ragas' 3 attempts, each with the client's own retry
+])
+def test_a_refused_judge_request_fails_at_once_and_a_transient_fault_is_retried_a_bounded_number_of_times(
+        status, error, calls, requests):
     from langchain_core.prompt_values import StringPromptValue
 
     from eval.metrics.judged import StructuredJudge
 
-    judge = StructuredJudge(base_url=url, model="m", max_tokens=8, timeout_s=30)
-    return judge, StringPromptValue(text="Score this.")
-
-
-def test_a_refused_judge_request_is_not_retried():
-    with _Endpoint(400) as endpoint:
-        judge, prompt = _judge(endpoint.url)
-        with pytest.raises(openai.BadRequestError):
-            asyncio.run(judge.generate(prompt))
-    assert judge.calls == 1 and endpoint.requests == 1
-
-
-def test_a_transient_judge_fault_is_retried_a_bounded_number_of_times():
-    with _Endpoint(503) as endpoint:
-        judge, prompt = _judge(endpoint.url)
-        with pytest.raises(openai.InternalServerError):
-            asyncio.run(judge.generate(prompt))
-    # ragas' attempts (3), each with the client's own single retry
-    assert judge.calls == 3 and endpoint.requests == 6
+    with _Endpoint(status) as endpoint:
+        judge = StructuredJudge(base_url=endpoint.url, model="m", max_tokens=8, timeout_s=30)
+        with pytest.raises(error):
+            asyncio.run(judge.generate(StringPromptValue(text="Score this.")))
+    assert judge.calls == calls and endpoint.requests == requests
