@@ -86,3 +86,35 @@ def test_a_finetuned_adapter_passes_the_gate_and_the_engine_answers_with_it(vllm
         assert r.model == "qa-adapter" and r.choices[0].message.content.strip()
     finally:
         vllm_engine.unload_adapter("qa-adapter")
+
+
+def test_with_every_adapter_slot_filled_each_model_keeps_its_own_answers(vllm_engine, base_model_dir, tmp_path):
+    """Two adapters in an engine with ``max_loras=2`` fill every slot. The engine runs the project's CPU LoRA
+    ops (serving/vllm_lora_cpu.py, which vLLM loads as a plugin): the base model answers as before the
+    adapters came (a base token, slot index -1, gets no delta), and each adapter answers with its own slot.
+    Mixed batches are checked op by op in tests/unit/serving/test_vllm_lora_cpu.py."""
+    from openai import OpenAI
+    from testkit import make_adapter
+
+    client = OpenAI(base_url=f"{vllm_engine.url}/v1", api_key="unused")
+
+    def answer(model: str) -> list[str]:
+        r = client.completions.create(model=model, prompt="The three primary colours are", max_tokens=12,
+                                      temperature=0, logprobs=1)
+        return r.choices[0].logprobs.tokens
+
+    before = answer("smollm2")
+    names, loaded = ["slot-a", "slot-b"], []
+    try:
+        for seed, name in enumerate(names, start=1):
+            vllm_engine.load_adapter(name, str(make_adapter(base_model_dir, tmp_path / name, seed=seed, r=8)))
+            loaded.append(name)
+        adapted = {name: answer(name) for name in names}  # both adapters active: both slots hold weights
+        assert adapted["slot-a"] != adapted["slot-b"], "two different adapters answer differently"
+        assert any(a != before for a in adapted.values())
+        assert answer("smollm2") == before
+        assert answer("slot-b") == adapted["slot-b"] and answer("slot-a") == adapted["slot-a"]
+    finally:
+        for name in loaded:
+            vllm_engine.unload_adapter(name)
+    assert "vLLM's CPU LoRA ops replaced" in vllm_engine.log_path.read_text(errors="replace")
