@@ -8,7 +8,8 @@ core), and the same with Intel OpenMP preloaded (from the `intel-openmp` package
 variant runs twice, in A..Z Z..A order, averaged: a 2-core machine drifts during a run.
 
 Part 2, LoRA cost (bare engine, the chosen layout): base model with LoRA off, base model with LoRA on
-(one rank-16 adapter loaded), and the adapter itself.
+(one rank-16 adapter loaded), and the adapter itself, with the project's CPU LoRA ops
+(serving/vllm_lora_cpu.py) and with vLLM's own (``LLMOPS_VLLM_LORA_OPS=vllm``).
 
 Writes benchmarks/results/cpu_layout.json and .md with the machine's CPU flags.
 
@@ -146,6 +147,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=2, help="2: A..Z then Z..A, averaged")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--skip-lora", action="store_true")
+    p.add_argument("--only-layout", default=None,
+                   help="measure this one layout (e.g. 'auto, 0 reserved', the default) and go on to the LoRA part")
     p.add_argument("--name", default="cpu_layout")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
@@ -154,6 +157,8 @@ def main() -> None:
     levels = [int(c) for c in a.concurrency.split(",")]
     out = Path(tempfile.mkdtemp(prefix="bench-layout-"))
     variants = layouts()
+    if a.only_layout:
+        variants = {a.only_layout: variants[a.only_layout]}
     order = list(variants)
     runs: dict[str, dict[int, list[dict]]] = {v: {c: [] for c in levels} for v in variants}
     notes: dict[str, str] = {}
@@ -177,28 +182,30 @@ def main() -> None:
     if not a.skip_lora:
         adapter = make_adapter(a.model_dir, out, a.lora_rank)
         best_over = variants[best]["overrides"]
+        lora_on = ["engines.0.enable_lora=true", f"engines.0.max_lora_rank={a.lora_rank}",
+                   f'engines.0.extra_args=["--lora-modules","bench-adapter={adapter}"]']
+        # engine -> (overrides, environment, {result row: model measured on it})
         lora_variants = {
-            "base, LoRA off": (["engines.0.enable_lora=false"], "smollm2"),
-            "base, LoRA on": (["engines.0.enable_lora=true", f"engines.0.max_lora_rank={a.lora_rank}",
-                               f'engines.0.extra_args=["--lora-modules","bench-adapter={adapter}"]'], "smollm2"),
+            "LoRA off": (["engines.0.enable_lora=false"], {}, {"base, LoRA off": "smollm2"}),
+            "LoRA on": (lora_on, {}, {"base, LoRA on": "smollm2", "adapter (LoRA on)": "bench-adapter"}),
+            # the same engine with vLLM's own CPU LoRA ops instead of serving/vllm_lora_cpu.py's
+            "LoRA on, vLLM's ops": (lora_on, {"LLMOPS_VLLM_LORA_OPS": "vllm"},
+                                    {"adapter, vLLM's own CPU LoRA ops": "bench-adapter"}),
         }
         for pass_no in range(a.passes):
             names = list(lora_variants) if pass_no % 2 == 0 else list(lora_variants)[::-1]
             for name in names:
-                over, model = lora_variants[name]
+                over, env, rows = lora_variants[name]
                 label = f"lora{list(lora_variants).index(name)}-p{pass_no}"
                 print(f"[{name}] pass {pass_no + 1}", flush=True)
-                proc, urls = serve([*best_over, *over], variants[best]["env"], out, label, a.model_dir)
+                proc, urls = serve([*best_over, *over], {**variants[best]["env"], **env}, out, label, a.model_dir)
                 try:
-                    warm(urls["vllm"], model, a, out, f"{label}-warmup")
-                    if name == "base, LoRA on":
-                        warm(urls["vllm"], "bench-adapter", a, out, f"{label}-aw")
+                    for model in rows.values():
+                        warm(urls["vllm"], model, a, out, f"{label}-{model}-warmup")
                     for c in levels:
-                        lora_results.setdefault(name, {}).setdefault(c, []).append(
-                            summary(bench(urls["vllm"], model, a.model_dir, c, a, out, label)))
-                        if name == "base, LoRA on":
-                            lora_results.setdefault("adapter (LoRA on)", {}).setdefault(c, []).append(
-                                summary(bench(urls["vllm"], "bench-adapter", a.model_dir, c, a, out, label + "-a")))
+                        for row, model in rows.items():
+                            lora_results.setdefault(row, {}).setdefault(c, []).append(
+                                summary(bench(urls["vllm"], model, a.model_dir, c, a, out, f"{label}-{model}")))
                 finally:
                     stop(proc)
         lora_results = {v: {c: mean(rs) for c, rs in by_c.items()} for v, by_c in lora_results.items()}
